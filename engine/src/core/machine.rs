@@ -1,0 +1,644 @@
+//! [`Execution::apply`]: one input in, one [`Transition`] out.
+//!
+//! Scheduling rule (DESIGN §2): a pending step is decided once every dependency is terminal.
+//! It runs when at least one dependency *satisfied* it (completed on a taken route, skipped by
+//! its own `on_error: skip_step`, or failed under `on_error: continue`); it is skipped when all
+//! were skipped or routed away; it never starts while a dependency failed for good or was
+//! cancelled, and no new step starts once the execution is failing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+
+use super::retry::retry_delay_ms;
+use super::state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
+use crate::definition::{OnError, ProcessDef, StepKind};
+use crate::event::{DomainEvent, EventRecord};
+use crate::expr;
+
+/// What the core reacts to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Begin a pending execution.
+    Start,
+    /// An agent call finished, with the output or the error. Results for an attempt that is no
+    /// longer current (late, after a cancel or a retry) are ignored.
+    AgentReturned {
+        step: usize,
+        attempt: u32,
+        result: Result<Value, StepError>,
+    },
+    /// A wake-up armed by [`Command::Wake`] is due: a timer step's deadline or a retry backoff.
+    Wake { step: usize, attempt: u32 },
+    /// Cancel the execution; a no-op once it is terminal.
+    Cancel { reason: Option<String> },
+}
+
+/// One agent call to perform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentCall {
+    pub step: usize,
+    pub step_id: String,
+    pub agent: String,
+    pub attempt: u32,
+    /// Execution and step, not the attempt: the agent applies the effect at most once.
+    pub idempotency_key: String,
+    pub input: Value,
+    pub timeout_ms: u64,
+}
+
+/// Side effects the driver performs after the transition is durable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    CallAgent(AgentCall),
+    /// Deliver [`Input::Wake`] at `at_ms` (Clock time), or at once if that has passed.
+    Wake { step: usize, attempt: u32, at_ms: u64 },
+    /// Stop waiting for the step's call or wake-up; a late result would be ignored anyway.
+    Abandon { step: usize },
+}
+
+/// The result of one [`Execution::apply`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transition {
+    pub events: Vec<EventRecord>,
+    pub commands: Vec<Command>,
+    /// Steps whose state changed, by index, ascending.
+    pub dirty_steps: BTreeSet<usize>,
+    /// Whether anything about the execution changed (nothing to persist if false).
+    pub changed: bool,
+}
+
+/// One execution of a process: plain data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Execution {
+    pub id: String,
+    pub process: Arc<ProcessDef>,
+    pub input: Value,
+    pub status: ExecutionStatus,
+    /// Indexed like `process.steps`.
+    pub steps: Vec<StepState>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The `seq` the next event gets.
+    pub next_seq: u64,
+}
+
+/// How one dependency stands for one dependant.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DepState {
+    Waiting,
+    Satisfied,
+    /// Skipped, or a gateway routed elsewhere: the dependant may be skipped.
+    Dead,
+    /// Failed for good or cancelled: the dependant must never start.
+    Blocked,
+}
+
+struct Ctx<'a> {
+    now_ms: u64,
+    rng: &'a mut dyn RngCore,
+    tx: Transition,
+}
+
+impl Execution {
+    /// A new pending execution. Nothing runs until [`Input::Start`].
+    pub fn new(id: String, process: Arc<ProcessDef>, input: Value, now_ms: u64) -> Execution {
+        let steps = vec![StepState::new(); process.steps.len()];
+        Execution {
+            id,
+            process,
+            input,
+            status: ExecutionStatus::Pending,
+            steps,
+            output: None,
+            error: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            next_seq: 1,
+        }
+    }
+
+    /// Applies one input at time `now_ms`.
+    pub fn apply(&mut self, input: Input, now_ms: u64, rng: &mut dyn RngCore) -> Transition {
+        let mut cx = Ctx {
+            now_ms,
+            rng,
+            tx: Transition::default(),
+        };
+        match input {
+            Input::Start => {
+                if self.status != ExecutionStatus::Pending {
+                    return cx.tx;
+                }
+                self.set_status(&mut cx, ExecutionStatus::Running);
+                let event = DomainEvent::ExecutionStarted {
+                    process: self.process.name.clone(),
+                    version: self.process.version,
+                };
+                self.emit(&mut cx, event);
+            }
+            Input::AgentReturned {
+                step,
+                attempt,
+                result,
+            } => {
+                if !self.is_current(step, attempt, StepStatus::Running) {
+                    return cx.tx;
+                }
+                match result {
+                    Ok(output) => self.complete_step(&mut cx, step, output),
+                    Err(error) => self.attempt_failed(&mut cx, step, error),
+                }
+            }
+            Input::Wake { step, attempt } => {
+                let st = &self.steps[step];
+                if self.is_current(step, attempt, StepStatus::Retrying) {
+                    self.start_attempt(&mut cx, step, attempt + 1);
+                } else if self.is_current(step, attempt, StepStatus::Running)
+                    && matches!(self.process.steps[step].kind, StepKind::Timer(_))
+                {
+                    let started = st.started_at_ms.expect("a running timer has started");
+                    let waited_ms = now_ms.saturating_sub(started);
+                    let output = json!({
+                        "waited_ms": waited_ms,
+                        "waited_seconds": waited_ms as f64 / 1000.0,
+                        "deadline_ms": st.wake_at_ms,
+                    });
+                    self.complete_step(&mut cx, step, output);
+                } else {
+                    return cx.tx;
+                }
+            }
+            Input::Cancel { reason } => {
+                if self.status.is_terminal() {
+                    return cx.tx;
+                }
+                self.abandon_active(&mut cx);
+                self.set_status(&mut cx, ExecutionStatus::Cancelled);
+                self.emit(&mut cx, DomainEvent::ExecutionCancelled { reason });
+                return cx.tx;
+            }
+        }
+        self.schedule(&mut cx);
+        cx.tx
+    }
+
+    fn is_current(&self, step: usize, attempt: u32, status: StepStatus) -> bool {
+        self.status == ExecutionStatus::Running
+            && step < self.steps.len()
+            && self.steps[step].status == status
+            && self.steps[step].attempt == attempt
+    }
+
+    fn emit(&mut self, cx: &mut Ctx<'_>, event: DomainEvent) {
+        cx.tx.events.push(EventRecord {
+            execution_id: self.id.clone(),
+            seq: self.next_seq,
+            at_ms: cx.now_ms,
+            event,
+        });
+        self.next_seq += 1;
+        cx.tx.changed = true;
+        self.updated_at_ms = cx.now_ms;
+    }
+
+    fn set_status(&mut self, cx: &mut Ctx<'_>, next: ExecutionStatus) {
+        assert!(
+            self.status.can_become(next),
+            "execution {}: {} -> {next} is not a lifecycle edge",
+            self.id,
+            self.status
+        );
+        self.status = next;
+        cx.tx.changed = true;
+        self.updated_at_ms = cx.now_ms;
+    }
+
+    fn set_step_status(&mut self, cx: &mut Ctx<'_>, step: usize, next: StepStatus) {
+        let st = &mut self.steps[step];
+        assert!(
+            st.status.can_become(next),
+            "execution {} step {}: {} -> {next} is not a lifecycle edge",
+            self.id,
+            self.process.steps[step].id,
+            st.status
+        );
+        st.status = next;
+        if next.is_terminal() {
+            st.finished_at_ms = Some(cx.now_ms);
+            st.wake_at_ms = None;
+        }
+        cx.tx.dirty_steps.insert(step);
+        cx.tx.changed = true;
+    }
+
+    /// The variables expressions see: `input` and, per step, status/output/error.
+    pub fn scope(&self) -> expr::Scope {
+        let mut steps = Map::new();
+        for (def, st) in self.process.steps.iter().zip(&self.steps) {
+            steps.insert(
+                def.id.clone(),
+                json!({
+                    "status": st.status.as_str(),
+                    "output": st.output.clone().unwrap_or(Value::Null),
+                    "error": st.last_error.as_ref().map(|e| serde_json::to_value(e).expect("serializes")),
+                    "attempt": st.attempt,
+                }),
+            );
+        }
+        expr::Scope {
+            input: self.input.clone(),
+            steps: Value::Object(steps),
+        }
+    }
+
+    /// Starts every step that can start, skips every step that can never run, and finishes the
+    /// execution when nothing is left in flight.
+    fn schedule(&mut self, cx: &mut Ctx<'_>) {
+        if self.status != ExecutionStatus::Running {
+            return;
+        }
+        // Each pass decides at least one step or stops, so this ends within steps.len() passes.
+        let mut progressed = true;
+        while progressed && !self.is_failing() && self.status == ExecutionStatus::Running {
+            progressed = false;
+            for step in 0..self.steps.len() {
+                if self.steps[step].status != StepStatus::Pending {
+                    continue;
+                }
+                match self.readiness(step) {
+                    None => {}
+                    Some(Ok(())) => {
+                        self.start_step(cx, step);
+                        progressed = true;
+                    }
+                    Some(Err(reason)) => {
+                        self.set_step_status(cx, step, StepStatus::Skipped);
+                        self.steps[step].skip_reason = Some(reason);
+                        let id = self.process.steps[step].id.clone();
+                        self.emit(
+                            cx,
+                            DomainEvent::StepSkipped {
+                                step: id,
+                                reason,
+                                error: None,
+                            },
+                        );
+                        progressed = true;
+                    }
+                }
+                if self.is_failing() || self.status != ExecutionStatus::Running {
+                    break;
+                }
+            }
+        }
+        self.finish_if_done(cx);
+    }
+
+    /// `None`: not decidable yet (or never: blocked). `Some(Ok)`: start it. `Some(Err)`: skip.
+    fn readiness(&self, step: usize) -> Option<Result<(), SkipReason>> {
+        let def = &self.process.steps[step];
+        if def.depends_on.is_empty() {
+            return Some(Ok(()));
+        }
+        let mut any_satisfied = false;
+        let mut routed_away = false;
+        for dep_id in &def.depends_on {
+            let dep = self
+                .process
+                .position(dep_id)
+                .expect("validated: dependencies exist");
+            match self.dep_state(dep, &def.id) {
+                DepState::Waiting | DepState::Blocked => return None,
+                DepState::Satisfied => any_satisfied = true,
+                DepState::Dead => {
+                    routed_away |= self.steps[dep].status == StepStatus::Completed;
+                }
+            }
+        }
+        if any_satisfied {
+            Some(Ok(()))
+        } else if routed_away {
+            Some(Err(SkipReason::RouteNotTaken))
+        } else {
+            Some(Err(SkipReason::UpstreamSkipped))
+        }
+    }
+
+    fn dep_state(&self, dep: usize, dependant: &str) -> DepState {
+        let st = &self.steps[dep];
+        let def = &self.process.steps[dep];
+        match st.status {
+            StepStatus::Pending | StepStatus::Running | StepStatus::Retrying => DepState::Waiting,
+            StepStatus::Completed | StepStatus::Compensated => match &def.kind {
+                StepKind::Gateway(gateway) => {
+                    let targeted = gateway
+                        .routes
+                        .iter()
+                        .flat_map(|r| r.to.iter())
+                        .chain(gateway.default.iter())
+                        .any(|t| t == dependant);
+                    let taken = st
+                        .output
+                        .as_ref()
+                        .and_then(|o| o.get("route"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|r| r.iter().any(|t| t.as_str() == Some(dependant)));
+                    if targeted && !taken {
+                        DepState::Dead
+                    } else {
+                        DepState::Satisfied
+                    }
+                }
+                _ => DepState::Satisfied,
+            },
+            StepStatus::Skipped => match st.skip_reason {
+                Some(SkipReason::OnError) => DepState::Satisfied,
+                _ => DepState::Dead,
+            },
+            StepStatus::Failed => match def_on_error(&def.kind) {
+                OnError::Continue => DepState::Satisfied,
+                _ => DepState::Blocked,
+            },
+            StepStatus::Cancelled => DepState::Blocked,
+        }
+    }
+
+    /// A step failed for good under `on_error: fail`; with `stop_on_failure: false` the
+    /// execution lets running siblings finish before failing.
+    fn is_failing(&self) -> bool {
+        self.first_fatal_failure().is_some()
+    }
+
+    fn first_fatal_failure(&self) -> Option<usize> {
+        (0..self.steps.len()).find(|&i| {
+            self.steps[i].status == StepStatus::Failed
+                && def_on_error(&self.process.steps[i].kind) != OnError::Continue
+        })
+    }
+
+    fn start_step(&mut self, cx: &mut Ctx<'_>, step: usize) {
+        let def = self.process.steps[step].clone();
+        match &def.kind {
+            StepKind::AgentTask(_) => self.start_attempt(cx, step, 1),
+            StepKind::Gateway(gateway) => {
+                self.mark_started(cx, step, 1, None);
+                let scope = self.scope();
+                let mut decision = Ok(None);
+                for (i, route) in gateway.routes.iter().enumerate() {
+                    match expr::condition(&route.when, &scope) {
+                        Ok(true) => {
+                            decision = Ok(Some((json!(i), route.to.clone())));
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            decision = Err(StepError::new(ErrorKind::Expression, e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                let decision = decision.and_then(|taken| match taken {
+                    Some(t) => Ok(t),
+                    None if !gateway.default.is_empty() => {
+                        Ok((json!("default"), gateway.default.clone()))
+                    }
+                    None => Err(StepError::new(
+                        ErrorKind::NoRoute,
+                        "no route matched and the gateway has no default",
+                    )),
+                });
+                match decision {
+                    Ok((matched, route)) => {
+                        self.complete_step(cx, step, json!({"route": route, "matched": matched}))
+                    }
+                    Err(error) => self.attempt_failed(cx, step, error),
+                }
+            }
+            StepKind::Timer(timer) => {
+                let deadline = match (&timer.duration, &timer.until) {
+                    (Some(d), _) => cx.now_ms.saturating_add(d.as_millis()),
+                    (None, Some(until)) => humantime::parse_rfc3339_weak(until)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .expect("validated: `until` is RFC 3339 after the epoch"),
+                    (None, None) => unreachable!("validated: timer has duration or until"),
+                };
+                self.mark_started(cx, step, 1, Some(deadline));
+                cx.tx.commands.push(Command::Wake {
+                    step,
+                    attempt: 1,
+                    at_ms: deadline,
+                });
+            }
+        }
+    }
+
+    fn mark_started(&mut self, cx: &mut Ctx<'_>, step: usize, attempt: u32, wake_at: Option<u64>) {
+        self.set_step_status(cx, step, StepStatus::Running);
+        let st = &mut self.steps[step];
+        st.attempt = attempt;
+        st.wake_at_ms = wake_at;
+        if attempt == 1 {
+            st.started_at_ms = Some(cx.now_ms);
+        }
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::StepStarted {
+                step: id,
+                attempt,
+                wake_at_ms: wake_at,
+            },
+        );
+    }
+
+    /// Starts attempt `attempt` of an agent task (input rendered afresh).
+    fn start_attempt(&mut self, cx: &mut Ctx<'_>, step: usize, attempt: u32) {
+        let def = self.process.steps[step].clone();
+        let StepKind::AgentTask(task) = &def.kind else {
+            unreachable!("only agent tasks have attempts")
+        };
+        self.mark_started(cx, step, attempt, None);
+        let input = match &task.input {
+            None => Ok(json!({})),
+            Some(template) => expr::render(template, &self.scope()),
+        };
+        match input {
+            Ok(input) => cx.tx.commands.push(Command::CallAgent(AgentCall {
+                step,
+                step_id: def.id.clone(),
+                agent: task.agent.clone(),
+                attempt,
+                idempotency_key: format!("{}:{}", self.id, def.id),
+                input,
+                timeout_ms: task.timeout.as_millis(),
+            })),
+            Err(e) => {
+                self.attempt_failed(cx, step, StepError::new(ErrorKind::Expression, e.to_string()))
+            }
+        }
+    }
+
+    fn complete_step(&mut self, cx: &mut Ctx<'_>, step: usize, output: Value) {
+        self.set_step_status(cx, step, StepStatus::Completed);
+        let st = &mut self.steps[step];
+        st.output = Some(output.clone());
+        let attempt = st.attempt;
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::StepCompleted {
+                step: id,
+                attempt,
+                output,
+            },
+        );
+    }
+
+    fn attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
+        let def = self.process.steps[step].clone();
+        let attempt = self.steps[step].attempt;
+        self.steps[step].last_error = Some(error.clone());
+        cx.tx.dirty_steps.insert(step);
+        if let StepKind::AgentTask(task) = &def.kind {
+            let retryable = error.kind.is_transient()
+                && !error
+                    .error_type
+                    .as_ref()
+                    .is_some_and(|t| task.retry.non_retryable.contains(t));
+            if retryable && attempt < task.retry.max_attempts {
+                let delay_ms = retry_delay_ms(&task.retry, attempt, cx.rng);
+                let at_ms = cx.now_ms.saturating_add(delay_ms);
+                self.set_step_status(cx, step, StepStatus::Retrying);
+                self.steps[step].wake_at_ms = Some(at_ms);
+                self.emit(
+                    cx,
+                    DomainEvent::StepRetrying {
+                        step: def.id.clone(),
+                        next_attempt: attempt + 1,
+                        delay_ms,
+                        error,
+                    },
+                );
+                cx.tx.commands.push(Command::Wake {
+                    step,
+                    attempt,
+                    at_ms,
+                });
+                return;
+            }
+        }
+        match def_on_error(&def.kind) {
+            OnError::SkipStep => {
+                self.set_step_status(cx, step, StepStatus::Skipped);
+                self.steps[step].skip_reason = Some(SkipReason::OnError);
+                self.emit(
+                    cx,
+                    DomainEvent::StepSkipped {
+                        step: def.id.clone(),
+                        reason: SkipReason::OnError,
+                        error: Some(error),
+                    },
+                );
+            }
+            OnError::Continue => {
+                self.set_step_status(cx, step, StepStatus::Failed);
+                self.emit(
+                    cx,
+                    DomainEvent::StepFailed {
+                        step: def.id.clone(),
+                        attempt,
+                        error,
+                    },
+                );
+            }
+            OnError::Fail => {
+                self.set_step_status(cx, step, StepStatus::Failed);
+                self.emit(
+                    cx,
+                    DomainEvent::StepFailed {
+                        step: def.id.clone(),
+                        attempt,
+                        error,
+                    },
+                );
+                if self.process.stop_on_failure {
+                    self.abandon_active(cx);
+                }
+            }
+        }
+    }
+
+    /// Cancels every step in flight: their calls and wake-ups are abandoned.
+    fn abandon_active(&mut self, cx: &mut Ctx<'_>) {
+        for step in 0..self.steps.len() {
+            if self.steps[step].status.is_active() {
+                self.set_step_status(cx, step, StepStatus::Cancelled);
+                cx.tx.commands.push(Command::Abandon { step });
+                let attempt = self.steps[step].attempt;
+                let id = self.process.steps[step].id.clone();
+                self.emit(cx, DomainEvent::StepCancelled { step: id, attempt });
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, cx: &mut Ctx<'_>) {
+        if self.status != ExecutionStatus::Running
+            || self.steps.iter().any(|s| s.status.is_active())
+        {
+            return;
+        }
+        if let Some(failed) = self.first_fatal_failure() {
+            let step = self.process.steps[failed].id.clone();
+            let error = self.steps[failed]
+                .last_error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "step failed".to_string());
+            self.fail(cx, Some(step), error);
+            return;
+        }
+        assert!(
+            self.steps.iter().all(|s| s.status.is_terminal()),
+            "execution {}: nothing in flight, no failure, yet steps are undecided",
+            self.id
+        );
+        let output = match &self.process.output {
+            Some(template) => match expr::render(template, &self.scope()) {
+                Ok(v) => v,
+                Err(e) => return self.fail(cx, None, format!("output: {e}")),
+            },
+            None => Value::Object(
+                self.process
+                    .steps
+                    .iter()
+                    .zip(&self.steps)
+                    .filter(|(_, s)| s.status == StepStatus::Completed)
+                    .map(|(d, s)| (d.id.clone(), s.output.clone().unwrap_or(Value::Null)))
+                    .collect(),
+            ),
+        };
+        self.set_status(cx, ExecutionStatus::Completed);
+        self.output = Some(output.clone());
+        self.emit(cx, DomainEvent::ExecutionCompleted { output });
+    }
+
+    fn fail(&mut self, cx: &mut Ctx<'_>, step: Option<String>, error: String) {
+        self.set_status(cx, ExecutionStatus::Failed);
+        self.error = Some(error.clone());
+        self.emit(cx, DomainEvent::ExecutionFailed { step, error });
+    }
+}
+
+fn def_on_error(kind: &StepKind) -> OnError {
+    match kind {
+        StepKind::AgentTask(task) => task.on_error,
+        StepKind::Gateway(_) | StepKind::Timer(_) => OnError::Fail,
+    }
+}

@@ -1,0 +1,18 @@
+//! The execution core: a pure state machine. No async, no I/O, no clock reads.
+//!
+//! [`Execution::apply`] takes one [`Input`] (with the current time and a random source passed
+//! in), mutates the execution, and returns a [`Transition`]: the domain events it caused and
+//! the [`Command`]s the driver must perform *after* persisting the new state. Because the core
+//! cannot do I/O it cannot fail on I/O; because time and randomness are inputs, the same inputs
+//! always give the same transitions.
+
+mod machine;
+mod retry;
+mod state;
+
+pub use machine::{AgentCall, Command, Execution, Input, Transition};
+pub use retry::retry_delay_ms;
+pub use state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Execution and step state, and the transitions each status may make.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Lifecycle of an execution: pending → running → (paused ↔ running) → completed | failed |
+/// cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Pending,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// Lifecycle of a step. `Retrying` waits for its backoff; `Cancelled` was abandoned while
+/// running or waiting (cancel, or a sibling's failure with `stop_on_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Retrying,
+    Completed,
+    Failed,
+    Skipped,
+    Cancelled,
+    Compensated,
+}
+
+macro_rules! string_enum {
+    ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),* }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($ty::$variant),)*
+                    other => Err(format!("unknown {} {other:?}", stringify!($ty))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(ExecutionStatus {
+    Pending => "pending", Running => "running", Paused => "paused",
+    Completed => "completed", Failed => "failed", Cancelled => "cancelled",
+});
+
+string_enum!(StepStatus {
+    Pending => "pending", Running => "running", Retrying => "retrying",
+    Completed => "completed", Failed => "failed", Skipped => "skipped",
+    Cancelled => "cancelled", Compensated => "compensated",
+});
+
+impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ExecutionStatus::Completed | ExecutionStatus::Failed | ExecutionStatus::Cancelled
+        )
+    }
+
+    /// The state machine's edges; the core asserts every change against them.
+    pub fn can_become(self, next: ExecutionStatus) -> bool {
+        use ExecutionStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Pending, Cancelled)
+                | (Pending, Failed)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Paused, Cancelled)
+                | (Paused, Failed)
+        )
+    }
+}
+
+impl StepStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+                | StepStatus::Compensated
+        )
+    }
+
+    /// In flight: an agent call, a timer or a retry backoff is outstanding.
+    pub fn is_active(self) -> bool {
+        matches!(self, StepStatus::Running | StepStatus::Retrying)
+    }
+
+    pub fn can_become(self, next: StepStatus) -> bool {
+        use StepStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Pending, Skipped)
+                | (Pending, Failed)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Retrying)
+                | (Running, Skipped)
+                | (Running, Cancelled)
+                | (Retrying, Running)
+                | (Retrying, Cancelled)
+                | (Completed, Compensated)
+        )
+    }
+}
+
+/// Why a step was skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A gateway took another route.
+    RouteNotTaken,
+    /// Every dependency was skipped, so this branch is dead.
+    UpstreamSkipped,
+    /// The step failed and its policy is `on_error: skip_step`.
+    OnError,
+}
+
+string_enum!(SkipReason {
+    RouteNotTaken => "route_not_taken", UpstreamSkipped => "upstream_skipped", OnError => "on_error",
+});
+
+/// The class of a step error; it decides retryability together with the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The agent answered 4xx with an error body.
+    Agent,
+    /// The agent answered 5xx.
+    Server,
+    /// No response within the step's timeout.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connection,
+    /// A 2xx response that is not a JSON value, or too large.
+    InvalidResponse,
+    /// An input template or condition failed to evaluate.
+    Expression,
+    /// A gateway matched no route and has no default.
+    NoRoute,
+}
+
+impl ErrorKind {
+    /// Transient kinds may succeed on another attempt; the others never will.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Agent | ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Connection
+        )
+    }
+}
+
+/// A step attempt's error, as persisted and put in events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    pub kind: ErrorKind,
+    /// The agent's `error.type` for [`ErrorKind::Agent`].
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    pub message: String,
+    /// HTTP status, when there was a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl StepError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StepError {
+        StepError {
+            kind,
+            error_type: None,
+            message: message.into(),
+            status: None,
+        }
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = serde_json::to_value(self.kind).expect("enum serializes");
+        write!(f, "{}", kind.as_str().unwrap_or("error"))?;
+        if let Some(t) = &self.error_type {
+            write!(f, " ({t})")?;
+        }
+        if let Some(s) = self.status {
+            write!(f, " [HTTP {s}]")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// One step's durable state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    /// The current (or last) attempt, 1-based; 0 before the first start.
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<StepError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<SkipReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// When a timer step's deadline or a retry's backoff ends. Stored so that a restart can
+    /// re-arm it at the original time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at_ms: Option<u64>,
+}
+
+impl StepState {
+    pub fn new() -> StepState {
+        StepState {
+            status: StepStatus::Pending,
+            attempt: 0,
+            output: None,
+            last_error: None,
+            skip_reason: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            wake_at_ms: None,
+        }
+    }
+
+    /// Retries so far: every attempt after the first.
+    pub fn retry_count(&self) -> u32 {
+        self.attempt.saturating_sub(1)
+    }
+}
+
+impl Default for StepState {
+    fn default() -> Self {
+        StepState::new()
+    }
+}

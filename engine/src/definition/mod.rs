@@ -1,0 +1,299 @@
+//! Process definitions: the typed form of a YAML or JSON process file, and its loading.
+//!
+//! Parsing is serde's job; [`validate`] checks what serde cannot (graph shape, references,
+//! expressions). A definition that passes both is what the execution core assumes: the core
+//! asserts these properties rather than re-checking them.
+
+mod duration;
+pub mod validate;
+
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use duration::DurationMs;
+pub use validate::{validate, Diagnostic, Diagnostics};
+
+/// Upper bound on steps in one process: keeps per-transition work and history bounded.
+pub const MAX_STEPS_PER_PROCESS: usize = 1_000;
+/// Upper bound on attempts of one step, whatever the retry policy says.
+pub const MAX_ATTEMPTS_PER_STEP: u32 = 100;
+
+/// A whole process definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessDef {
+    pub name: String,
+    #[serde(default = "default_version")]
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// When one parallel branch fails for good: `true` cancels the running siblings and fails
+    /// at once; `false` lets the running siblings finish, starts nothing new, then fails.
+    #[serde(default = "default_true")]
+    pub stop_on_failure: bool,
+    /// Optional execution output: templates over `input` and `steps`. Without it the output is
+    /// an object of every completed step's output, keyed by step id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    pub steps: Vec<StepDef>,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One step of a process. Unknown fields are rejected by the flattened kind's structs (serde
+/// cannot combine `deny_unknown_fields` with `flatten` on this level).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepDef {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    AgentTask(AgentTask),
+    Gateway(Gateway),
+    Timer(Timer),
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::AgentTask(_) => "agent_task",
+            StepKind::Gateway(_) => "gateway",
+            StepKind::Timer(_) => "timer",
+        }
+    }
+}
+
+/// Calls an external agent over HTTP (DESIGN §2's protocol).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTask {
+    pub agent: String,
+    /// The request's `input`: any JSON value; strings may hold `{{ expr }}` templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Limit on one attempt's response time.
+    #[serde(default = "default_step_timeout")]
+    pub timeout: DurationMs,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_step_timeout() -> DurationMs {
+    DurationMs(30_000)
+}
+
+/// Exclusive gateway: the first route whose `when` holds is taken, else `default`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A CEL condition over `input` and `steps`.
+    pub when: String,
+    pub to: Vec<String>,
+}
+
+/// Waits for a duration from its start, or until an absolute RFC 3339 time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<DurationMs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// Retry policy. `max_attempts` counts the first attempt: 1 means no retry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_initial_delay")]
+    pub initial_delay: DurationMs,
+    #[serde(default = "default_backoff")]
+    pub backoff: f64,
+    #[serde(default = "default_max_delay")]
+    pub max_delay: DurationMs,
+    /// Relative jitter: the delay is scaled by a factor drawn from `[1 - jitter, 1 + jitter]`.
+    #[serde(default)]
+    pub jitter: f64,
+    /// Agent error types (from a 4xx body's `error.type`) that are never retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable: Vec<String>,
+}
+
+fn default_max_attempts() -> u32 {
+    1
+}
+fn default_initial_delay() -> DurationMs {
+    DurationMs(1_000)
+}
+fn default_backoff() -> f64 {
+    2.0
+}
+fn default_max_delay() -> DurationMs {
+    DurationMs(60_000)
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+            initial_delay: default_initial_delay(),
+            backoff: default_backoff(),
+            max_delay: default_max_delay(),
+            jitter: 0.0,
+            non_retryable: Vec::new(),
+        }
+    }
+}
+
+/// What happens when a step has failed for good (retries exhausted or not retryable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The step is failed and so is the execution.
+    #[default]
+    Fail,
+    /// The step is recorded skipped (its error kept); dependants run as if it had completed
+    /// with a null output.
+    SkipStep,
+    /// The step is recorded failed but the execution goes on; dependants run and can inspect
+    /// `steps.<id>.status` and `steps.<id>.error`.
+    Continue,
+}
+
+/// The source format of a definition file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    /// JSON for `.json` files, YAML otherwise (YAML is a superset of JSON anyway).
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+/// The top level before steps are typed, so that a step's parse error can name the step.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    name: String,
+    #[serde(default = "default_version")]
+    version: u32,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "default_true")]
+    stop_on_failure: bool,
+    #[serde(default)]
+    output: Option<Value>,
+    steps: Vec<Value>,
+}
+
+/// Parses a definition from text. `origin` names the file in errors; a step that does not parse
+/// is named by its id (or its position when it has none).
+pub fn parse(origin: &str, text: &str, format: Format) -> Result<ProcessDef, Diagnostics> {
+    let fail = |step: Option<String>, problem: String| Diagnostics {
+        file: origin.to_string(),
+        items: vec![Diagnostic { step, problem }],
+    };
+    let raw = match format {
+        Format::Yaml => serde_norway::from_str::<RawProcess>(text).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_str::<RawProcess>(text).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| fail(None, format!("cannot parse definition: {e}")))?;
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    let mut problems = Vec::new();
+    for (position, value) in raw.steps.into_iter().enumerate() {
+        let label = value
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{}", position + 1));
+        match serde_json::from_value::<StepDef>(value) {
+            Ok(step) => steps.push(step),
+            Err(e) => problems.push(Diagnostic {
+                step: Some(label),
+                problem: e.to_string(),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Diagnostics {
+            file: origin.to_string(),
+            items: problems,
+        });
+    }
+    Ok(ProcessDef {
+        name: raw.name,
+        version: raw.version,
+        description: raw.description,
+        stop_on_failure: raw.stop_on_failure,
+        output: raw.output,
+        steps,
+    })
+}
+
+/// Reads, parses and validates a definition file. `agents`, when given, are the names an
+/// `agent_task` may use.
+pub fn load(path: &Path, agents: Option<&[String]>) -> Result<ProcessDef, Diagnostics> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Diagnostics {
+        file: origin.clone(),
+        items: vec![Diagnostic {
+            step: None,
+            problem: format!("cannot read file: {e}"),
+        }],
+    })?;
+    let def = parse(&origin, &text, Format::from_path(path))?;
+    validate(&origin, &def, agents)?;
+    Ok(def)
+}
+
+impl ProcessDef {
+    /// Index of a step by id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// Step ids in definition order, each mapped to its index.
+    pub fn index(&self) -> IndexMap<&str, usize> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect()
+    }
+}

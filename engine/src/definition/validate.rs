@@ -1,0 +1,348 @@
+//! Validation of a parsed definition: everything serde cannot see. Every problem names the file,
+//! the step (where there is one) and what is wrong; all problems are reported, not just the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::{ProcessDef, StepKind, MAX_ATTEMPTS_PER_STEP, MAX_STEPS_PER_PROCESS};
+use crate::expr;
+
+/// One problem in a definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub step: Option<String>,
+    pub problem: String,
+}
+
+/// All problems found in one definition file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostics {
+    pub file: String,
+    pub items: Vec<Diagnostic>,
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.items.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match &d.step {
+                Some(step) => write!(f, "{}: step '{}': {}", self.file, step, d.problem)?,
+                None => write!(f, "{}: {}", self.file, d.problem)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Validates `def`. `agents`, when given, is the set of agent names the registry knows.
+pub fn validate(file: &str, def: &ProcessDef, agents: Option<&[String]>) -> Result<(), Diagnostics> {
+    let mut out = Vec::new();
+    let mut problem = |step: Option<&str>, problem: String| {
+        out.push(Diagnostic {
+            step: step.map(str::to_string),
+            problem,
+        })
+    };
+
+    if def.name.trim().is_empty() {
+        problem(None, "process name is empty".into());
+    }
+    if def.steps.is_empty() {
+        problem(None, "process has no steps".into());
+    }
+    if def.steps.len() > MAX_STEPS_PER_PROCESS {
+        problem(
+            None,
+            format!(
+                "process has {} steps, over the limit of {MAX_STEPS_PER_PROCESS}",
+                def.steps.len()
+            ),
+        );
+    }
+
+    let mut seen = BTreeSet::new();
+    for step in &def.steps {
+        if !is_valid_id(&step.id) {
+            problem(
+                Some(&step.id),
+                "step id must start with a letter or '_' and hold only letters, digits, '_' and '-'"
+                    .into(),
+            );
+        }
+        if !seen.insert(step.id.as_str()) {
+            problem(Some(&step.id), "duplicate step id".into());
+        }
+    }
+
+    let ids: BTreeSet<&str> = def.steps.iter().map(|s| s.id.as_str()).collect();
+    for step in &def.steps {
+        let id = Some(step.id.as_str());
+        for dep in &step.depends_on {
+            if !ids.contains(dep.as_str()) {
+                problem(id, format!("depends on unknown step '{dep}'"));
+            }
+        }
+        match &step.kind {
+            StepKind::AgentTask(task) => {
+                if let Some(agents) = agents {
+                    if !agents.iter().any(|a| a == &task.agent) {
+                        problem(
+                            id,
+                            format!(
+                                "unknown agent '{}' (known: {})",
+                                task.agent,
+                                if agents.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    agents.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+                if let Some(input) = &task.input {
+                    if let Err(e) = expr::check_template(input) {
+                        problem(id, format!("input: {e}"));
+                    }
+                }
+                let retry = &task.retry;
+                if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS_PER_STEP {
+                    problem(
+                        id,
+                        format!(
+                            "retry.max_attempts must be between 1 and {MAX_ATTEMPTS_PER_STEP}, got {}",
+                            retry.max_attempts
+                        ),
+                    );
+                }
+                if !(retry.backoff.is_finite() && retry.backoff >= 1.0) {
+                    problem(
+                        id,
+                        format!("retry.backoff must be at least 1.0, got {}", retry.backoff),
+                    );
+                }
+                if !(0.0..=1.0).contains(&retry.jitter) {
+                    problem(
+                        id,
+                        format!("retry.jitter must be between 0 and 1, got {}", retry.jitter),
+                    );
+                }
+                if retry.max_delay < retry.initial_delay {
+                    problem(
+                        id,
+                        format!(
+                            "retry.max_delay ({}) is shorter than retry.initial_delay ({})",
+                            retry.max_delay, retry.initial_delay
+                        ),
+                    );
+                }
+                if task.timeout.as_millis() == 0 {
+                    problem(id, "timeout must be greater than zero".into());
+                }
+            }
+            StepKind::Gateway(gateway) => {
+                if gateway.routes.is_empty() && gateway.default.is_empty() {
+                    problem(id, "gateway has neither routes nor a default".into());
+                }
+                for (i, route) in gateway.routes.iter().enumerate() {
+                    if let Err(e) = expr::check_condition(&route.when) {
+                        problem(id, format!("route {}: {e}", i + 1));
+                    }
+                    if route.to.is_empty() {
+                        problem(id, format!("route {} goes nowhere (empty `to`)", i + 1));
+                    }
+                }
+                let targets = gateway
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.to.iter())
+                    .chain(gateway.default.iter());
+                for target in targets {
+                    match def.steps.iter().find(|s| &s.id == target) {
+                        None => problem(id, format!("routes to unknown step '{target}'")),
+                        Some(t) if !t.depends_on.contains(&step.id) => problem(
+                            id,
+                            format!(
+                                "routes to '{target}', which does not depend on '{}'",
+                                step.id
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            StepKind::Timer(timer) => match (&timer.duration, &timer.until) {
+                (Some(_), Some(_)) => problem(id, "timer has both `duration` and `until`".into()),
+                (None, None) => problem(id, "timer needs `duration` or `until`".into()),
+                (None, Some(until)) => {
+                    if let Err(e) = humantime::parse_rfc3339_weak(until) {
+                        problem(
+                            id,
+                            format!("bad `until` {until:?}: {e} (expected RFC 3339)"),
+                        );
+                    }
+                }
+                (Some(_), None) => {}
+            },
+        }
+    }
+
+    if let Some(output) = &def.output {
+        if let Err(e) = expr::check_template(output) {
+            problem(None, format!("output: {e}"));
+        }
+    }
+
+    if let Some(cycle) = find_cycle(def) {
+        let path = cycle.join(" -> ");
+        problem(Some(&cycle[0]), format!("dependency cycle: {path}"));
+    }
+
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics {
+            file: file.to_string(),
+            items: out,
+        })
+    }
+}
+
+fn is_valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Finds one dependency cycle and returns it as a closed path (`a, b, c, a`). Edges to unknown
+/// steps are ignored here; they are reported on their own.
+fn find_cycle(def: &ProcessDef) -> Option<Vec<String>> {
+    let deps: BTreeMap<&str, Vec<&str>> = def
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.depends_on.iter().map(String::as_str).collect()))
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Unseen,
+        OnPath,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = deps.keys().map(|k| (*k, Mark::Unseen)).collect();
+    // Iterative DFS: a deep chain must not overflow the stack.
+    for start in def.steps.iter().map(|s| s.id.as_str()) {
+        if marks[start] != Mark::Unseen {
+            continue;
+        }
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        marks.insert(start, Mark::OnPath);
+        while let Some((node, next)) = path.last().copied() {
+            let edges = &deps[node];
+            if next < edges.len() {
+                path.last_mut().expect("path is not empty").1 += 1;
+                let dep = edges[next];
+                match marks.get(dep).copied() {
+                    None | Some(Mark::Done) => {}
+                    Some(Mark::Unseen) => {
+                        marks.insert(dep, Mark::OnPath);
+                        path.push((dep, 0));
+                    }
+                    Some(Mark::OnPath) => {
+                        // Edges point from a step to what it depends on; print the cycle in
+                        // execution order (dependency first), closing on its first step.
+                        let from = path.iter().position(|(n, _)| *n == dep).expect("on path");
+                        let mut cycle: Vec<String> =
+                            path[from..].iter().rev().map(|(n, _)| n.to_string()).collect();
+                        // Start at the earliest-defined member, so the message is stable.
+                        let first = (0..cycle.len())
+                            .min_by_key(|&i| def.position(&cycle[i]))
+                            .expect("cycle is not empty");
+                        cycle.rotate_left(first);
+                        cycle.push(cycle[0].clone());
+                        return Some(cycle);
+                    }
+                }
+            } else {
+                marks.insert(node, Mark::Done);
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{parse, Format};
+
+    fn check(yaml: &str) -> Result<(), Diagnostics> {
+        let def = parse("p.yaml", yaml, Format::Yaml)?;
+        validate("p.yaml", &def, Some(&["echo".to_string()]))
+    }
+
+    fn problems(yaml: &str) -> String {
+        check(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_definition_passes() {
+        check(
+            "name: p\nsteps:\n  - {id: a, type: agent_task, agent: echo}\n  - {id: b, type: timer, duration: 5s, depends_on: [a]}\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn cycle_prints_its_path() {
+        let out = problems(
+            "name: p\nsteps:\n  - {id: a, type: agent_task, agent: echo, depends_on: [c]}\n  - {id: b, type: agent_task, agent: echo, depends_on: [a]}\n  - {id: c, type: agent_task, agent: echo, depends_on: [b]}\n",
+        );
+        assert!(out.contains("dependency cycle: a -> b -> c -> a"), "{out}");
+        assert!(out.starts_with("p.yaml: step 'a'"), "{out}");
+    }
+
+    #[test]
+    fn unknown_dependency_duplicate_and_agent_name_the_step() {
+        let out = problems(
+            "name: p\nsteps:\n  - {id: a, type: agent_task, agent: echo, depends_on: [ghost]}\n  - {id: a, type: agent_task, agent: nobody}\n",
+        );
+        assert!(out.contains("p.yaml: step 'a': depends on unknown step 'ghost'"), "{out}");
+        assert!(out.contains("p.yaml: step 'a': duplicate step id"), "{out}");
+        assert!(out.contains("unknown agent 'nobody' (known: echo)"), "{out}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_step() {
+        let out = problems("name: p\nsteps:\n  - {id: wait, type: timer, duration: 5 parsecs}\n");
+        assert!(out.contains("step 'wait'"), "{out}");
+        assert!(out.contains("bad duration"), "{out}");
+    }
+
+    #[test]
+    fn bad_expression_names_the_step() {
+        let out = problems(
+            "name: p\nsteps:\n  - {id: a, type: agent_task, agent: echo, input: {x: '{{input.x +}}'}}\n",
+        );
+        assert!(out.contains("step 'a': input: expression"), "{out}");
+    }
+
+    #[test]
+    fn gateway_target_must_depend_on_gateway() {
+        let out = problems(
+            "name: p\nsteps:\n  - id: g\n    type: gateway\n    routes: [{when: 'input.x > 1', to: [a]}]\n    default: [b]\n  - {id: a, type: agent_task, agent: echo, depends_on: [g]}\n  - {id: b, type: agent_task, agent: echo}\n",
+        );
+        assert!(out.contains("step 'g': routes to 'b', which does not depend on 'g'"), "{out}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_the_step() {
+        let out = problems("name: p\nsteps:\n  - {id: a, type: agent_task, agnet: echo}\n");
+        assert!(out.contains("step 'a'"), "{out}");
+        assert!(out.contains("agnet"), "{out}");
+    }
+}

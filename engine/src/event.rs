@@ -1,0 +1,105 @@
+//! Domain events: the execution's history and audit log. Each is numbered per execution
+//! (`seq`, gap-free from 1), stamped with the Clock's time, and committed in the same
+//! transaction as the state change it describes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::core::{SkipReason, StepError};
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum DomainEvent {
+    ExecutionStarted {
+        process: String,
+        version: u32,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        /// A timer step's deadline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wake_at_ms: Option<u64>,
+    },
+    StepCompleted {
+        step: String,
+        attempt: u32,
+        output: Value,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: StepError,
+    },
+    StepRetrying {
+        step: String,
+        /// The attempt that will run after the delay.
+        next_attempt: u32,
+        delay_ms: u64,
+        error: StepError,
+    },
+    StepSkipped {
+        step: String,
+        reason: SkipReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<StepError>,
+    },
+    StepCancelled {
+        step: String,
+        attempt: u32,
+    },
+    ExecutionCompleted {
+        output: Value,
+    },
+    ExecutionFailed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        error: String,
+    },
+    ExecutionCancelled {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl DomainEvent {
+    /// The event's type name, as stored in the `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DomainEvent::ExecutionStarted { .. } => "ExecutionStarted",
+            DomainEvent::StepStarted { .. } => "StepStarted",
+            DomainEvent::StepCompleted { .. } => "StepCompleted",
+            DomainEvent::StepFailed { .. } => "StepFailed",
+            DomainEvent::StepRetrying { .. } => "StepRetrying",
+            DomainEvent::StepSkipped { .. } => "StepSkipped",
+            DomainEvent::StepCancelled { .. } => "StepCancelled",
+            DomainEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
+            DomainEvent::ExecutionFailed { .. } => "ExecutionFailed",
+            DomainEvent::ExecutionCancelled { .. } => "ExecutionCancelled",
+        }
+    }
+
+    /// The step the event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            DomainEvent::StepStarted { step, .. }
+            | DomainEvent::StepCompleted { step, .. }
+            | DomainEvent::StepFailed { step, .. }
+            | DomainEvent::StepRetrying { step, .. }
+            | DomainEvent::StepSkipped { step, .. }
+            | DomainEvent::StepCancelled { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+}
+
+/// An event as stored and delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub execution_id: String,
+    /// 1, 2, 3, ... per execution, without gaps.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub event: DomainEvent,
+}
