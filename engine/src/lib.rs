@@ -1,12 +1,22 @@
 //! Proctor: a durable process engine.
 //!
 //! Layers, inside out: [`definition`] (typed, validated process files) and [`expr`]
-//! (CEL templates); [`core`], the pure execution state machine; the ports [`clock`],
-//! [`network`], [`store`] and the injected RNG; [`agent`] (the HTTP agent protocol over the
-//! Network port); and [`driver`], the async shell that feeds inputs to the core and performs
-//! its commands. See ARCHITECTURE.md for the rules between them.
+//! (CEL templates); [`core`], the pure execution state machine, and its [`event`]s; the ports
+//! [`clock`], [`network`], [`store`] and the injected [`rng`]; [`agent`] (the HTTP agent
+//! protocol over the Network port); [`bus`] (in-process event delivery); and [`driver`], the
+//! async shell that feeds inputs to the core and performs its commands. ARCHITECTURE.md gives
+//! the rules between them.
 
+pub mod agent;
+pub mod bus;
+pub mod clock;
 pub mod core;
 pub mod definition;
+pub mod driver;
 pub mod event;
 pub mod expr;
+pub mod network;
+pub mod rng;
+pub mod store;
+
+pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports};

@@ -1,1 +1,244 @@
-pub fn main(){}
+//! The `proctor` command: validate definitions, run an execution against agents, serve the
+//! example agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use proctor::agent::example::{self, Behaviour};
+use proctor::agent::AgentRegistry;
+use proctor::clock::{Clock, SystemClock};
+use proctor::core::ExecutionStatus;
+use proctor::definition;
+use proctor::event::{DomainEvent, EventRecord};
+use proctor::network::TokioNetwork;
+use proctor::store::SqliteStore;
+use proctor::{Engine, EngineConfig, Ports};
+
+#[derive(Parser)]
+#[command(name = "proctor", version, about = "A durable process engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a process definition; prints every problem and exits 1 if there is one.
+    Validate {
+        /// The definition (YAML, or JSON for .json files).
+        file: PathBuf,
+        /// Also check agent names against this agents file.
+        #[arg(long)]
+        agents: Option<PathBuf>,
+    },
+    /// Run one execution to completion, printing each event as it happens.
+    Run {
+        definition: PathBuf,
+        /// The execution input: JSON text, or @FILE.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Agents file: name -> url, or `example` for the built-in example agent.
+        #[arg(long)]
+        agents: PathBuf,
+        /// SQLite database file (created if missing).
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+        /// Seed for the engine's random source (ids, retry jitter); random if omitted.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Serve the example agent over HTTP (POST /run) until interrupted.
+    Agent {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: String,
+        /// Name the agent reports in its outputs.
+        #[arg(long, default_value = "example")]
+        name: String,
+        /// Fail the first N attempts of each idempotency key (HTTP 503).
+        #[arg(long, default_value_t = 0)]
+        fail_first: u32,
+        /// Wait this many milliseconds before each answer.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PROCTOR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { file, agents } => {
+            let names = match agents {
+                Some(path) => Some(AgentRegistry::load(&path).map_err(anyhow::Error::msg)?.names()),
+                None => None,
+            };
+            match definition::load(&file, names.as_deref()) {
+                Ok(def) => {
+                    println!(
+                        "{}: ok ({} v{}, {} steps)",
+                        file.display(),
+                        def.name,
+                        def.version,
+                        def.steps.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Run {
+            definition,
+            input,
+            agents,
+            db,
+            seed,
+        } => run(definition, input, agents, db, seed).await,
+        Command::Agent {
+            listen,
+            name,
+            fail_first,
+            delay_ms,
+        } => {
+            let behaviour = Behaviour {
+                fail_first,
+                delay_ms,
+                ..Behaviour::default()
+            };
+            let agent = example::start(&TokioNetwork, &listen, &name, behaviour)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("agent '{name}' listening on http://{}", agent.address());
+            tokio::signal::ctrl_c().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(
+    definition_path: PathBuf,
+    input: String,
+    agents_path: PathBuf,
+    db: PathBuf,
+    seed: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let registry = AgentRegistry::load(&agents_path).map_err(anyhow::Error::msg)?;
+    let process = match definition::load(&definition_path, Some(&registry.names())) {
+        Ok(def) => Arc::new(def),
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let input: Value = match input.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?
+        }
+        None => serde_json::from_str(&input).context("--input is not JSON")?,
+    };
+    let clock = Arc::new(SystemClock);
+    // The CLI is production: without --seed, seed from the wall clock's nanoseconds.
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let (registry, _agents) = example::start_all(&TokioNetwork, &registry)
+        .await
+        .context("starting example agents")?;
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let engine = Engine::new(
+        Ports {
+            clock: clock.clone(),
+            net: Arc::new(TokioNetwork),
+            store: Arc::new(store),
+            rng: proctor::rng::seeded(seed),
+        },
+        &registry,
+        EngineConfig::default(),
+    )?;
+    let started_ms = clock.now_ms();
+    engine
+        .bus()
+        .subscribe(move |e| println!("{}", event_line(e, started_ms)));
+    let execution = engine.run(process, input).await?;
+    println!();
+    println!("execution {} {}", execution.id, execution.status);
+    match execution.status {
+        ExecutionStatus::Completed => {
+            let output = execution.output.unwrap_or(Value::Null);
+            println!("{}", serde_json::to_string_pretty(&output)?);
+            println!("database: {}", db.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ExecutionStatus::Failed => {
+            println!("error: {}", execution.error.unwrap_or_default());
+            println!("database: {}", db.display());
+            Ok(ExitCode::from(1))
+        }
+        other => bail!("execution ended {other}"),
+    }
+}
+
+/// One line per event: sequence, time since start, type, step, details.
+fn event_line(e: &EventRecord, started_ms: u64) -> String {
+    let elapsed = e.at_ms.saturating_sub(started_ms);
+    let details = match &e.event {
+        DomainEvent::ExecutionStarted { process, version } => format!("{process} v{version}"),
+        DomainEvent::StepStarted { attempt, .. } => format!("attempt {attempt}"),
+        DomainEvent::StepCompleted { output, .. } => output.to_string(),
+        DomainEvent::StepFailed { error, .. } => error.to_string(),
+        DomainEvent::StepRetrying {
+            next_attempt,
+            delay_ms,
+            error,
+            ..
+        } => format!("attempt {next_attempt} in {delay_ms}ms after {error}"),
+        DomainEvent::StepSkipped { reason, .. } => reason.to_string(),
+        DomainEvent::StepCancelled { attempt, .. } => format!("attempt {attempt}"),
+        DomainEvent::ExecutionCompleted { .. } => String::new(),
+        DomainEvent::ExecutionFailed { error, .. } => error.clone(),
+        DomainEvent::ExecutionCancelled { reason } => reason.clone().unwrap_or_default(),
+    };
+    format!(
+        "{:>3} {:>6}ms {:<19} {:<10} {}",
+        e.seq,
+        elapsed,
+        e.event.kind(),
+        e.event.step().unwrap_or("-"),
+        details
+    )
+}

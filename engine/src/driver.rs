@@ -1,0 +1,353 @@
+//! The driver: the thin async shell around the pure core.
+//!
+//! Each live execution has one task that owns its [`Execution`] and a bounded inbox of
+//! [`Input`]s. For each input it asks the core for a [`Transition`], commits it through the
+//! Storage port, publishes the events on the bus, and only then performs the commands (agent
+//! calls, wake-ups), whose results come back as inputs. Persist-then-act means an effect is
+//! never requested for a state that was not durable first.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
+use crate::bus::EventBus;
+use crate::clock::Clock;
+use crate::core::{Command, Execution, Input};
+use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
+use crate::network::Network;
+use crate::rng::{new_id, Rng};
+use crate::store::{self, Storage};
+
+/// Inputs queued per execution beyond one per step (cancel requests and the like).
+pub const INBOX_SLACK: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    #[error("no execution with id {0}")]
+    UnknownExecution(String),
+    #[error("agent '{0}' has no address: start example agents before building the engine")]
+    UnresolvedAgent(String),
+    #[error("execution task for {id} ended abnormally: {problem}")]
+    Task { id: String, problem: String },
+}
+
+/// The ports the engine talks to the world through.
+pub struct Ports {
+    pub clock: Arc<dyn Clock>,
+    pub net: Arc<dyn Network>,
+    pub store: Arc<dyn Storage>,
+    pub rng: Rng,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineConfig {
+    pub client: ClientLimits,
+}
+
+struct Inner {
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Storage>,
+    rng: Mutex<Rng>,
+    /// Agent name to `host:port`.
+    agents: BTreeMap<String, String>,
+    client: AgentClient,
+    bus: EventBus,
+    /// Inboxes of executions with a live task.
+    live: Mutex<BTreeMap<String, mpsc::Sender<Input>>>,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// A started execution; [`ExecutionHandle::wait`] returns its final state.
+pub struct ExecutionHandle {
+    pub id: String,
+    task: tokio::task::JoinHandle<Result<Execution, Error>>,
+}
+
+impl ExecutionHandle {
+    pub async fn wait(self) -> Result<Execution, Error> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Task {
+                id: self.id,
+                problem: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Engine {
+    /// Builds an engine. Every agent in `agents` must have an address (see
+    /// [`crate::agent::example::start_all`] for example agents).
+    pub fn new(ports: Ports, agents: &AgentRegistry, config: EngineConfig) -> Result<Engine, Error> {
+        let mut addresses = BTreeMap::new();
+        for (name, endpoint) in agents.iter() {
+            match endpoint {
+                AgentEndpoint::Address(addr) => {
+                    addresses.insert(name.clone(), addr.clone());
+                }
+                AgentEndpoint::Example(_) => return Err(Error::UnresolvedAgent(name.clone())),
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                clock: ports.clock,
+                store: ports.store,
+                rng: Mutex::new(ports.rng),
+                agents: addresses,
+                client: AgentClient::new(ports.net, config.client),
+                bus: EventBus::new(),
+                live: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.inner.store
+    }
+
+    /// Persists a new pending execution and returns its id. Nothing runs until [`Engine::start`].
+    pub async fn create(&self, process: Arc<ProcessDef>, input: Value) -> Result<String, Error> {
+        self.check_agents(&process)?;
+        let now = self.inner.clock.now_ms();
+        let id = {
+            let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+            new_id(now, &mut **rng)
+        };
+        let execution = Execution::new(id.clone(), process, input, now);
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.inner.store.commit(&execution, &all, &[]).await?;
+        Ok(id)
+    }
+
+    /// Starts driving a stored execution (a no-op drive if it is already terminal).
+    pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
+        let execution = self
+            .inner
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::UnknownExecution(id.to_string()))?;
+        Ok(self.spawn(execution, Input::Start))
+    }
+
+    /// Creates and starts an execution.
+    pub async fn submit(
+        &self,
+        process: Arc<ProcessDef>,
+        input: Value,
+    ) -> Result<ExecutionHandle, Error> {
+        let id = self.create(process, input).await?;
+        self.start(&id).await
+    }
+
+    /// Submits and waits for the final state.
+    pub async fn run(&self, process: Arc<ProcessDef>, input: Value) -> Result<Execution, Error> {
+        self.submit(process, input).await?.wait().await
+    }
+
+    /// Cancels an execution: a live one through its inbox, a stored one directly.
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), Error> {
+        let inbox = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(inbox) = inbox {
+            if inbox.send(Input::Cancel { reason: reason.clone() }).await.is_ok() {
+                return Ok(());
+            }
+            // The task ended between the lookup and the send: fall through to the store.
+        }
+        let mut execution = self
+            .inner
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::UnknownExecution(id.to_string()))?;
+        self.inner
+            .apply(&mut execution, Input::Cancel { reason })
+            .await?;
+        Ok(())
+    }
+
+    /// The execution as last committed.
+    pub async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
+        Ok(self.inner.store.load(id).await?)
+    }
+
+    fn check_agents(&self, process: &ProcessDef) -> Result<(), Error> {
+        let items: Vec<Diagnostic> = process
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::AgentTask(t) if !self.inner.agents.contains_key(&t.agent) => {
+                    Some(Diagnostic {
+                        step: Some(s.id.clone()),
+                        problem: format!("unknown agent '{}'", t.agent),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if items.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(Diagnostics {
+                file: format!("process '{}'", process.name),
+                items,
+            }))
+        }
+    }
+
+    fn spawn(&self, execution: Execution, first: Input) -> ExecutionHandle {
+        let id = execution.id.clone();
+        let (tx, rx) = mpsc::channel(execution.steps.len() + INBOX_SLACK);
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx.clone());
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let id = execution.id.clone();
+            let result = inner.clone().drive(execution, first, tx, rx).await;
+            inner
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            result
+        });
+        ExecutionHandle { id, task }
+    }
+}
+
+impl Inner {
+    /// Applies one input: core transition, commit, publish. Returns the commands to perform.
+    async fn apply(&self, execution: &mut Execution, input: Input) -> Result<Vec<Command>, Error> {
+        let transition = {
+            let now = self.clock.now_ms();
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            execution.apply(input, now, &mut **rng)
+        };
+        if !transition.changed {
+            return Ok(Vec::new());
+        }
+        let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
+        self.store
+            .commit(execution, &dirty, &transition.events)
+            .await?;
+        self.bus.publish(&transition.events);
+        Ok(transition.commands)
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        mut execution: Execution,
+        first: Input,
+        tx: mpsc::Sender<Input>,
+        mut rx: mpsc::Receiver<Input>,
+    ) -> Result<Execution, Error> {
+        let mut in_flight: BTreeMap<usize, AbortHandle> = BTreeMap::new();
+        let mut next = Some(first);
+        let result = loop {
+            let input = match next.take() {
+                Some(input) => input,
+                None if execution.status.is_terminal() => break Ok(()),
+                None => match rx.recv().await {
+                    Some(input) => input,
+                    None => break Ok(()),
+                },
+            };
+            let commands = match self.apply(&mut execution, input).await {
+                Ok(commands) => commands,
+                Err(e) => break Err(e),
+            };
+            for command in commands {
+                self.perform(&execution, command, &tx, &mut in_flight);
+            }
+        };
+        for (_, handle) in in_flight {
+            handle.abort();
+        }
+        result.map(|()| execution)
+    }
+
+    fn perform(
+        &self,
+        execution: &Execution,
+        command: Command,
+        tx: &mpsc::Sender<Input>,
+        in_flight: &mut BTreeMap<usize, AbortHandle>,
+    ) {
+        let tx = tx.clone();
+        let (step, handle) = match command {
+            Command::CallAgent(call) => {
+                let addr = self
+                    .agents
+                    .get(&call.agent)
+                    .cloned()
+                    .expect("checked at create: every agent has an address");
+                let client = self.client.clone();
+                let request = AgentRequest {
+                    execution_id: execution.id.clone(),
+                    step_id: call.step_id.clone(),
+                    attempt: call.attempt,
+                    idempotency_key: call.idempotency_key.clone(),
+                    input: call.input.clone(),
+                };
+                let task = tokio::spawn(async move {
+                    let result = client.call(&addr, &request, call.timeout_ms).await;
+                    let _ = tx
+                        .send(Input::AgentReturned {
+                            step: call.step,
+                            attempt: call.attempt,
+                            result,
+                        })
+                        .await;
+                });
+                (call.step, task.abort_handle())
+            }
+            Command::Wake {
+                step,
+                attempt,
+                at_ms,
+            } => {
+                let clock = self.clock.clone();
+                let task = tokio::spawn(async move {
+                    clock.sleep_until_ms(at_ms).await;
+                    let _ = tx.send(Input::Wake { step, attempt }).await;
+                });
+                (step, task.abort_handle())
+            }
+            Command::Abandon { step } => {
+                if let Some(handle) = in_flight.remove(&step) {
+                    handle.abort();
+                }
+                return;
+            }
+        };
+        if let Some(previous) = in_flight.insert(step, handle) {
+            previous.abort();
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The Storage port: the execution repository.
+//!
+//! One [`Storage::commit`] is one atomic transition: the execution row, the step rows that
+//! changed, and the domain events the transition caused, all or nothing. Nothing here is
+//! SQLite-specific, so another backend (PostgreSQL) can implement the same trait.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::core::Execution;
+use crate::event::EventRecord;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored execution {id} is unreadable: {problem}")]
+    Corrupt { id: String, problem: String },
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Atomically writes `execution`'s row, the rows of `steps` (indices into its steps; all of
+    /// them when the execution is new), and appends `events`.
+    async fn commit(
+        &self,
+        execution: &Execution,
+        steps: &[usize],
+        events: &[EventRecord],
+    ) -> Result<(), Error>;
+
+    /// The execution as last committed, or `None` if there is none with that id.
+    async fn load(&self, id: &str) -> Result<Option<Execution>, Error>;
+
+    /// The execution's events, by `seq`.
+    async fn events(&self, id: &str) -> Result<Vec<EventRecord>, Error>;
+
+    /// Ids of executions that are not terminal (pending, running, paused), oldest first.
+    async fn list_active(&self) -> Result<Vec<String>, Error>;
+}

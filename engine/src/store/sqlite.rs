@@ -1,0 +1,353 @@
+//! SQLite implementation of [`Storage`]: WAL journal, `synchronous=FULL` (a commit that
+//! returned survives power loss), one transaction per transition.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Error, Storage};
+use crate::core::{Execution, StepState};
+use crate::definition::ProcessDef;
+use crate::event::{DomainEvent, EventRecord};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS executions (
+    id              TEXT PRIMARY KEY,
+    process_name    TEXT NOT NULL,
+    process_version INTEGER NOT NULL,
+    definition      TEXT NOT NULL,
+    input           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    output          TEXT,
+    error           TEXT,
+    created_at_ms   INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL,
+    next_seq        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, created_at_ms);
+CREATE TABLE IF NOT EXISTS steps (
+    execution_id   TEXT NOT NULL REFERENCES executions (id),
+    position       INTEGER NOT NULL,
+    step_id        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    retry_count    INTEGER NOT NULL,
+    output         TEXT,
+    last_error     TEXT,
+    skip_reason    TEXT,
+    started_at_ms  INTEGER,
+    finished_at_ms INTEGER,
+    wake_at_ms     INTEGER,
+    PRIMARY KEY (execution_id, step_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    execution_id TEXT NOT NULL REFERENCES executions (id),
+    seq          INTEGER NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    step_id      TEXT,
+    payload      TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+) WITHOUT ROWID;
+";
+
+/// The embedded store. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> Error {
+    Error::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, Error> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        SqliteStore::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<SqliteStore, Error> {
+        SqliteStore::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, Error> {
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Backend(format!(
+                "database schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
+        // rolls back an unfinished one), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("engine values serialize to JSON")
+}
+
+fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+    v.as_ref().map(to_json)
+}
+
+#[async_trait]
+impl Storage for SqliteStore {
+    async fn commit(
+        &self,
+        execution: &Execution,
+        steps: &[usize],
+        events: &[EventRecord],
+    ) -> Result<(), Error> {
+        debug_assert!(
+            events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "event seqs are contiguous"
+        );
+        debug_assert!(events
+            .last()
+            .is_none_or(|e| e.seq + 1 == execution.next_seq));
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute(
+            "INSERT INTO executions (id, process_name, process_version, definition, input, status,
+                 output, error, created_at_ms, updated_at_ms, next_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
+                 error = excluded.error, updated_at_ms = excluded.updated_at_ms,
+                 next_seq = excluded.next_seq",
+            params![
+                execution.id,
+                execution.process.name,
+                execution.process.version,
+                to_json(&*execution.process),
+                to_json(&execution.input),
+                execution.status.as_str(),
+                opt_json(&execution.output),
+                execution.error,
+                execution.created_at_ms as i64,
+                execution.updated_at_ms as i64,
+                execution.next_seq as i64,
+            ],
+        )
+        .map_err(backend)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
+                         retry_count, output, last_error, skip_reason, started_at_ms,
+                         finished_at_ms, wake_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
+                         attempt = excluded.attempt, retry_count = excluded.retry_count,
+                         output = excluded.output, last_error = excluded.last_error,
+                         skip_reason = excluded.skip_reason,
+                         started_at_ms = excluded.started_at_ms,
+                         finished_at_ms = excluded.finished_at_ms,
+                         wake_at_ms = excluded.wake_at_ms",
+                )
+                .map_err(backend)?;
+            for &i in steps {
+                let def = &execution.process.steps[i];
+                let st = &execution.steps[i];
+                upsert
+                    .execute(params![
+                        execution.id,
+                        i as i64,
+                        def.id,
+                        def.kind.name(),
+                        st.status.as_str(),
+                        st.attempt,
+                        st.retry_count(),
+                        opt_json(&st.output),
+                        opt_json(&st.last_error),
+                        st.skip_reason.map(|r| r.as_str()),
+                        st.started_at_ms.map(|v| v as i64),
+                        st.finished_at_ms.map(|v| v as i64),
+                        st.wake_at_ms.map(|v| v as i64),
+                    ])
+                    .map_err(backend)?;
+            }
+            let mut append = tx
+                .prepare_cached(
+                    "INSERT INTO events (execution_id, seq, at_ms, kind, step_id, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for e in events {
+                append
+                    .execute(params![
+                        e.execution_id,
+                        e.seq as i64,
+                        e.at_ms as i64,
+                        e.event.kind(),
+                        e.event.step(),
+                        to_json(&e.event),
+                    ])
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
+        let conn = self.conn();
+        let corrupt = |problem: String| Error::Corrupt {
+            id: id.to_string(),
+            problem,
+        };
+        type Row = (String, String, String, Option<String>, Option<String>, i64, i64, i64);
+        let row: Option<Row> = conn
+            .query_row(
+                "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
+                        next_seq
+                 FROM executions WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some((definition, input, status, output, error, created, updated, next_seq)) = row
+        else {
+            return Ok(None);
+        };
+        let process: ProcessDef =
+            serde_json::from_str(&definition).map_err(|e| corrupt(format!("definition: {e}")))?;
+        let mut execution = Execution::new(
+            id.to_string(),
+            Arc::new(process),
+            serde_json::from_str(&input).map_err(|e| corrupt(format!("input: {e}")))?,
+            created as u64,
+        );
+        execution.status = status.parse().map_err(corrupt)?;
+        execution.output = output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| corrupt(format!("output: {e}")))?;
+        execution.error = error;
+        execution.updated_at_ms = updated as u64;
+        execution.next_seq = next_seq as u64;
+
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT position, step_id, status, attempt, output, last_error, skip_reason,
+                        started_at_ms, finished_at_ms, wake_at_ms
+                 FROM steps WHERE execution_id = ?1 ORDER BY position",
+            )
+            .map_err(backend)?;
+        let mut rows = stmt.query([id]).map_err(backend)?;
+        while let Some(r) = rows.next().map_err(backend)? {
+            let position: i64 = r.get(0).map_err(backend)?;
+            let step_id: String = r.get(1).map_err(backend)?;
+            let i = usize::try_from(position)
+                .ok()
+                .filter(|&i| execution.process.steps.get(i).is_some_and(|s| s.id == step_id))
+                .ok_or_else(|| corrupt(format!("step row {step_id} at position {position}")))?;
+            let json_col = |n: usize| -> Result<Option<String>, Error> { r.get(n).map_err(backend) };
+            let status: String = r.get(2).map_err(backend)?;
+            let skip_reason: Option<String> = r.get(6).map_err(backend)?;
+            execution.steps[i] = StepState {
+                status: status.parse().map_err(corrupt)?,
+                attempt: r.get(3).map_err(backend)?,
+                output: json_col(4)?
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| corrupt(format!("step {step_id} output: {e}")))?,
+                last_error: json_col(5)?
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| corrupt(format!("step {step_id} error: {e}")))?,
+                skip_reason: skip_reason
+                    .map(|s| s.parse())
+                    .transpose()
+                    .map_err(corrupt)?,
+                started_at_ms: r.get::<_, Option<i64>>(7).map_err(backend)?.map(|v| v as u64),
+                finished_at_ms: r.get::<_, Option<i64>>(8).map_err(backend)?.map(|v| v as u64),
+                wake_at_ms: r.get::<_, Option<i64>>(9).map_err(backend)?.map(|v| v as u64),
+            };
+        }
+        Ok(Some(execution))
+    }
+
+    async fn events(&self, id: &str) -> Result<Vec<EventRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, at_ms, payload FROM events WHERE execution_id = ?1 ORDER BY seq",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at_ms, payload) = row.map_err(backend)?;
+            let event: DomainEvent = serde_json::from_str(&payload).map_err(|e| Error::Corrupt {
+                id: id.to_string(),
+                problem: format!("event {seq}: {e}"),
+            })?;
+            out.push(EventRecord {
+                execution_id: id.to_string(),
+                seq: seq as u64,
+                at_ms: at_ms as u64,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn list_active(&self) -> Result<Vec<String>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id FROM executions WHERE status IN ('pending', 'running', 'paused')
+                 ORDER BY created_at_ms, id",
+            )
+            .map_err(backend)?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        Ok(ids)
+    }
+}
