@@ -117,7 +117,7 @@ mod tests {
     fn parses_urls_and_examples() {
         let r = AgentRegistry::parse(
             "agents.yaml",
-            "agents:\n  a: {url: 'http://127.0.0.1:9101'}\n  b: {example: {}}\n  c: {url: 'localhost:80/'}\n",
+            "agents:\n  a: {url: 'http://127.0.0.1:9101'}\n  b: {example: {}}\n  c: {url: 'localhost:80'}\n",
         )
         .unwrap();
         assert_eq!(r.get("a"), Some(&AgentEndpoint::Address("127.0.0.1:9101".into())));

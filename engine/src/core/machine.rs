@@ -146,7 +146,10 @@ impl Execution {
                 attempt,
                 result,
             } => {
-                if !self.is_current(step, attempt, StepStatus::Running) {
+                // Only agent tasks have calls in flight; anything else is a confused driver.
+                if !self.is_current(step, attempt, StepStatus::Running)
+                    || !matches!(self.process.steps[step].kind, StepKind::AgentTask(_))
+                {
                     return cx.tx;
                 }
                 match result {
@@ -155,12 +158,12 @@ impl Execution {
                 }
             }
             Input::Wake { step, attempt } => {
-                let st = &self.steps[step];
                 if self.is_current(step, attempt, StepStatus::Retrying) {
                     self.start_attempt(&mut cx, step, attempt + 1);
                 } else if self.is_current(step, attempt, StepStatus::Running)
                     && matches!(self.process.steps[step].kind, StepKind::Timer(_))
                 {
+                    let st = &self.steps[step];
                     let started = st.started_at_ms.expect("a running timer has started");
                     let waited_ms = now_ms.saturating_sub(started);
                     let output = json!({

@@ -1255,9 +1255,8 @@ fn timer_arms_a_wake_and_completes_on_it() {
     h.assert_seqs();
 }
 
-// BUG: `Input::AgentReturned` only checks that the step is running with that attempt, not that
-// it is an agent task, so a stray result for a running timer step completes the timer early
-// with the "agent" output (and starts its dependants). `Input::Wake` does check the step kind.
+// Regression: `Input::AgentReturned` once checked only that the step was running with that
+// attempt, so a stray result for a running timer step completed the timer early.
 #[test]
 fn agent_result_for_a_timer_step_is_ignored() {
     let mut h = Harness::new(TIMER, json!({}));
@@ -1593,8 +1592,7 @@ fn inputs_for_unknown_steps_are_ignored() {
         attempt: 1,
         result: Ok(json!(1)),
     }));
-    // BUG: `Input::Wake` indexes `self.steps[step]` before `is_current` checks the bounds, so a
-    // wake-up for a step index that does not exist panics instead of being ignored.
+    // Regression: `Input::Wake` once indexed the steps before checking bounds, and panicked.
     assert_noop(&h.apply(Input::Wake {
         step: 99,
         attempt: 1,
