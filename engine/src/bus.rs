@@ -25,7 +25,10 @@ impl EventBus {
     /// Adds a subscriber. Panics past [`MAX_SUBSCRIBERS`]: that is a leak, not load.
     pub fn subscribe(&self, f: impl Fn(&EventRecord) + Send + Sync + 'static) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(subs.len() < MAX_SUBSCRIBERS, "too many event bus subscribers");
+        assert!(
+            subs.len() < MAX_SUBSCRIBERS,
+            "too many event bus subscribers"
+        );
         subs.push(Arc::new(f));
     }
 
@@ -33,7 +36,11 @@ impl EventBus {
     pub fn capture(&self) -> Arc<Mutex<Vec<EventRecord>>> {
         let list = Arc::new(Mutex::new(Vec::new()));
         let sink = list.clone();
-        self.subscribe(move |e| sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone()));
+        self.subscribe(move |e| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.clone())
+        });
         list
     }
 

@@ -91,7 +91,11 @@ impl ExecutionHandle {
 impl Engine {
     /// Builds an engine. Every agent in `agents` must have an address (see
     /// [`crate::agent::example::start_all`] for example agents).
-    pub fn new(ports: Ports, agents: &AgentRegistry, config: EngineConfig) -> Result<Engine, Error> {
+    pub fn new(
+        ports: Ports,
+        agents: &AgentRegistry,
+        config: EngineConfig,
+    ) -> Result<Engine, Error> {
         let mut addresses = BTreeMap::new();
         for (name, endpoint) in agents.iter() {
             match endpoint {
@@ -172,7 +176,13 @@ impl Engine {
             .get(id)
             .cloned();
         if let Some(inbox) = inbox {
-            if inbox.send(Input::Cancel { reason: reason.clone() }).await.is_ok() {
+            if inbox
+                .send(Input::Cancel {
+                    reason: reason.clone(),
+                })
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             // The task ended between the lookup and the send: fall through to the store.

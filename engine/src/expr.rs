@@ -246,7 +246,10 @@ mod tests {
             Err(Error::Parse { .. })
         ));
         let err = check_condition("secret.key == 1").unwrap_err();
-        assert!(err.to_string().contains("unknown variable `secret`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown variable `secret`"),
+            "{err}"
+        );
         assert!(matches!(
             check_template(&json!("{{input.x")),
             Err(Error::Unclosed { .. })

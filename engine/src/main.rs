@@ -78,7 +78,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -98,7 +101,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { file, agents } => {
             let names = match agents {
-                Some(path) => Some(AgentRegistry::load(&path).map_err(anyhow::Error::msg)?.names()),
+                Some(path) => Some(
+                    AgentRegistry::load(&path)
+                        .map_err(anyhow::Error::msg)?
+                        .names(),
+                ),
                 None => None,
             };
             match definition::load(&file, names.as_deref()) {

@@ -93,7 +93,11 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     }
     let ignore_attr = concat!("#[", "ignore");
     for path in &all {
-        let rel = path.strip_prefix(root).unwrap_or(path).display().to_string();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         for (i, line) in std::fs::read_to_string(path)?.lines().enumerate() {
             if line.trim_start().starts_with(ignore_attr) {
                 problems.push(format!(
@@ -113,7 +117,11 @@ mod tests {
     #[test]
     fn repository_is_tidy() {
         let problems = check(&workspace_root()).unwrap();
-        assert!(problems.is_empty(), "tidy problems:\n{}", problems.join("\n"));
+        assert!(
+            problems.is_empty(),
+            "tidy problems:\n{}",
+            problems.join("\n")
+        );
     }
 
     #[test]
@@ -128,8 +136,14 @@ mod tests {
         .unwrap();
         let problems = check(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(problems.iter().any(|p| p.contains("no `//!` doc")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("SystemTime::now")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("no `//!` doc")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("SystemTime::now")),
+            "{problems:?}"
+        );
     }
 
     fn tempdir() -> PathBuf {

@@ -180,13 +180,24 @@ mod tests {
 
     #[test]
     fn classifies_responses() {
-        assert_eq!(classify(200, br#"{"a":1}"#).unwrap(), serde_json::json!({"a": 1}));
+        assert_eq!(
+            classify(200, br#"{"a":1}"#).unwrap(),
+            serde_json::json!({"a": 1})
+        );
         let e = classify(200, b"nope").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidResponse);
-        let e = classify(422, br#"{"error":{"type":"invalid_input","message":"bad"}}"#)
-            .unwrap_err();
+        let e = classify(
+            422,
+            br#"{"error":{"type":"invalid_input","message":"bad"}}"#,
+        )
+        .unwrap_err();
         assert_eq!(
-            (e.kind, e.error_type.as_deref(), e.message.as_str(), e.status),
+            (
+                e.kind,
+                e.error_type.as_deref(),
+                e.message.as_str(),
+                e.status
+            ),
             (ErrorKind::Agent, Some("invalid_input"), "bad", Some(422))
         );
         let e = classify(503, b"down").unwrap_err();

@@ -120,15 +120,24 @@ mod tests {
             "agents:\n  a: {url: 'http://127.0.0.1:9101'}\n  b: {example: {}}\n  c: {url: 'localhost:80'}\n",
         )
         .unwrap();
-        assert_eq!(r.get("a"), Some(&AgentEndpoint::Address("127.0.0.1:9101".into())));
+        assert_eq!(
+            r.get("a"),
+            Some(&AgentEndpoint::Address("127.0.0.1:9101".into()))
+        );
         assert!(matches!(r.get("b"), Some(AgentEndpoint::Example(_))));
-        assert_eq!(r.get("c"), Some(&AgentEndpoint::Address("localhost:80".into())));
+        assert_eq!(
+            r.get("c"),
+            Some(&AgentEndpoint::Address("localhost:80".into()))
+        );
     }
 
     #[test]
     fn errors_name_the_agent() {
         let e = AgentRegistry::parse("f.yaml", "agents:\n  a: {url: 'http://h'}\n").unwrap_err();
-        assert!(e.contains("f.yaml: agent 'a'") && e.contains("no port"), "{e}");
+        assert!(
+            e.contains("f.yaml: agent 'a'") && e.contains("no port"),
+            "{e}"
+        );
         let e = AgentRegistry::parse("f.yaml", "agents:\n  a: {}\n").unwrap_err();
         assert!(e.contains("exactly one"), "{e}");
     }

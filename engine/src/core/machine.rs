@@ -54,9 +54,15 @@ pub struct AgentCall {
 pub enum Command {
     CallAgent(AgentCall),
     /// Deliver [`Input::Wake`] at `at_ms` (Clock time), or at once if that has passed.
-    Wake { step: usize, attempt: u32, at_ms: u64 },
+    Wake {
+        step: usize,
+        attempt: u32,
+        at_ms: u64,
+    },
     /// Stop waiting for the step's call or wake-up; a late result would be ignored anyway.
-    Abandon { step: usize },
+    Abandon {
+        step: usize,
+    },
 }
 
 /// The result of one [`Execution::apply`].
@@ -482,9 +488,11 @@ impl Execution {
                 input,
                 timeout_ms: task.timeout.as_millis(),
             })),
-            Err(e) => {
-                self.attempt_failed(cx, step, StepError::new(ErrorKind::Expression, e.to_string()))
-            }
+            Err(e) => self.attempt_failed(
+                cx,
+                step,
+                StepError::new(ErrorKind::Expression, e.to_string()),
+            ),
         }
     }
 

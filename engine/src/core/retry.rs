@@ -56,7 +56,10 @@ mod tests {
         for attempt in 1..=50 {
             let d = retry_delay_ms(&policy(0.2), attempt % 4 + 1, &mut a);
             let base = [100.0, 200.0, 400.0, 800.0][(attempt % 4) as usize];
-            assert!((base * 0.8..=base * 1.2).contains(&(d as f64)), "{d} vs {base}");
+            assert!(
+                (base * 0.8..=base * 1.2).contains(&(d as f64)),
+                "{d} vs {base}"
+            );
             assert_eq!(d, retry_delay_ms(&policy(0.2), attempt % 4 + 1, &mut b));
         }
     }

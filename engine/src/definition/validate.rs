@@ -39,7 +39,11 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// Validates `def`. `agents`, when given, is the set of agent names the registry knows.
-pub fn validate(file: &str, def: &ProcessDef, agents: Option<&[String]>) -> Result<(), Diagnostics> {
+pub fn validate(
+    file: &str,
+    def: &ProcessDef,
+    agents: Option<&[String]>,
+) -> Result<(), Diagnostics> {
     let mut out = Vec::new();
     let mut problem = |step: Option<&str>, problem: String| {
         out.push(Diagnostic {
@@ -224,7 +228,12 @@ fn find_cycle(def: &ProcessDef) -> Option<Vec<String>> {
     let deps: BTreeMap<&str, Vec<&str>> = def
         .steps
         .iter()
-        .map(|s| (s.id.as_str(), s.depends_on.iter().map(String::as_str).collect()))
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
@@ -255,8 +264,11 @@ fn find_cycle(def: &ProcessDef) -> Option<Vec<String>> {
                         // Edges point from a step to what it depends on; print the cycle in
                         // execution order (dependency first), closing on its first step.
                         let from = path.iter().position(|(n, _)| *n == dep).expect("on path");
-                        let mut cycle: Vec<String> =
-                            path[from..].iter().rev().map(|(n, _)| n.to_string()).collect();
+                        let mut cycle: Vec<String> = path[from..]
+                            .iter()
+                            .rev()
+                            .map(|(n, _)| n.to_string())
+                            .collect();
                         // Start at the earliest-defined member, so the message is stable.
                         let first = (0..cycle.len())
                             .min_by_key(|&i| def.position(&cycle[i]))
@@ -311,9 +323,15 @@ mod tests {
         let out = problems(
             "name: p\nsteps:\n  - {id: a, type: agent_task, agent: echo, depends_on: [ghost]}\n  - {id: a, type: agent_task, agent: nobody}\n",
         );
-        assert!(out.contains("p.yaml: step 'a': depends on unknown step 'ghost'"), "{out}");
+        assert!(
+            out.contains("p.yaml: step 'a': depends on unknown step 'ghost'"),
+            "{out}"
+        );
         assert!(out.contains("p.yaml: step 'a': duplicate step id"), "{out}");
-        assert!(out.contains("unknown agent 'nobody' (known: echo)"), "{out}");
+        assert!(
+            out.contains("unknown agent 'nobody' (known: echo)"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -336,7 +354,10 @@ mod tests {
         let out = problems(
             "name: p\nsteps:\n  - id: g\n    type: gateway\n    routes: [{when: 'input.x > 1', to: [a]}]\n    default: [b]\n  - {id: a, type: agent_task, agent: echo, depends_on: [g]}\n  - {id: b, type: agent_task, agent: echo}\n",
         );
-        assert!(out.contains("step 'g': routes to 'b', which does not depend on 'g'"), "{out}");
+        assert!(
+            out.contains("step 'g': routes to 'b', which does not depend on 'g'"),
+            "{out}"
+        );
     }
 
     #[test]

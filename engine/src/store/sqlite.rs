@@ -222,7 +222,16 @@ impl Storage for SqliteStore {
             id: id.to_string(),
             problem,
         };
-        type Row = (String, String, String, Option<String>, Option<String>, i64, i64, i64);
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+        );
         let row: Option<Row> = conn
             .query_row(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
@@ -278,9 +287,16 @@ impl Storage for SqliteStore {
             let step_id: String = r.get(1).map_err(backend)?;
             let i = usize::try_from(position)
                 .ok()
-                .filter(|&i| execution.process.steps.get(i).is_some_and(|s| s.id == step_id))
+                .filter(|&i| {
+                    execution
+                        .process
+                        .steps
+                        .get(i)
+                        .is_some_and(|s| s.id == step_id)
+                })
                 .ok_or_else(|| corrupt(format!("step row {step_id} at position {position}")))?;
-            let json_col = |n: usize| -> Result<Option<String>, Error> { r.get(n).map_err(backend) };
+            let json_col =
+                |n: usize| -> Result<Option<String>, Error> { r.get(n).map_err(backend) };
             let status: String = r.get(2).map_err(backend)?;
             let skip_reason: Option<String> = r.get(6).map_err(backend)?;
             execution.steps[i] = StepState {
@@ -298,9 +314,18 @@ impl Storage for SqliteStore {
                     .map(|s| s.parse())
                     .transpose()
                     .map_err(corrupt)?,
-                started_at_ms: r.get::<_, Option<i64>>(7).map_err(backend)?.map(|v| v as u64),
-                finished_at_ms: r.get::<_, Option<i64>>(8).map_err(backend)?.map(|v| v as u64),
-                wake_at_ms: r.get::<_, Option<i64>>(9).map_err(backend)?.map(|v| v as u64),
+                started_at_ms: r
+                    .get::<_, Option<i64>>(7)
+                    .map_err(backend)?
+                    .map(|v| v as u64),
+                finished_at_ms: r
+                    .get::<_, Option<i64>>(8)
+                    .map_err(backend)?
+                    .map(|v| v as u64),
+                wake_at_ms: r
+                    .get::<_, Option<i64>>(9)
+                    .map_err(backend)?
+                    .map(|v| v as u64),
             };
         }
         Ok(Some(execution))
@@ -315,16 +340,21 @@ impl Storage for SqliteStore {
             .map_err(backend)?;
         let rows = stmt
             .query_map([id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(backend)?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, at_ms, payload) = row.map_err(backend)?;
-            let event: DomainEvent = serde_json::from_str(&payload).map_err(|e| Error::Corrupt {
-                id: id.to_string(),
-                problem: format!("event {seq}: {e}"),
-            })?;
+            let event: DomainEvent =
+                serde_json::from_str(&payload).map_err(|e| Error::Corrupt {
+                    id: id.to_string(),
+                    problem: format!("event {seq}: {e}"),
+                })?;
             out.push(EventRecord {
                 execution_id: id.to_string(),
                 seq: seq as u64,

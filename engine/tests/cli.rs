@@ -1,0 +1,147 @@
+//! The `proctor` binary end to end: `validate` on bad definitions, and `run` of the example
+//! diamond against the built-in example agents, checked through the SQLite file it leaves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn proctor() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_proctor"))
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+#[test]
+fn validate_prints_the_cycle_and_exits_1() {
+    let out = proctor()
+        .args(["validate"])
+        .arg(example("cycle.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cycle.yaml: step 'a': dependency cycle: a -> b -> c -> a"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_names_the_step_with_a_missing_dependency() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing.yaml");
+    std::fs::write(
+        &file,
+        "name: m\nsteps:\n  - {id: first, type: agent_task, agent: x}\n  - {id: second, type: agent_task, agent: x, depends_on: [frist]}\n",
+    )
+    .unwrap();
+    let out = proctor().arg("validate").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("step 'second': depends on unknown step 'frist'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let out = proctor()
+        .arg("validate")
+        .arg(example("diamond.yaml"))
+        .arg("--agents")
+        .arg(example("agents.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (diamond v1, 4 steps)"));
+}
+
+#[test]
+fn run_rejects_bad_input_json_with_a_message() {
+    let out = proctor()
+        .arg("run")
+        .arg(example("diamond.yaml"))
+        .args(["--input", "{not json"])
+        .arg("--agents")
+        .arg(example("agents.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--input is not JSON"));
+}
+
+#[test]
+fn run_diamond_prints_events_and_persists_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proctor.db");
+    let out = proctor()
+        .arg("run")
+        .arg(example("diamond.yaml"))
+        .args(["--input", r#"{"text":"hello"}"#, "--seed", "7"])
+        .arg("--agents")
+        .arg(example("agents.yaml"))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "ExecutionStarted",
+        "StepRetrying",
+        "ExecutionCompleted",
+        "\"summary\": \"hello has 5 characters\"",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle} in:\n{stdout}");
+    }
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let status: String = conn
+        .query_row("SELECT status FROM executions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "completed");
+    let steps: Vec<(String, String, u32)> = conn
+        .prepare("SELECT step_id, status, attempt FROM steps ORDER BY position")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            ("fetch".into(), "completed".into(), 2),
+            ("left".into(), "completed".into(), 1),
+            ("right".into(), "completed".into(), 1),
+            ("join".into(), "completed".into(), 1),
+        ]
+    );
+    let seqs: Vec<i64> = conn
+        .prepare("SELECT seq FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let last: String = conn
+        .query_row(
+            "SELECT kind FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last, "ExecutionCompleted");
+}
