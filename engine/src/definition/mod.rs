@@ -297,3 +297,45 @@ impl ProcessDef {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_yaml_give_the_same_definition() {
+        let yaml = "name: p\nversion: 3\nsteps:\n  - id: a\n    type: agent_task\n    agent: echo\n    input: {x: '{{input.x}}'}\n    timeout: 2s\n    retry: {max_attempts: 2}\n  - {id: t, type: timer, duration: 1m, depends_on: [a]}\n";
+        let json = r#"{"name": "p", "version": 3, "steps": [
+            {"id": "a", "type": "agent_task", "agent": "echo", "input": {"x": "{{input.x}}"},
+             "timeout": "2s", "retry": {"max_attempts": 2}},
+            {"id": "t", "type": "timer", "duration": 60000, "depends_on": ["a"]}]}"#;
+        let from_yaml = parse("p.yaml", yaml, Format::Yaml).unwrap();
+        let from_json = parse("p.json", json, Format::Json).unwrap();
+        assert_eq!(from_yaml, from_json);
+        let StepKind::AgentTask(task) = &from_yaml.steps[0].kind else {
+            panic!("agent task expected")
+        };
+        assert_eq!(task.timeout, DurationMs(2_000));
+        assert_eq!(task.retry.max_attempts, 2);
+        assert_eq!(task.on_error, OnError::Fail);
+    }
+
+    #[test]
+    fn definitions_round_trip_through_json() {
+        let yaml = "name: p\nsteps:\n  - id: g\n    type: gateway\n    routes: [{when: 'input.x > 1', to: [a]}]\n    default: [b]\n  - {id: a, type: agent_task, agent: e, depends_on: [g], on_error: skip_step}\n  - {id: b, type: timer, until: '2030-01-01T00:00:00Z', depends_on: [g]}\n";
+        let def = parse("p.yaml", yaml, Format::Yaml).unwrap();
+        let text = serde_json::to_string(&def).unwrap();
+        assert_eq!(parse("p.json", &text, Format::Json).unwrap(), def);
+    }
+
+    #[test]
+    fn unknown_top_level_field_is_reported() {
+        let err = parse("p.yaml", "name: p\nstepz: []\n", Format::Yaml).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("p.yaml: cannot parse definition"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("stepz"), "{err}");
+    }
+}

@@ -381,3 +381,77 @@ impl Storage for SqliteStore {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{ExecutionStatus, Input};
+    use crate::definition::{parse, Format};
+    use crate::rng::seeded;
+    use serde_json::json;
+
+    fn execution(id: &str) -> Execution {
+        let def = parse(
+            "p.yaml",
+            "name: p\nsteps:\n  - {id: a, type: agent_task, agent: e}\n  - {id: b, type: agent_task, agent: e, depends_on: [a]}\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        Execution::new(id.into(), Arc::new(def), json!({"x": 1}), 1_000)
+    }
+
+    #[tokio::test]
+    async fn commit_load_and_events_round_trip() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut exec = execution("e1");
+        store.commit(&exec, &[0, 1], &[]).await.unwrap();
+        let mut rng = seeded(1);
+        let t1 = exec.apply(Input::Start, 2_000, &mut *rng);
+        let dirty: Vec<usize> = t1.dirty_steps.iter().copied().collect();
+        store.commit(&exec, &dirty, &t1.events).await.unwrap();
+        let t2 = exec.apply(
+            Input::AgentReturned {
+                step: 0,
+                attempt: 1,
+                result: Ok(json!({"y": 2})),
+            },
+            3_000,
+            &mut *rng,
+        );
+        let dirty: Vec<usize> = t2.dirty_steps.iter().copied().collect();
+        store.commit(&exec, &dirty, &t2.events).await.unwrap();
+
+        let loaded = store.load("e1").await.unwrap().unwrap();
+        assert_eq!(loaded, exec);
+        let events = store.events("e1").await.unwrap();
+        let expected: Vec<EventRecord> = t1.events.into_iter().chain(t2.events).collect();
+        assert_eq!(events, expected);
+        assert_eq!(store.list_active().await.unwrap(), vec!["e1".to_string()]);
+        assert!(store.load("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn terminal_executions_are_not_active() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut exec = execution("e2");
+        let t = exec.apply(Input::Cancel { reason: None }, 1_500, &mut *seeded(1));
+        assert_eq!(exec.status, ExecutionStatus::Cancelled);
+        store.commit(&exec, &[0, 1], &t.events).await.unwrap();
+        assert!(store.list_active().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_seq_is_refused_and_nothing_is_written() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut exec = execution("e3");
+        let t = exec.apply(Input::Start, 2_000, &mut *seeded(1));
+        store.commit(&exec, &[0, 1], &t.events).await.unwrap();
+        // Same events again, as a buggy driver replaying a transition would: the primary key
+        // on (execution_id, seq) rejects it and the transaction leaves no partial write.
+        let before = store.load("e3").await.unwrap();
+        exec.status = ExecutionStatus::Completed;
+        let err = store.commit(&exec, &[], &t.events).await.unwrap_err();
+        assert!(matches!(err, Error::Backend(_)), "{err}");
+        assert_eq!(store.load("e3").await.unwrap(), before);
+    }
+}
