@@ -1,1 +1,394 @@
+//! Shared fixtures for the integration tests: an engine wired to real parts (SQLite on a
+//! temporary file, real HTTP example agents on loopback TCP), a ManualClock so timers and
+//! backoffs take no real time, a capture of the event bus, and helpers to read the persisted
+//! rows back with plain SQL.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proctor::agent::example::{self, Behaviour, RunningAgent};
+use proctor::agent::{AgentEndpoint, AgentRegistry, AgentRequest};
+use proctor::clock::{Clock, ManualClock};
+use proctor::core::{Execution, StepState};
+use proctor::definition::{self, Format, ProcessDef};
+use proctor::event::{DomainEvent, EventRecord};
+use proctor::network::TokioNetwork;
+use proctor::store::SqliteStore;
+use proctor::{Engine, EngineConfig, Ports};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Where every test's ManualClock starts.
+pub const T0: u64 = 1_700_000_000_000;
+/// The engine's RNG seed.
+pub const SEED: u64 = 42;
+/// No single execution in these tests should take anywhere near this long.
+pub const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+/// Parses and validates a definition, panicking with the diagnostics if it is invalid.
+pub fn process(yaml: &str) -> Arc<ProcessDef> {
+    let def = definition::parse("test.yaml", yaml, Format::Yaml)
+        .unwrap_or_else(|d| panic!("test definition does not parse:\n{d}"));
+    definition::validate("test.yaml", &def, None)
+        .unwrap_or_else(|d| panic!("test definition is invalid:\n{d}"));
+    Arc::new(def)
+}
+
+/// An engine over real SQLite and real HTTP example agents, driven by a ManualClock.
+pub struct TestEngine {
+    pub engine: Engine,
+    pub process: Arc<ProcessDef>,
+    pub clock: Arc<ManualClock>,
+    /// Every event the bus delivered, in delivery order.
+    pub captured: Arc<Mutex<Vec<EventRecord>>>,
+    pub db_path: PathBuf,
+    agents: BTreeMap<String, RunningAgent>,
+    _dir: TempDir,
+}
+
+impl TestEngine {
+    /// Starts one example agent per `(name, behaviour)` on `127.0.0.1:0`, opens a SQLite file in
+    /// a fresh temporary directory, and builds the engine for `yaml`.
+    pub async fn start(yaml: &str, agents: &[(&str, Behaviour)]) -> TestEngine {
+        let process = process(yaml);
+        let mut registry = AgentRegistry::new();
+        let mut running = BTreeMap::new();
+        for (name, behaviour) in agents {
+            let agent = example::start(&TokioNetwork, "127.0.0.1:0", name, behaviour.clone())
+                .await
+                .unwrap_or_else(|e| panic!("starting example agent {name}: {e}"));
+            registry.insert(*name, AgentEndpoint::Address(agent.address()));
+            running.insert(name.to_string(), agent);
+        }
+        TestEngine::with_registry(process, &registry, running).await
+    }
+
+    /// Builds the engine for an already-loaded definition and resolved registry; `agents` are
+    /// the running agents to keep alive (and whose ledgers [`TestEngine::requests`] reads).
+    pub async fn with_registry(
+        process: Arc<ProcessDef>,
+        registry: &AgentRegistry,
+        agents: BTreeMap<String, RunningAgent>,
+    ) -> TestEngine {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db_path = dir.path().join("proctor.db");
+        let store = SqliteStore::open(&db_path).expect("open SQLite store");
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = Engine::new(
+            Ports {
+                clock: clock.clone(),
+                net: Arc::new(TokioNetwork),
+                store: Arc::new(store),
+                rng: proctor::rng::seeded(SEED),
+            },
+            registry,
+            EngineConfig::default(),
+        )
+        .expect("build engine");
+        let captured = engine.bus().capture();
+        TestEngine {
+            engine,
+            process,
+            clock,
+            captured,
+            db_path,
+            agents,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the process to its end with `input` and returns the final state.
+    pub async fn run(&self, input: Value) -> Execution {
+        tokio::time::timeout(RUN_LIMIT, self.engine.run(self.process.clone(), input))
+            .await
+            .expect("execution finished within the limit")
+            .expect("engine ran the execution")
+    }
+
+    /// The ManualClock's current time.
+    pub fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The execution's events as stored, by seq.
+    pub async fn events_of(&self, id: &str) -> Vec<EventRecord> {
+        self.engine.store().events(id).await.expect("read events")
+    }
+
+    /// The execution's events as the bus delivered them.
+    pub fn bus_events_of(&self, id: &str) -> Vec<EventRecord> {
+        self.captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.execution_id == id)
+            .cloned()
+            .collect()
+    }
+
+    /// The running example agent called `name`.
+    pub fn agent(&self, name: &str) -> &RunningAgent {
+        self.agents
+            .get(name)
+            .unwrap_or_else(|| panic!("no agent {name} in this test"))
+    }
+
+    /// Every request agent `name` received, in arrival order.
+    pub fn requests(&self, name: &str) -> Vec<AgentRequest> {
+        self.agent(name).ledger().requests.clone()
+    }
+
+    /// Step ids of the requests agent `name` received, in arrival order.
+    pub fn requested_steps(&self, name: &str) -> Vec<String> {
+        self.requests(name).into_iter().map(|r| r.step_id).collect()
+    }
+
+    /// A fresh raw connection to the engine's database file.
+    pub fn sql(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(&self.db_path).expect("open database file")
+    }
+
+    /// The `executions` row.
+    pub fn execution_row(&self, id: &str) -> ExecutionRow {
+        execution_row(&self.sql(), id)
+    }
+
+    /// The `steps` row of `step`.
+    pub fn step_row(&self, id: &str, step: &str) -> StepRow {
+        step_row(&self.sql(), id, step)
+    }
+
+    /// The `events` rows, by seq.
+    pub fn event_rows(&self, id: &str) -> Vec<EventRow> {
+        event_rows(&self.sql(), id)
+    }
+}
+
+/// A step's state in `execution`, by id.
+pub fn step<'a>(execution: &'a Execution, id: &str) -> &'a StepState {
+    let i = execution
+        .process
+        .position(id)
+        .unwrap_or_else(|| panic!("no step {id}"));
+    &execution.steps[i]
+}
+
+/// The `kind` of each event.
+pub fn kinds(events: &[EventRecord]) -> Vec<&str> {
+    events.iter().map(|e| e.event.kind()).collect()
+}
+
+/// Each event as `Kind` or `Kind:step`.
+pub fn labels(events: &[EventRecord]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e.event.step() {
+            Some(step) => format!("{}:{step}", e.event.kind()),
+            None => e.event.kind().to_string(),
+        })
+        .collect()
+}
+
+/// Asserts the exact event sequence; each expected entry is `Kind` or `Kind:step`.
+pub fn assert_event_sequence(events: &[EventRecord], expected: &[&str]) {
+    assert_eq!(
+        labels(events),
+        expected,
+        "event sequence differs; events: {events:#?}"
+    );
+}
+
+/// The seq of the first event labelled `label` (`Kind` or `Kind:step`).
+pub fn seq_of(events: &[EventRecord], label: &str) -> u64 {
+    let labels = labels(events);
+    labels
+        .iter()
+        .position(|l| l == label)
+        .map(|i| events[i].seq)
+        .unwrap_or_else(|| panic!("no {label} event in {labels:?}"))
+}
+
+/// The first event labelled `label`.
+pub fn event<'a>(events: &'a [EventRecord], label: &str) -> &'a DomainEvent {
+    let seq = seq_of(events, label);
+    &events
+        .iter()
+        .find(|e| e.seq == seq)
+        .expect("seq found")
+        .event
+}
+
+/// An `executions` row as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionRow {
+    pub process_name: String,
+    pub process_version: i64,
+    pub input: Value,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub next_seq: i64,
+}
+
+/// A `steps` row as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRow {
+    pub position: i64,
+    pub kind: String,
+    pub status: String,
+    pub attempt: i64,
+    pub retry_count: i64,
+    pub output: Option<Value>,
+    pub last_error: Option<Value>,
+    pub skip_reason: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub wake_at_ms: Option<i64>,
+}
+
+/// An `events` row as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub step_id: Option<String>,
+    pub payload: Value,
+}
+
+fn json_column(text: Option<String>) -> Option<Value> {
+    text.map(|t| serde_json::from_str(&t).expect("JSON column holds JSON"))
+}
+
+pub fn execution_row(conn: &rusqlite::Connection, id: &str) -> ExecutionRow {
+    conn.query_row(
+        "SELECT process_name, process_version, input, status, output, error, created_at_ms,
+                updated_at_ms, next_seq
+         FROM executions WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(ExecutionRow {
+                process_name: r.get(0)?,
+                process_version: r.get(1)?,
+                input: json_column(r.get(2)?).expect("input is not null"),
+                status: r.get(3)?,
+                output: json_column(r.get(4)?),
+                error: r.get(5)?,
+                created_at_ms: r.get(6)?,
+                updated_at_ms: r.get(7)?,
+                next_seq: r.get(8)?,
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("executions row {id}: {e}"))
+}
+
+pub fn step_row(conn: &rusqlite::Connection, id: &str, step: &str) -> StepRow {
+    conn.query_row(
+        "SELECT position, kind, status, attempt, retry_count, output, last_error, skip_reason,
+                started_at_ms, finished_at_ms, wake_at_ms
+         FROM steps WHERE execution_id = ?1 AND step_id = ?2",
+        [id, step],
+        |r| {
+            Ok(StepRow {
+                position: r.get(0)?,
+                kind: r.get(1)?,
+                status: r.get(2)?,
+                attempt: r.get(3)?,
+                retry_count: r.get(4)?,
+                output: json_column(r.get(5)?),
+                last_error: json_column(r.get(6)?),
+                skip_reason: r.get(7)?,
+                started_at_ms: r.get(8)?,
+                finished_at_ms: r.get(9)?,
+                wake_at_ms: r.get(10)?,
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("steps row {id}/{step}: {e}"))
+}
+
+pub fn event_rows(conn: &rusqlite::Connection, id: &str) -> Vec<EventRow> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, at_ms, kind, step_id, payload FROM events
+             WHERE execution_id = ?1 ORDER BY seq",
+        )
+        .expect("prepare events query");
+    stmt.query_map([id], |r| {
+        Ok(EventRow {
+            seq: r.get(0)?,
+            at_ms: r.get(1)?,
+            kind: r.get(2)?,
+            step_id: r.get(3)?,
+            payload: json_column(Some(r.get(4)?)).expect("payload"),
+        })
+    })
+    .expect("query events")
+    .collect::<Result<_, _>>()
+    .expect("read events rows")
+}
+
+/// Step statuses by step id, from the `steps` table.
+pub fn step_statuses(conn: &rusqlite::Connection, id: &str) -> BTreeMap<String, String> {
+    let mut stmt = conn
+        .prepare("SELECT step_id, status FROM steps WHERE execution_id = ?1")
+        .expect("prepare steps query");
+    stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query steps")
+        .collect::<Result<_, _>>()
+        .expect("read steps rows")
+}
+
+/// An agent that echoes its input.
+pub fn echo() -> Behaviour {
+    Behaviour::default()
+}
+
+/// An agent that answers every attempt of `steps` with `status` and error type `error_type`.
+pub fn failing(steps: &[&str], status: u16, error_type: &str) -> Behaviour {
+    Behaviour {
+        fail_steps: steps.iter().map(|s| s.to_string()).collect(),
+        fail_status: Some(status),
+        error_type: Some(error_type.to_string()),
+        ..Behaviour::default()
+    }
+}
+
+/// An agent that fails the first `n` attempts of every key with a 503.
+pub fn flaky(n: u32) -> Behaviour {
+    Behaviour {
+        fail_first: n,
+        ..Behaviour::default()
+    }
+}
+
+/// An echo agent that answers after `ms` of real time.
+pub fn slow(ms: u64) -> Behaviour {
+    Behaviour {
+        delay_ms: ms,
+        ..Behaviour::default()
+    }
+}
+
+/// An agent with fixed outputs for some steps (echo for the others).
+pub fn with_outputs(outputs: &[(&str, Value)]) -> Behaviour {
+    Behaviour {
+        outputs: outputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..Behaviour::default()
+    }
+}
+
+/// Path of a file under `engine/examples`.
+pub fn example_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/examples")
+        .join(name)
+}

@@ -61,6 +61,40 @@ fn compile(source: &str) -> Result<Program, Error> {
     Ok(program)
 }
 
+/// Serializes JSON for CEL with integers as signed `int` where they fit. serde_json keeps
+/// non-negative integers as unsigned, and CEL does not mix `uint` with `int` in arithmetic, so
+/// without this `{{steps.a.output.days + 1}}` would fail on a plain JSON number.
+struct CelJson<'a>(&'a Value);
+
+impl serde::Serialize for CelJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => s.serialize_i64(i),
+                (None, Some(u), _) => s.serialize_u64(u),
+                (None, None, Some(f)) => s.serialize_f64(f),
+                (None, None, None) => n.serialize(s),
+            },
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&CelJson(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    m.serialize_entry(k, &CelJson(v))?;
+                }
+                m.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
 fn evaluate(source: &str, scope: &Scope) -> Result<Value, Error> {
     let program = compile(source)?;
     let eval_err = |message: String| Error::Eval {
@@ -69,10 +103,10 @@ fn evaluate(source: &str, scope: &Scope) -> Result<Value, Error> {
     };
     let mut context = Context::default();
     context
-        .add_variable("input", &scope.input)
+        .add_variable("input", CelJson(&scope.input))
         .map_err(|e| eval_err(e.to_string()))?;
     context
-        .add_variable("steps", &scope.steps)
+        .add_variable("steps", CelJson(&scope.steps))
         .map_err(|e| eval_err(e.to_string()))?;
     let value = program
         .execute(&context)
@@ -229,6 +263,17 @@ mod tests {
         assert!(condition("steps.a.output.score > 0.8 && input.vip", &s).unwrap());
         assert!(!condition("steps.a.output.score > 0.95 || !input.vip", &s).unwrap());
         assert!(condition("input.n >= 3 && 'x' in steps.a.output.tags", &s).unwrap());
+    }
+
+    #[test]
+    fn json_integers_do_integer_arithmetic() {
+        let s = scope();
+        assert_eq!(render(&json!("{{input.n + 1}}"), &s).unwrap(), json!(4));
+        assert_eq!(
+            render(&json!("{{steps.a.output.id * input.n - 1}}"), &s).unwrap(),
+            json!(20)
+        );
+        assert!(condition("input.n + 1 == 4 && steps.a.output.id - input.n == 4", &s).unwrap());
     }
 
     #[test]

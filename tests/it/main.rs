@@ -1,1 +1,12 @@
+//! Integration tests: the engine against real SQLite and real HTTP example agents, with a
+//! ManualClock. Fixtures live in the crate's lib.rs.
 
+mod events;
+mod examples;
+mod gateway;
+mod lifecycle;
+mod output;
+mod parallel;
+mod retry;
+mod sequential;
+mod timer;

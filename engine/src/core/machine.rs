@@ -254,7 +254,11 @@ impl Execution {
                 json!({
                     "status": st.status.as_str(),
                     "output": st.output.clone().unwrap_or(Value::Null),
-                    "error": st.last_error.as_ref().map(|e| serde_json::to_value(e).expect("serializes")),
+                    // A step that succeeded after retries keeps its last error in the row (it
+                    // says why it retried), but expressions see an error only on failure.
+                    "error": st.last_error.as_ref()
+                        .filter(|_| matches!(st.status, StepStatus::Failed | StepStatus::Skipped))
+                        .map(|e| serde_json::to_value(e).expect("serializes")),
                     "attempt": st.attempt,
                 }),
             );
