@@ -16,9 +16,11 @@ use tokio::task::AbortHandle;
 use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
 use crate::bus::EventBus;
 use crate::clock::Clock;
-use crate::core::{Command, Execution, Input};
+use crate::core::{Command, Execution, Input, RecoveryAction};
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
+use crate::event::SystemEvent;
 use crate::network::Network;
+use crate::recovery::{RecoveryConfig, RecoveryError, RecoveryReport};
 use crate::rng::{new_id, Rng};
 use crate::store::{self, Storage};
 
@@ -35,6 +37,8 @@ pub enum Error {
     UnknownExecution(String),
     #[error("agent '{0}' has no address: start example agents before building the engine")]
     UnresolvedAgent(String),
+    #[error("execution {0} is already being driven by this engine")]
+    AlreadyLive(String),
     #[error("execution task for {id} ended abnormally: {problem}")]
     Task { id: String, problem: String },
 }
@@ -62,6 +66,13 @@ struct Inner {
     bus: EventBus,
     /// Inboxes of executions with a live task.
     live: Mutex<BTreeMap<String, mpsc::Sender<Input>>>,
+    last_recovery: Mutex<Option<RecoveryReport>>,
+}
+
+/// The result of [`Engine::recover`]: the report, and a handle per execution it restarted.
+pub struct Recovery {
+    pub report: RecoveryReport,
+    pub handles: Vec<ExecutionHandle>,
 }
 
 /// The engine. Cheap to clone.
@@ -114,6 +125,7 @@ impl Engine {
                 client: AgentClient::new(ports.net, config.client),
                 bus: EventBus::new(),
                 live: Mutex::new(BTreeMap::new()),
+                last_recovery: Mutex::new(None),
             }),
         })
     }
@@ -140,15 +152,10 @@ impl Engine {
         Ok(id)
     }
 
-    /// Starts driving a stored execution (a no-op drive if it is already terminal).
+    /// Starts driving a stored pending execution (a no-op drive if it is not pending).
     pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
-        let execution = self
-            .inner
-            .store
-            .load(id)
-            .await?
-            .ok_or_else(|| Error::UnknownExecution(id.to_string()))?;
-        Ok(self.spawn(execution, Input::Start))
+        let execution = self.load_existing(id).await?;
+        self.spawn(execution, Input::Start)
     }
 
     /// Creates and starts an execution.
@@ -166,8 +173,162 @@ impl Engine {
         self.submit(process, input).await?.wait().await
     }
 
-    /// Cancels an execution: a live one through its inbox, a stored one directly.
+    /// Cancels an execution (pending, running or paused): a live one through its inbox, a
+    /// stored one directly. Calls in flight are abandoned; their late results are ignored.
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), Error> {
+        let input = Input::Cancel {
+            reason: reason.clone(),
+        };
+        if self.send_live(id, input).await {
+            return Ok(());
+        }
+        let mut execution = self.load_existing(id).await?;
+        self.inner
+            .apply(&mut execution, Input::Cancel { reason })
+            .await?;
+        Ok(())
+    }
+
+    /// Pauses a running execution: no new step starts; steps in flight finish and their
+    /// results are kept. The pause is persisted, so it survives a restart.
+    pub async fn pause(&self, id: &str) -> Result<(), Error> {
+        if self.send_live(id, Input::Pause).await {
+            return Ok(());
+        }
+        let mut execution = self.load_existing(id).await?;
+        self.inner.apply(&mut execution, Input::Pause).await?;
+        Ok(())
+    }
+
+    /// Resumes a paused execution. One this process is not driving (it was paused before a
+    /// restart) is picked up first, as recovery would, then resumed.
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        if self.send_live(id, Input::Resume).await {
+            return Ok(());
+        }
+        let execution = self.load_existing(id).await?;
+        let action = execution.recovery_action(self.inner.clock.now_ms(), u64::MAX);
+        if action == RecoveryAction::Skip {
+            return Ok(());
+        }
+        // Lost a race with another resume or a recovery: the winner drives it, so send to it.
+        match self.spawn(execution, Input::Recover { action }) {
+            Ok(_) | Err(Error::AlreadyLive(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.send_live(id, Input::Resume).await;
+        Ok(())
+    }
+
+    /// Recovers every non-terminal execution in storage; run it at startup before accepting
+    /// new work. Each execution gets an action (see [`Execution::recovery_action`]); one that
+    /// cannot be loaded or updated is reported and the rest go on. Executions this process is
+    /// already driving are skipped, so a second concurrent recovery never doubles one.
+    pub async fn recover(&self, config: RecoveryConfig) -> Result<Recovery, Error> {
+        let bus = &self.inner.bus;
+        let mut report = RecoveryReport {
+            dry_run: config.dry_run,
+            started_at_ms: self.inner.clock.now_ms(),
+            ..RecoveryReport::default()
+        };
+        let active = self.inner.store.list_active().await?;
+        bus.publish_system(SystemEvent::RecoveryStarted {
+            at_ms: report.started_at_ms,
+            active: active.len(),
+            dry_run: config.dry_run,
+        });
+        let mut handles = Vec::new();
+        for id in active {
+            let is_live = self
+                .inner
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id);
+            let loaded = if is_live {
+                Ok(None)
+            } else {
+                self.inner.store.load(&id).await
+            };
+            let mut execution = match loaded {
+                Ok(Some(execution)) => execution,
+                Ok(None) => {
+                    report.count(&id, RecoveryAction::Skip);
+                    continue;
+                }
+                Err(e) => {
+                    self.recovery_failed(&mut report, &id, e.to_string());
+                    continue;
+                }
+            };
+            let now_ms = self.inner.clock.now_ms();
+            let action = execution.recovery_action(now_ms, config.max_age_ms());
+            report.count(&id, action);
+            if config.dry_run {
+                continue;
+            }
+            match action {
+                RecoveryAction::Skip => {}
+                RecoveryAction::MarkFailed => {
+                    let input = Input::Recover { action };
+                    if let Err(e) = self.inner.apply(&mut execution, input).await {
+                        self.recovery_failed(&mut report, &id, e.to_string());
+                    }
+                }
+                RecoveryAction::Resume | RecoveryAction::RetryStep => {
+                    match self.spawn(execution, Input::Recover { action }) {
+                        Ok(handle) => handles.push(handle),
+                        // Picked up by someone else since the scan: theirs, not ours.
+                        Err(Error::AlreadyLive(_)) => {}
+                        Err(e) => self.recovery_failed(&mut report, &id, e.to_string()),
+                    }
+                }
+            }
+        }
+        report.finished_at_ms = self.inner.clock.now_ms();
+        bus.publish_system(SystemEvent::RecoveryCompleted {
+            at_ms: report.finished_at_ms,
+            resumed: report.resumed,
+            retried: report.retried,
+            failed: report.failed,
+            skipped: report.skipped,
+            errors: report.errors.len(),
+        });
+        tracing::info!("{}", report.summary());
+        *self
+            .inner
+            .last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        Ok(Recovery { report, handles })
+    }
+
+    /// The report of the last [`Engine::recover`], for health checks.
+    pub fn last_recovery_report(&self) -> Option<RecoveryReport> {
+        self.inner
+            .last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn recovery_failed(&self, report: &mut RecoveryReport, id: &str, error: String) {
+        tracing::warn!(execution = id, "recovery failed: {error}");
+        self.inner
+            .bus
+            .publish_system(SystemEvent::ExecutionRecoveryFailed {
+                at_ms: self.inner.clock.now_ms(),
+                execution_id: id.to_string(),
+                error: error.clone(),
+            });
+        report.errors.push(RecoveryError {
+            execution_id: id.to_string(),
+            error,
+        });
+    }
+
+    /// Sends `input` to the live task driving `id`; false if there is none.
+    async fn send_live(&self, id: &str, input: Input) -> bool {
         let inbox = self
             .inner
             .live
@@ -175,28 +336,19 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
-        if let Some(inbox) = inbox {
-            if inbox
-                .send(Input::Cancel {
-                    reason: reason.clone(),
-                })
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            // The task ended between the lookup and the send: fall through to the store.
+        match inbox {
+            // A failed send means the task ended between the lookup and the send.
+            Some(inbox) => inbox.send(input).await.is_ok(),
+            None => false,
         }
-        let mut execution = self
-            .inner
+    }
+
+    async fn load_existing(&self, id: &str) -> Result<Execution, Error> {
+        self.inner
             .store
             .load(id)
             .await?
-            .ok_or_else(|| Error::UnknownExecution(id.to_string()))?;
-        self.inner
-            .apply(&mut execution, Input::Cancel { reason })
-            .await?;
-        Ok(())
+            .ok_or_else(|| Error::UnknownExecution(id.to_string()))
     }
 
     /// The execution as last committed.
@@ -228,14 +380,19 @@ impl Engine {
         }
     }
 
-    fn spawn(&self, execution: Execution, first: Input) -> ExecutionHandle {
+    /// Starts the task that drives `execution`, feeding it `first`. Refused if a task already
+    /// drives it: the check and the registration happen under one lock, so two callers racing
+    /// (two recoveries, a resume and a recovery) never drive one execution twice.
+    fn spawn(&self, execution: Execution, first: Input) -> Result<ExecutionHandle, Error> {
         let id = execution.id.clone();
         let (tx, rx) = mpsc::channel(execution.steps.len() + INBOX_SLACK);
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), tx.clone());
+        {
+            let mut live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+            if live.contains_key(&id) {
+                return Err(Error::AlreadyLive(id));
+            }
+            live.insert(id.clone(), tx.clone());
+        }
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let id = execution.id.clone();
@@ -247,7 +404,7 @@ impl Engine {
                 .remove(&id);
             result
         });
-        ExecutionHandle { id, task }
+        Ok(ExecutionHandle { id, task })
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::core::{SkipReason, StepError};
+use crate::core::{RecoveryAction, SkipReason, StepError};
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,12 @@ pub enum DomainEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    ExecutionPaused,
+    ExecutionResumed,
+    /// The engine restarted and picked this execution up.
+    ExecutionRecovered {
+        action: RecoveryAction,
+    },
 }
 
 impl DomainEvent {
@@ -77,6 +83,9 @@ impl DomainEvent {
             DomainEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
             DomainEvent::ExecutionFailed { .. } => "ExecutionFailed",
             DomainEvent::ExecutionCancelled { .. } => "ExecutionCancelled",
+            DomainEvent::ExecutionPaused => "ExecutionPaused",
+            DomainEvent::ExecutionResumed => "ExecutionResumed",
+            DomainEvent::ExecutionRecovered { .. } => "ExecutionRecovered",
         }
     }
 
@@ -102,4 +111,30 @@ pub struct EventRecord {
     pub seq: u64,
     pub at_ms: u64,
     pub event: DomainEvent,
+}
+
+/// Engine-level events that belong to no single execution (they are delivered on the bus and
+/// logged, not stored in an execution's history).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SystemEvent {
+    RecoveryStarted {
+        at_ms: u64,
+        /// Non-terminal executions found in storage.
+        active: usize,
+        dry_run: bool,
+    },
+    ExecutionRecoveryFailed {
+        at_ms: u64,
+        execution_id: String,
+        error: String,
+    },
+    RecoveryCompleted {
+        at_ms: u64,
+        resumed: usize,
+        retried: usize,
+        failed: usize,
+        skipped: usize,
+        errors: usize,
+    },
 }

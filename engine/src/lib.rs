@@ -16,7 +16,9 @@ pub mod driver;
 pub mod event;
 pub mod expr;
 pub mod network;
+pub mod recovery;
 pub mod rng;
 pub mod store;
 
-pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports};
+pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery};
+pub use recovery::{RecoveryConfig, RecoveryReport};

@@ -239,6 +239,10 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         DomainEvent::ExecutionCompleted { .. } => String::new(),
         DomainEvent::ExecutionFailed { error, .. } => error.clone(),
         DomainEvent::ExecutionCancelled { reason } => reason.clone().unwrap_or_default(),
+        DomainEvent::ExecutionPaused | DomainEvent::ExecutionResumed => String::new(),
+        DomainEvent::ExecutionRecovered { action } => {
+            serde_json::to_value(action).map_or_else(|_| String::new(), |v| v.to_string())
+        }
     };
     format!(
         "{:>3} {:>6}ms {:<19} {:<10} {}",

@@ -34,6 +34,31 @@ pub enum Input {
     Wake { step: usize, attempt: u32 },
     /// Cancel the execution; a no-op once it is terminal.
     Cancel { reason: Option<String> },
+    /// Stop starting new steps. Steps in flight finish and their results are kept; retry
+    /// backoffs that end while paused wait for the resume.
+    Pause,
+    /// Undo a pause: re-arm waiting retries and schedule again.
+    Resume,
+    /// The engine restarted and found this execution in storage: re-issue whatever was in
+    /// flight (calls with their original attempt and idempotency key, wake-ups at their stored
+    /// deadlines), or fail it, as the recovery service decided.
+    Recover { action: RecoveryAction },
+}
+
+/// What recovery does with one stored execution (DESIGN §2).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryAction {
+    /// Between steps (or pending): schedule again.
+    Resume,
+    /// An agent call was in flight: re-dispatch it with the same idempotency key.
+    RetryStep,
+    /// Older than the age limit: fail it instead of resuming.
+    MarkFailed,
+    /// Already terminal: nothing to do.
+    Skip,
 }
 
 /// One agent call to perform.
@@ -165,6 +190,10 @@ impl Execution {
             }
             Input::Wake { step, attempt } => {
                 if self.is_current(step, attempt, StepStatus::Retrying) {
+                    if self.status == ExecutionStatus::Paused {
+                        // Held until resume, which re-arms it.
+                        return cx.tx;
+                    }
                     self.start_attempt(&mut cx, step, attempt + 1);
                 } else if self.is_current(step, attempt, StepStatus::Running)
                     && matches!(self.process.steps[step].kind, StepKind::Timer(_))
@@ -191,14 +220,105 @@ impl Execution {
                 self.emit(&mut cx, DomainEvent::ExecutionCancelled { reason });
                 return cx.tx;
             }
+            Input::Pause => {
+                if self.status != ExecutionStatus::Running {
+                    return cx.tx;
+                }
+                self.set_status(&mut cx, ExecutionStatus::Paused);
+                self.emit(&mut cx, DomainEvent::ExecutionPaused);
+                return cx.tx;
+            }
+            Input::Resume => {
+                if self.status != ExecutionStatus::Paused {
+                    return cx.tx;
+                }
+                self.set_status(&mut cx, ExecutionStatus::Running);
+                self.emit(&mut cx, DomainEvent::ExecutionResumed);
+                self.rearm(&mut cx, false);
+            }
+            Input::Recover { action } => {
+                if self.status.is_terminal() || action == RecoveryAction::Skip {
+                    return cx.tx;
+                }
+                self.emit(&mut cx, DomainEvent::ExecutionRecovered { action });
+                match action {
+                    RecoveryAction::MarkFailed => {
+                        self.abandon_active(&mut cx);
+                        let error = "abandoned by recovery: older than the age limit".to_string();
+                        self.fail(&mut cx, None, error);
+                        return cx.tx;
+                    }
+                    _ if self.status == ExecutionStatus::Pending => {
+                        self.set_status(&mut cx, ExecutionStatus::Running);
+                        let event = DomainEvent::ExecutionStarted {
+                            process: self.process.name.clone(),
+                            version: self.process.version,
+                        };
+                        self.emit(&mut cx, event);
+                    }
+                    _ => self.rearm(&mut cx, true),
+                }
+            }
         }
         self.schedule(&mut cx);
         cx.tx
     }
 
+    /// The recovery service's decision for this execution at `now_ms`.
+    pub fn recovery_action(&self, now_ms: u64, max_age_ms: u64) -> RecoveryAction {
+        if self.status.is_terminal() {
+            RecoveryAction::Skip
+        } else if now_ms.saturating_sub(self.created_at_ms) > max_age_ms {
+            RecoveryAction::MarkFailed
+        } else if self.process.steps.iter().zip(&self.steps).any(|(d, s)| {
+            s.status == StepStatus::Running && matches!(d.kind, StepKind::AgentTask(_))
+        }) {
+            RecoveryAction::RetryStep
+        } else {
+            RecoveryAction::Resume
+        }
+    }
+
+    /// Re-issues the commands for work in flight. `calls` re-dispatches running agent calls
+    /// and timers (after a restart nothing is in flight); retry backoffs are re-armed only while
+    /// running (a paused execution re-arms them on resume).
+    fn rearm(&mut self, cx: &mut Ctx<'_>, calls: bool) {
+        for step in 0..self.steps.len() {
+            let st = &self.steps[step];
+            let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
+            match (status, &self.process.steps[step].kind) {
+                (StepStatus::Running, StepKind::AgentTask(_)) if calls => {
+                    match self.call_command(step, attempt) {
+                        Ok(call) => cx.tx.commands.push(call),
+                        Err(e) => self.attempt_failed(cx, step, e),
+                    }
+                }
+                (StepStatus::Running, StepKind::Timer(_)) if calls => {
+                    cx.tx.commands.push(Command::Wake {
+                        step,
+                        attempt,
+                        at_ms: wake_at.expect("a running timer has a deadline"),
+                    });
+                }
+                (StepStatus::Retrying, _) if self.status == ExecutionStatus::Running => {
+                    cx.tx.commands.push(Command::Wake {
+                        step,
+                        attempt,
+                        at_ms: wake_at.expect("a retrying step has a deadline"),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `step` is waiting, as `status`, on exactly this attempt. Results arrive while
+    /// paused too: a pause stops new work, not the work in flight.
     fn is_current(&self, step: usize, attempt: u32, status: StepStatus) -> bool {
-        self.status == ExecutionStatus::Running
-            && step < self.steps.len()
+        matches!(
+            self.status,
+            ExecutionStatus::Running | ExecutionStatus::Paused
+        ) && step < self.steps.len()
             && self.steps[step].status == status
             && self.steps[step].attempt == attempt
     }
@@ -473,31 +593,37 @@ impl Execution {
 
     /// Starts attempt `attempt` of an agent task (input rendered afresh).
     fn start_attempt(&mut self, cx: &mut Ctx<'_>, step: usize, attempt: u32) {
-        let def = self.process.steps[step].clone();
-        let StepKind::AgentTask(task) = &def.kind else {
-            unreachable!("only agent tasks have attempts")
-        };
+        assert!(
+            matches!(self.process.steps[step].kind, StepKind::AgentTask(_)),
+            "only agent tasks have attempts"
+        );
         self.mark_started(cx, step, attempt, None);
-        let input = match &task.input {
-            None => Ok(json!({})),
-            Some(template) => expr::render(template, &self.scope()),
-        };
-        match input {
-            Ok(input) => cx.tx.commands.push(Command::CallAgent(AgentCall {
-                step,
-                step_id: def.id.clone(),
-                agent: task.agent.clone(),
-                attempt,
-                idempotency_key: format!("{}:{}", self.id, def.id),
-                input,
-                timeout_ms: task.timeout.as_millis(),
-            })),
-            Err(e) => self.attempt_failed(
-                cx,
-                step,
-                StepError::new(ErrorKind::Expression, e.to_string()),
-            ),
+        match self.call_command(step, attempt) {
+            Ok(call) => cx.tx.commands.push(call),
+            Err(e) => self.attempt_failed(cx, step, e),
         }
+    }
+
+    /// The agent call for `attempt` of `step`, its input rendered from the current scope.
+    fn call_command(&self, step: usize, attempt: u32) -> Result<Command, StepError> {
+        let def = &self.process.steps[step];
+        let StepKind::AgentTask(task) = &def.kind else {
+            unreachable!("only agent tasks call agents")
+        };
+        let input = match &task.input {
+            None => json!({}),
+            Some(template) => expr::render(template, &self.scope())
+                .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string()))?,
+        };
+        Ok(Command::CallAgent(AgentCall {
+            step,
+            step_id: def.id.clone(),
+            agent: task.agent.clone(),
+            attempt,
+            idempotency_key: format!("{}:{}", self.id, def.id),
+            input,
+            timeout_ms: task.timeout.as_millis(),
+        }))
     }
 
     fn complete_step(&mut self, cx: &mut Ctx<'_>, step: usize, output: Value) {

@@ -10,7 +10,7 @@ mod machine;
 mod retry;
 mod state;
 
-pub use machine::{AgentCall, Command, Execution, Input, Transition};
+pub use machine::{AgentCall, Command, Execution, Input, RecoveryAction, Transition};
 pub use retry::retry_delay_ms;
 pub use state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
 
