@@ -1,7 +1,7 @@
 //! The `proctor` command: validate definitions, run an execution against agents, serve the
 //! example agent.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use proctor::agent::example::{self, Behaviour};
+use proctor::agent::example::{self, Behaviour, RunningAgent};
 use proctor::agent::AgentRegistry;
 use proctor::clock::{Clock, SystemClock};
 use proctor::core::ExecutionStatus;
@@ -17,7 +17,7 @@ use proctor::definition;
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::network::TokioNetwork;
 use proctor::store::SqliteStore;
-use proctor::{Engine, EngineConfig, Ports};
+use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 #[derive(Parser)]
 #[command(name = "proctor", version, about = "A durable process engine")]
@@ -49,6 +49,23 @@ enum Command {
         #[arg(long, default_value = "proctor.db")]
         db: PathBuf,
         /// Seed for the engine's random source (ids, retry jitter); random if omitted.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Recover every interrupted execution in the database and drive them to the end.
+    Recover {
+        /// Agents file, as for `run`.
+        #[arg(long)]
+        agents: PathBuf,
+        /// SQLite database file.
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+        /// Fail, rather than resume, executions created longer ago than this.
+        #[arg(long, default_value_t = proctor::recovery::DEFAULT_MAX_AGE_HOURS)]
+        max_age_hours: u64,
+        /// Print what recovery would do and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -132,6 +149,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             db,
             seed,
         } => run(definition, input, agents, db, seed).await,
+        Command::Recover {
+            agents,
+            db,
+            max_age_hours,
+            dry_run,
+            seed,
+        } => {
+            let (engine, _agents) = open_engine(&agents, &db, seed).await?;
+            let config = RecoveryConfig {
+                max_age_hours,
+                dry_run,
+            };
+            let recovery = recover(&engine, config).await?;
+            let mut failed = 0;
+            for handle in recovery.handles {
+                let execution = handle.wait().await?;
+                println!("execution {} {}", execution.id, execution.status);
+                failed += usize::from(execution.status == ExecutionStatus::Failed);
+            }
+            Ok(if recovery.report.errors.is_empty() && failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Agent {
             listen,
             name,
@@ -175,33 +217,15 @@ async fn run(
         }
         None => serde_json::from_str(&input).context("--input is not JSON")?,
     };
-    let clock = Arc::new(SystemClock);
-    // The CLI is production: without --seed, seed from the wall clock's nanoseconds.
-    let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
-    let (registry, _agents) = example::start_all(&TokioNetwork, &registry)
-        .await
-        .context("starting example agents")?;
-    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let engine = Engine::new(
-        Ports {
-            clock: clock.clone(),
-            net: Arc::new(TokioNetwork),
-            store: Arc::new(store),
-            rng: proctor::rng::seeded(seed),
-        },
-        &registry,
-        EngineConfig::default(),
-    )?;
-    let started_ms = clock.now_ms();
-    engine
-        .bus()
-        .subscribe(move |e| println!("{}", event_line(e, started_ms)));
+    let (engine, _agents) = open_engine(&agents_path, &db, seed).await?;
+    // Startup recovery comes before new work: executions a previous run left behind finish
+    // alongside this one.
+    let recovery = recover(&engine, RecoveryConfig::default()).await?;
     let execution = engine.run(process, input).await?;
+    for handle in recovery.handles {
+        let recovered = handle.wait().await?;
+        println!("recovered execution {} {}", recovered.id, recovered.status);
+    }
     println!();
     println!("execution {} {}", execution.id, execution.status);
     match execution.status {
@@ -218,6 +242,62 @@ async fn run(
         }
         other => bail!("execution ended {other}"),
     }
+}
+
+/// Opens the database and starts the engine (and any example agents the agents file names),
+/// printing every event as it is committed.
+async fn open_engine(
+    agents_path: &Path,
+    db: &Path,
+    seed: Option<u64>,
+) -> anyhow::Result<(Engine, Vec<RunningAgent>)> {
+    let registry = AgentRegistry::load(agents_path).map_err(anyhow::Error::msg)?;
+    let clock = Arc::new(SystemClock);
+    // The CLI is production: without --seed, seed from the wall clock's nanoseconds.
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let (registry, agents) = example::start_all(&TokioNetwork, &registry)
+        .await
+        .context("starting example agents")?;
+    let store = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let engine = Engine::new(
+        Ports {
+            clock: clock.clone(),
+            net: Arc::new(TokioNetwork),
+            store: Arc::new(store),
+            rng: proctor::rng::seeded(seed),
+        },
+        &registry,
+        EngineConfig::default(),
+    )?;
+    let started_ms = clock.now_ms();
+    engine
+        .bus()
+        .subscribe(move |e| println!("{}", event_line(e, started_ms)));
+    Ok((engine, agents))
+}
+
+/// Runs startup recovery and prints its report when there was anything to recover.
+async fn recover(engine: &Engine, config: RecoveryConfig) -> anyhow::Result<proctor::Recovery> {
+    let recovery = engine.recover(config).await?;
+    let report = &recovery.report;
+    if !report.actions.is_empty() || !report.errors.is_empty() {
+        println!("{}", report.summary());
+        for (id, action) in &report.actions {
+            println!(
+                "  {id}: {}",
+                serde_json::to_value(action)?.as_str().unwrap_or("?")
+            );
+        }
+        for e in &report.errors {
+            println!("  {}: error: {}", e.execution_id, e.error);
+        }
+    }
+    Ok(recovery)
 }
 
 /// One line per event: sequence, time since start, type, step, details.

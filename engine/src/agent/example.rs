@@ -148,11 +148,23 @@ async fn handle(
     ledger: Arc<Mutex<Ledger>>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (name, behaviour) = &*config;
+    if req.method() == hyper::Method::GET && req.uri().path() == "/ledger" {
+        // For tests in another process (crash tests): what this agent has seen and applied.
+        let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        return Ok(reply(
+            StatusCode::OK,
+            json!({
+                "requests": ledger.requests.len(),
+                "attempts": ledger.attempts,
+                "effects": ledger.effects,
+            }),
+        ));
+    }
     if req.method() != hyper::Method::POST || req.uri().path() != "/run" {
         return Ok(error_reply(
             StatusCode::NOT_FOUND,
             "not_found",
-            "this agent serves POST /run",
+            "this agent serves POST /run and GET /ledger",
         ));
     }
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
