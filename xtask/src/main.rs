@@ -4,7 +4,10 @@
 //!   with `CI=true` (insta then never writes snapshots).
 //! - `tidy`: the repository rules alone (they also run inside `cargo test`, see `tidy.rs`).
 //!
-//! Later issues add `chaos`, `repro`, `shrink` and `bench` here.
+//! - `bench <name>`: a benchmark in release mode; `recovery` recovers 10,000 in-flight
+//!   executions from SQLite and prints the time and the per-execution cost.
+//!
+//! Later issues add `chaos`, `repro` and `shrink` here.
 
 mod tidy;
 
@@ -28,9 +31,33 @@ fn main() -> Result<()> {
                 bail!("tidy: {} problem(s)", problems.len())
             }
         }
-        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy"),
-        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy"),
+        Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench"),
+        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench"),
     }
+}
+
+/// Benchmarks by name, each a `harness = false` bench target that prints its own figures.
+const BENCHES: &[(&str, &str)] = &[("recovery", "proctor-engine")];
+
+fn bench(name: Option<&str>) -> Result<()> {
+    let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+    let Some((bench, package)) = BENCHES.iter().find(|(n, _)| Some(*n) == name) else {
+        bail!(
+            "usage: cargo xtask bench <name>; benches: {}",
+            names.join(", ")
+        );
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .args(["bench", "--package", package, "--bench", bench])
+        .current_dir(tidy::workspace_root())
+        .status()
+        .context("running cargo bench")?;
+    if !status.success() {
+        bail!("bench {bench} failed ({status})");
+    }
+    Ok(())
 }
 
 fn ci() -> Result<()> {

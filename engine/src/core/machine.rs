@@ -288,10 +288,7 @@ impl Execution {
             let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
             match (status, &self.process.steps[step].kind) {
                 (StepStatus::Running, StepKind::AgentTask(_)) if calls => {
-                    match self.call_command(step, attempt) {
-                        Ok(call) => cx.tx.commands.push(call),
-                        Err(e) => self.attempt_failed(cx, step, e),
-                    }
+                    cx.tx.commands.push(self.call_command(step, attempt));
                 }
                 (StepStatus::Running, StepKind::Timer(_)) if calls => {
                     cx.tx.commands.push(Command::Wake {
@@ -598,24 +595,40 @@ impl Execution {
             "only agent tasks have attempts"
         );
         self.mark_started(cx, step, attempt, None);
-        match self.call_command(step, attempt) {
-            Ok(call) => cx.tx.commands.push(call),
-            Err(e) => self.attempt_failed(cx, step, e),
+        if self.steps[step].input.is_none() {
+            match self.render_input(step) {
+                Ok(input) => self.steps[step].input = Some(input),
+                Err(e) => return self.attempt_failed(cx, step, e),
+            }
+        }
+        cx.tx.commands.push(self.call_command(step, attempt));
+    }
+
+    /// Renders an agent task's input from the current scope. Done once, at the first attempt:
+    /// every retry and every re-dispatch after a restart sends the stored result, so one
+    /// idempotency key never carries two different inputs.
+    fn render_input(&self, step: usize) -> Result<Value, StepError> {
+        let StepKind::AgentTask(task) = &self.process.steps[step].kind else {
+            unreachable!("only agent tasks have inputs")
+        };
+        match &task.input {
+            None => Ok(json!({})),
+            Some(template) => expr::render(template, &self.scope())
+                .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
         }
     }
 
-    /// The agent call for `attempt` of `step`, its input rendered from the current scope.
-    fn call_command(&self, step: usize, attempt: u32) -> Result<Command, StepError> {
+    /// The agent call for `attempt` of `step`, with the step's stored input.
+    fn call_command(&self, step: usize, attempt: u32) -> Command {
         let def = &self.process.steps[step];
         let StepKind::AgentTask(task) = &def.kind else {
             unreachable!("only agent tasks call agents")
         };
-        let input = match &task.input {
-            None => json!({}),
-            Some(template) => expr::render(template, &self.scope())
-                .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string()))?,
-        };
-        Ok(Command::CallAgent(AgentCall {
+        let input = self.steps[step]
+            .input
+            .clone()
+            .expect("an agent task's input is rendered before its first call");
+        Command::CallAgent(AgentCall {
             step,
             step_id: def.id.clone(),
             agent: task.agent.clone(),
@@ -623,7 +636,7 @@ impl Execution {
             idempotency_key: format!("{}:{}", self.id, def.id),
             input,
             timeout_ms: task.timeout.as_millis(),
-        }))
+        })
     }
 
     fn complete_step(&mut self, cx: &mut Ctx<'_>, step: usize, output: Value) {

@@ -222,6 +222,9 @@ pub struct StepState {
     pub status: StepStatus,
     /// The current (or last) attempt, 1-based; 0 before the first start.
     pub attempt: u32,
+    /// An agent task's rendered input, fixed at its first attempt and sent by every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +246,7 @@ impl StepState {
         StepState {
             status: StepStatus::Pending,
             attempt: 0,
+            input: None,
             output: None,
             last_error: None,
             skip_reason: None,

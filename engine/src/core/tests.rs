@@ -7,8 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use super::{
-    AgentCall, Command, ErrorKind, Execution, ExecutionStatus, Input, SkipReason, StepError,
-    StepState, StepStatus, Transition,
+    AgentCall, Command, ErrorKind, Execution, ExecutionStatus, Input, RecoveryAction, SkipReason,
+    StepError, StepState, StepStatus, Transition,
 };
 use crate::definition::{self, Format, ProcessDef};
 use crate::event::{DomainEvent, EventRecord};
@@ -150,6 +150,31 @@ impl Harness {
             .collect()
     }
 
+    fn pause(&mut self) -> Transition {
+        self.apply(Input::Pause)
+    }
+
+    fn resume(&mut self) -> Transition {
+        self.apply(Input::Resume)
+    }
+
+    fn recover(&mut self, action: RecoveryAction) -> Transition {
+        self.apply(Input::Recover { action })
+    }
+
+    /// Simulates an engine restart `down_ms` later: the stored execution and its events
+    /// survive, the commands in flight (agent calls, armed wake-ups) are lost. The harness goes
+    /// on from a copy of the stored state, which is also returned.
+    fn restart(&mut self, down_ms: u64) -> Execution {
+        let stored = self.exec.clone();
+        for tx in &mut self.transitions {
+            tx.commands.clear();
+        }
+        self.exec = stored.clone();
+        self.advance(down_ms);
+        stored
+    }
+
     /// Events are numbered 1..n without gaps across all transitions, and `next_seq` follows.
     fn assert_seqs(&self) {
         let seqs: Vec<u64> = self.events().iter().map(|e| e.seq).collect();
@@ -182,6 +207,21 @@ fn calls(tx: &Transition) -> Vec<AgentCall> {
 
 fn call_ids(tx: &Transition) -> Vec<String> {
     calls(tx).into_iter().map(|c| c.step_id).collect()
+}
+
+/// The `Command::Wake`s of a transition, as `(step, attempt, at_ms)`.
+fn wakes(tx: &Transition) -> Vec<(usize, u32, u64)> {
+    tx.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Wake {
+                step,
+                attempt,
+                at_ms,
+            } => Some((*step, *attempt, *at_ms)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn err(kind: ErrorKind, message: &str) -> StepError {
@@ -1597,4 +1637,971 @@ fn inputs_for_unknown_steps_are_ignored() {
         step: 99,
         attempt: 1,
     }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. Pause and resume.
+
+#[test]
+fn pause_lets_the_running_step_finish_but_starts_no_dependant() {
+    let mut h = Harness::new(CHAIN, json!({}));
+    h.start();
+    h.advance(10);
+
+    let tx = h.pause();
+    assert!(tx.changed);
+    assert_eq!(
+        tx.events,
+        vec![EventRecord {
+            execution_id: EXEC_ID.into(),
+            seq: 3,
+            at_ms: T0 + 10,
+            event: DomainEvent::ExecutionPaused,
+        }]
+    );
+    assert!(tx.commands.is_empty());
+    assert!(tx.dirty_steps.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.exec.updated_at_ms, T0 + 10);
+    assert_eq!(
+        h.status("a"),
+        StepStatus::Running,
+        "the call in flight goes on"
+    );
+
+    // a's result arrives while paused: kept, but b does not start.
+    h.advance(10);
+    let tx = h.agent_ok("a", json!({"y": 7, "z": "zz"}));
+    assert_eq!(
+        tx.events,
+        vec![EventRecord {
+            execution_id: EXEC_ID.into(),
+            seq: 4,
+            at_ms: T0 + 20,
+            event: DomainEvent::StepCompleted {
+                step: "a".into(),
+                attempt: 1,
+                output: json!({"y": 7, "z": "zz"})
+            },
+        }]
+    );
+    assert!(tx.commands.is_empty(), "no dependant starts while paused");
+    assert_eq!(tx.dirty_steps.iter().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.status("a"), StepStatus::Completed);
+    assert_eq!(h.step("a").output, Some(json!({"y": 7, "z": "zz"})));
+    assert_eq!(h.status("b"), StepStatus::Pending);
+
+    // Resume: b starts with a's output.
+    h.advance(10);
+    let tx = h.resume();
+    assert_eq!(
+        tx.events[0],
+        EventRecord {
+            execution_id: EXEC_ID.into(),
+            seq: 5,
+            at_ms: T0 + 30,
+            event: DomainEvent::ExecutionResumed,
+        }
+    );
+    assert_eq!(kinds(&tx.events), vec!["ExecutionResumed", "StepStarted:b"]);
+    assert_eq!(call_ids(&tx), vec!["b"]);
+    assert_eq!(
+        calls(&tx)[0].input,
+        json!({"n": 7, "obj": "zz", "text": "y=7"})
+    );
+    assert_eq!(tx.commands.len(), 1);
+    assert_eq!(h.exec.status, ExecutionStatus::Running);
+    assert_eq!(h.status("b"), StepStatus::Running);
+
+    h.agent_ok("b", json!("B"));
+    h.agent_ok("c", json!("C"));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    assert_eq!(
+        h.event_kinds(),
+        vec![
+            "ExecutionStarted",
+            "StepStarted:a",
+            "ExecutionPaused",
+            "StepCompleted:a",
+            "ExecutionResumed",
+            "StepStarted:b",
+            "StepCompleted:b",
+            "StepStarted:c",
+            "StepCompleted:c",
+            "ExecutionCompleted"
+        ]
+    );
+    h.assert_seqs();
+}
+
+#[test]
+fn pause_on_the_last_step_defers_completion_until_resume() {
+    let mut h = Harness::new(SINGLE, json!({"x": "w"}));
+    h.start();
+    h.pause();
+    let tx = h.agent_ok("a", json!({"y": 1}));
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:a"]);
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.exec.output, None);
+    assert_eq!(h.step("a").output, Some(json!({"y": 1})));
+
+    h.advance(5);
+    let tx = h.resume();
+    assert_eq!(
+        tx.events
+            .iter()
+            .map(|e| e.event.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            DomainEvent::ExecutionResumed,
+            DomainEvent::ExecutionCompleted {
+                output: json!({"a": {"y": 1}})
+            }
+        ]
+    );
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    assert_eq!(h.exec.output, Some(json!({"a": {"y": 1}})));
+    assert_eq!(h.exec.updated_at_ms, T0 + 5);
+    h.assert_seqs();
+}
+
+#[test]
+fn timer_due_while_paused_completes_but_its_dependant_waits() {
+    let mut h = Harness::new(TIMER, json!({}));
+    h.start();
+    let deadline = T0 + 600_000;
+    h.pause();
+    h.now = deadline;
+    let tx = h.wake("t");
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:t"]);
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.status("after"), StepStatus::Pending);
+
+    h.advance(1_000);
+    let tx = h.resume();
+    assert_eq!(
+        kinds(&tx.events),
+        vec!["ExecutionResumed", "StepStarted:after"]
+    );
+    assert_eq!(call_ids(&tx), vec!["after"]);
+    assert_eq!(calls(&tx)[0].input, json!(600_000));
+    h.agent_ok("after", json!(1));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    h.assert_seqs();
+}
+
+#[test]
+fn pause_and_resume_are_noops_where_they_do_not_apply() {
+    // Pending: neither pause nor resume.
+    let mut h = Harness::new(CHAIN, json!({}));
+    assert_noop(&h.pause());
+    assert_noop(&h.resume());
+    assert_eq!(h.exec.status, ExecutionStatus::Pending);
+
+    // Running: resume is a no-op; paused: pause is a no-op.
+    h.start();
+    assert_noop(&h.resume());
+    assert_eq!(h.exec.status, ExecutionStatus::Running);
+    assert!(h.pause().changed);
+    assert_noop(&h.pause());
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert!(h.resume().changed);
+    assert_noop(&h.resume());
+    assert_eq!(h.exec.status, ExecutionStatus::Running);
+    h.assert_seqs();
+
+    // Completed.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    h.agent_ok("a", json!(1));
+    let before = h.exec.clone();
+    assert_noop(&h.pause());
+    assert_noop(&h.resume());
+    assert_eq!(h.exec, before);
+
+    // Failed.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    h.agent_err("a", err(ErrorKind::Agent, "no"));
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    assert_noop(&h.pause());
+    assert_noop(&h.resume());
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+
+    // Cancelled, from pending and from paused.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.cancel(None);
+    assert_noop(&h.pause());
+    assert_noop(&h.resume());
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    h.pause();
+    h.cancel(None);
+    assert_noop(&h.pause());
+    assert_noop(&h.resume());
+    assert_eq!(h.exec.status, ExecutionStatus::Cancelled);
+    h.assert_seqs();
+}
+
+#[test]
+fn retry_backoff_ending_while_paused_waits_for_resume() {
+    let mut h = Harness::new(RETRY, json!({"x": 1}));
+    h.start();
+    let first = h.pending_calls()[0].clone();
+    h.pause();
+    h.advance(5);
+
+    let error = err(ErrorKind::Server, "down");
+    let tx = h.agent_err("a", error.clone());
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::StepRetrying {
+            step: "a".into(),
+            next_attempt: 2,
+            delay_ms: 100,
+            error
+        }
+    );
+    let wake_at = T0 + 105;
+    assert_eq!(
+        tx.commands,
+        vec![Command::Wake {
+            step: 0,
+            attempt: 1,
+            at_ms: wake_at
+        }]
+    );
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.status("a"), StepStatus::Retrying);
+    assert_eq!(h.step("a").wake_at_ms, Some(wake_at));
+
+    // The wake-up is delivered while paused: held, nothing changes.
+    h.now = wake_at;
+    let before = h.exec.clone();
+    assert_noop(&h.wake("a"));
+    assert_eq!(h.exec, before);
+
+    // Resume re-arms it at the stored deadline (already past: the driver delivers at once).
+    h.advance(1_000);
+    let tx = h.resume();
+    assert_eq!(kinds(&tx.events), vec!["ExecutionResumed"]);
+    assert_eq!(
+        tx.commands,
+        vec![Command::Wake {
+            step: 0,
+            attempt: 1,
+            at_ms: wake_at
+        }]
+    );
+    assert_eq!(h.status("a"), StepStatus::Retrying);
+
+    let tx = h.wake("a");
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::StepStarted {
+            step: "a".into(),
+            attempt: 2,
+            wake_at_ms: None
+        }
+    );
+    let second = calls(&tx)[0].clone();
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.idempotency_key, first.idempotency_key);
+    assert_eq!(second.input, first.input);
+
+    h.agent_ok("a", json!("A"));
+    h.agent_ok("b", json!("B"));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    h.assert_seqs();
+}
+
+const MIXED: &str = r#"
+name: mixed
+steps:
+  - {id: a, type: agent_task, agent: echo}
+  - {id: b, type: agent_task, agent: echo, retry: {max_attempts: 3, initial_delay: 1s}}
+  - {id: t, type: timer, duration: 1h}
+  - {id: c, type: agent_task, agent: echo, depends_on: [a, b, t]}
+"#;
+
+#[test]
+fn cancel_while_paused_abandons_active_steps() {
+    let mut h = Harness::new(MIXED, json!({}));
+    h.start();
+    h.agent_err("b", err(ErrorKind::Server, "x"));
+    h.pause();
+    h.advance(10);
+
+    let tx = h.cancel(Some("stop"));
+    assert_eq!(
+        kinds(&tx.events),
+        vec![
+            "StepCancelled:a",
+            "StepCancelled:b",
+            "StepCancelled:t",
+            "ExecutionCancelled"
+        ]
+    );
+    assert_eq!(
+        tx.events[3].event,
+        DomainEvent::ExecutionCancelled {
+            reason: Some("stop".into())
+        }
+    );
+    assert_eq!(
+        tx.commands,
+        vec![
+            Command::Abandon { step: 0 },
+            Command::Abandon { step: 1 },
+            Command::Abandon { step: 2 }
+        ]
+    );
+    assert_eq!(h.exec.status, ExecutionStatus::Cancelled);
+    for id in ["a", "b", "t"] {
+        assert_eq!(h.status(id), StepStatus::Cancelled);
+        assert_eq!(h.step(id).finished_at_ms, Some(T0 + 10));
+    }
+    assert_eq!(h.status("c"), StepStatus::Pending);
+    assert_noop(&h.resume());
+    assert_noop(&h.agent_ok("a", json!(1)));
+    assert_noop(&h.wake("b"));
+    assert_noop(&h.wake("t"));
+    h.assert_seqs();
+}
+
+#[test]
+fn failure_while_paused_cancels_siblings_and_fails_on_resume() {
+    let mut h = Harness::new(DIAMOND, json!({}));
+    h.start();
+    h.agent_ok("a", json!(1));
+    h.pause();
+    h.advance(20);
+
+    let error = err(ErrorKind::Server, "boom");
+    let tx = h.agent_err("b", error.clone());
+    assert_eq!(kinds(&tx.events), vec!["StepFailed:b", "StepCancelled:c"]);
+    assert_eq!(tx.commands, vec![Command::Abandon { step: 2 }]);
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+    assert_eq!(h.exec.error, None);
+    assert_eq!(h.status("b"), StepStatus::Failed);
+    assert_eq!(h.status("c"), StepStatus::Cancelled);
+    assert_eq!(h.status("d"), StepStatus::Pending);
+
+    // c's late result is ignored; still paused.
+    assert_noop(&h.agent_ok("c", json!("late")));
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+
+    h.advance(20);
+    let tx = h.resume();
+    assert_eq!(
+        tx.events
+            .iter()
+            .map(|e| e.event.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            DomainEvent::ExecutionResumed,
+            DomainEvent::ExecutionFailed {
+                step: Some("b".into()),
+                error: error.to_string()
+            }
+        ]
+    );
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    assert_eq!(h.exec.error, Some(error.to_string()));
+    assert!(h
+        .commands()
+        .iter()
+        .all(|c| !matches!(c, Command::CallAgent(a) if a.step_id == "d")));
+    h.assert_seqs();
+}
+
+#[test]
+fn failure_while_paused_without_stop_on_failure_lets_siblings_finish() {
+    let mut h = Harness::new(NO_STOP, json!({}));
+    h.start();
+    h.agent_ok("a", json!(1));
+    h.pause();
+    let error = err(ErrorKind::Timeout, "slow");
+    let tx = h.agent_err("b", error.clone());
+    assert_eq!(kinds(&tx.events), vec!["StepFailed:b"]);
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.status("c"), StepStatus::Running);
+
+    let tx = h.agent_ok("c", json!("C"));
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:c"]);
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+
+    let tx = h.resume();
+    assert_eq!(
+        kinds(&tx.events),
+        vec!["ExecutionResumed", "ExecutionFailed"]
+    );
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    assert_eq!(h.status("e"), StepStatus::Pending);
+    h.assert_seqs();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. Recovery.
+
+const HOUR_MS: u64 = 3_600_000;
+
+#[test]
+fn recovery_action_decisions() {
+    // Pending, young: resume. The age limit is strict, and clock skew is not age.
+    let h = Harness::new(SINGLE, json!({"x": 1}));
+    assert_eq!(h.exec.recovery_action(T0, HOUR_MS), RecoveryAction::Resume);
+    assert_eq!(
+        h.exec.recovery_action(T0 + HOUR_MS, HOUR_MS),
+        RecoveryAction::Resume
+    );
+    assert_eq!(
+        h.exec.recovery_action(T0 + HOUR_MS + 1, HOUR_MS),
+        RecoveryAction::MarkFailed
+    );
+    assert_eq!(h.exec.recovery_action(0, 0), RecoveryAction::Resume);
+
+    // An agent call in flight: retry the step; too old: mark failed.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    assert_eq!(
+        h.exec.recovery_action(T0 + 10, HOUR_MS),
+        RecoveryAction::RetryStep
+    );
+    assert_eq!(
+        h.exec.recovery_action(T0 + HOUR_MS + 1, HOUR_MS),
+        RecoveryAction::MarkFailed
+    );
+    // Paused with a call in flight: still a retry of the step.
+    h.pause();
+    assert_eq!(
+        h.exec.recovery_action(T0 + 10, HOUR_MS),
+        RecoveryAction::RetryStep
+    );
+
+    // Terminal: skip, however old.
+    h.resume();
+    h.agent_ok("a", json!(1));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    assert_eq!(h.exec.recovery_action(T0, HOUR_MS), RecoveryAction::Skip);
+    assert_eq!(
+        h.exec.recovery_action(T0 + 100 * HOUR_MS, HOUR_MS),
+        RecoveryAction::Skip
+    );
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.cancel(None);
+    assert_eq!(
+        h.exec.recovery_action(T0 + 100 * HOUR_MS, HOUR_MS),
+        RecoveryAction::Skip
+    );
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    h.agent_err("a", err(ErrorKind::Agent, "no"));
+    assert_eq!(h.exec.recovery_action(T0, HOUR_MS), RecoveryAction::Skip);
+
+    // Between steps: a retry backoff, or a timer.
+    let mut h = Harness::new(RETRY, json!({"x": 1}));
+    h.start();
+    h.agent_err("a", err(ErrorKind::Server, "down"));
+    assert_eq!(h.status("a"), StepStatus::Retrying);
+    assert_eq!(h.exec.recovery_action(T0, HOUR_MS), RecoveryAction::Resume);
+    let mut h = Harness::new(TIMER, json!({}));
+    h.start();
+    assert_eq!(h.exec.recovery_action(T0, HOUR_MS), RecoveryAction::Resume);
+    assert_eq!(
+        h.exec.recovery_action(T0 + HOUR_MS + 1, HOUR_MS),
+        RecoveryAction::MarkFailed
+    );
+
+    // A timer and an agent call both in flight: the call decides.
+    let mut h = Harness::new(MIXED, json!({}));
+    h.start();
+    assert_eq!(
+        h.exec.recovery_action(T0, HOUR_MS),
+        RecoveryAction::RetryStep
+    );
+}
+
+#[test]
+fn recover_retry_step_redispatches_the_same_call() {
+    let mut h = Harness::new(CHAIN, json!({}));
+    h.start();
+    h.advance(10);
+    let tx = h.agent_ok("a", json!({"y": 3, "z": [1, 2]}));
+    let original = calls(&tx)[0].clone();
+    assert_eq!(original.step_id, "b");
+    let started_at = h.step("b").started_at_ms;
+
+    // Crash: b's call is lost. The engine comes back 5 s later.
+    let stored = h.restart(5_000);
+    assert_eq!(
+        stored.recovery_action(h.now, HOUR_MS),
+        RecoveryAction::RetryStep
+    );
+    let tx = h.recover(RecoveryAction::RetryStep);
+    assert!(tx.changed);
+    assert_eq!(
+        tx.events,
+        vec![EventRecord {
+            execution_id: EXEC_ID.into(),
+            seq: 5,
+            at_ms: T0 + 5_010,
+            event: DomainEvent::ExecutionRecovered {
+                action: RecoveryAction::RetryStep
+            },
+        }]
+    );
+    assert_eq!(
+        tx.commands,
+        vec![Command::CallAgent(AgentCall {
+            step: 1,
+            step_id: "b".into(),
+            agent: "echo".into(),
+            attempt: 1,
+            idempotency_key: "ex-1:b".into(),
+            input: json!({"n": 3, "obj": [1, 2], "text": "y=3"}),
+            timeout_ms: 30_000,
+        })]
+    );
+    assert_eq!(tx.commands, vec![Command::CallAgent(original)]);
+    assert!(tx.dirty_steps.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Running);
+    assert_eq!(h.status("b"), StepStatus::Running);
+    assert_eq!(h.step("b").attempt, 1);
+    assert_eq!(h.step("b").started_at_ms, started_at);
+    assert_eq!(h.exec.steps, stored.steps, "step rows untouched");
+
+    // The re-dispatched call answers; the flow goes on.
+    let tx = h.agent_ok("b", json!("B"));
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:b", "StepStarted:c"]);
+    // A duplicate answer for the same attempt is ignored.
+    assert_noop(&h.apply(Input::AgentReturned {
+        step: 1,
+        attempt: 1,
+        result: Ok(json!("dup")),
+    }));
+    h.agent_ok("c", json!("C"));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    assert_eq!(
+        h.event_kinds()
+            .iter()
+            .filter(|k| *k == "StepStarted:b")
+            .count(),
+        1,
+        "no new StepStarted for the re-dispatched call"
+    );
+    h.assert_seqs();
+}
+
+#[test]
+fn recover_retry_step_keeps_a_later_attempt_number() {
+    let mut h = Harness::new(RETRY, json!({"x": 9}));
+    h.start();
+    h.agent_err("a", err(ErrorKind::Server, "down"));
+    h.advance(100);
+    let tx = h.wake("a");
+    let original = calls(&tx)[0].clone();
+    assert_eq!(original.attempt, 2);
+
+    h.restart(60_000);
+    let tx = h.recover(RecoveryAction::RetryStep);
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::ExecutionRecovered {
+            action: RecoveryAction::RetryStep
+        }
+    );
+    assert_eq!(tx.commands, vec![Command::CallAgent(original.clone())]);
+    assert_eq!(original.idempotency_key, "ex-1:a");
+    assert_eq!(original.input, json!({"x": 9}));
+    assert_eq!(h.step("a").attempt, 2);
+    assert_eq!(h.step("a").retry_count(), 1);
+
+    // Attempt 2 (the re-dispatched call) answers.
+    let tx = h.agent_ok("a", json!("A"));
+    assert_eq!(
+        tx.events[0].event,
+        DomainEvent::StepCompleted {
+            step: "a".into(),
+            attempt: 2,
+            output: json!("A")
+        }
+    );
+    h.assert_seqs();
+}
+
+#[test]
+fn recover_resume_rearms_a_timer_at_its_stored_deadline() {
+    for down_ms in [60_000, 700_000] {
+        let mut h = Harness::new(TIMER, json!({}));
+        h.start();
+        let deadline = T0 + 600_000;
+        h.restart(down_ms);
+        let tx = h.recover(RecoveryAction::Resume);
+        assert_eq!(
+            tx.events,
+            vec![EventRecord {
+                execution_id: EXEC_ID.into(),
+                seq: 3,
+                at_ms: T0 + down_ms,
+                event: DomainEvent::ExecutionRecovered {
+                    action: RecoveryAction::Resume
+                },
+            }]
+        );
+        assert_eq!(
+            tx.commands,
+            vec![Command::Wake {
+                step: 0,
+                attempt: 1,
+                at_ms: deadline
+            }],
+            "the original deadline, not now + duration (down {down_ms} ms)"
+        );
+        assert_eq!(h.step("t").wake_at_ms, Some(deadline));
+        assert_eq!(h.step("t").started_at_ms, Some(T0));
+        assert_eq!(h.status("t"), StepStatus::Running);
+
+        h.now = h.now.max(deadline);
+        let waited = h.now - T0;
+        let tx = h.wake("t");
+        assert_eq!(
+            tx.events[0].event,
+            DomainEvent::StepCompleted {
+                step: "t".into(),
+                attempt: 1,
+                output: json!({
+                    "waited_ms": waited,
+                    "waited_seconds": waited as f64 / 1000.0,
+                    "deadline_ms": deadline
+                })
+            }
+        );
+        assert_eq!(
+            kinds(&tx.events),
+            vec!["StepCompleted:t", "StepStarted:after"]
+        );
+        assert_eq!(call_ids(&tx), vec!["after"]);
+
+        // The original wake-up (armed before the crash) arriving too: the timer fires once.
+        h.advance(1);
+        assert_noop(&h.apply(Input::Wake {
+            step: 0,
+            attempt: 1,
+        }));
+        h.agent_ok("after", json!("ok"));
+        assert_eq!(h.exec.status, ExecutionStatus::Completed);
+        assert_eq!(
+            h.event_kinds()
+                .iter()
+                .filter(|k| *k == "StepCompleted:t")
+                .count(),
+            1
+        );
+        h.assert_seqs();
+    }
+}
+
+#[test]
+fn recover_resume_rearms_a_retry_at_its_stored_wake_time() {
+    let mut h = Harness::new(RETRY, json!({"x": 1}));
+    h.start();
+    h.advance(5);
+    h.agent_err("a", err(ErrorKind::Server, "down"));
+    let wake_at = T0 + 105;
+    assert_eq!(h.step("a").wake_at_ms, Some(wake_at));
+
+    let stored = h.restart(45);
+    assert_eq!(
+        stored.recovery_action(h.now, HOUR_MS),
+        RecoveryAction::Resume
+    );
+    let tx = h.recover(RecoveryAction::Resume);
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::ExecutionRecovered {
+            action: RecoveryAction::Resume
+        }
+    );
+    assert_eq!(wakes(&tx), vec![(0, 1, wake_at)]);
+    assert_eq!(tx.commands.len(), 1);
+    assert!(tx.dirty_steps.is_empty());
+    assert_eq!(h.status("a"), StepStatus::Retrying);
+    assert_eq!(h.step("a").wake_at_ms, Some(wake_at));
+
+    h.now = wake_at;
+    let tx = h.wake("a");
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::StepStarted {
+            step: "a".into(),
+            attempt: 2,
+            wake_at_ms: None
+        }
+    );
+    assert_eq!(calls(&tx)[0].attempt, 2);
+    assert_eq!(calls(&tx)[0].idempotency_key, "ex-1:a");
+    h.assert_seqs();
+}
+
+#[test]
+fn recover_pending_execution_starts_it() {
+    for action in [RecoveryAction::Resume, RecoveryAction::RetryStep] {
+        let mut h = Harness::new(SINGLE, json!({"x": "w"}));
+        h.advance(30);
+        let tx = h.recover(action);
+        assert_eq!(
+            tx.events,
+            vec![
+                EventRecord {
+                    execution_id: EXEC_ID.into(),
+                    seq: 1,
+                    at_ms: T0 + 30,
+                    event: DomainEvent::ExecutionRecovered { action },
+                },
+                EventRecord {
+                    execution_id: EXEC_ID.into(),
+                    seq: 2,
+                    at_ms: T0 + 30,
+                    event: DomainEvent::ExecutionStarted {
+                        process: "single".into(),
+                        version: 3
+                    },
+                },
+                EventRecord {
+                    execution_id: EXEC_ID.into(),
+                    seq: 3,
+                    at_ms: T0 + 30,
+                    event: DomainEvent::StepStarted {
+                        step: "a".into(),
+                        attempt: 1,
+                        wake_at_ms: None
+                    },
+                },
+            ]
+        );
+        assert_eq!(call_ids(&tx), vec!["a"]);
+        assert_eq!(
+            calls(&tx)[0].input,
+            json!({"text": "w", "greeting": "hello w", "fixed": 5})
+        );
+        assert_eq!(tx.commands.len(), 1);
+        assert_eq!(h.exec.status, ExecutionStatus::Running);
+        // Start afterwards is a no-op: it already started.
+        assert_noop(&h.start());
+        h.agent_ok("a", json!(1));
+        assert_eq!(h.exec.status, ExecutionStatus::Completed);
+        h.assert_seqs();
+    }
+}
+
+#[test]
+fn recover_mark_failed_abandons_active_steps_and_fails() {
+    let mut h = Harness::new(MIXED, json!({}));
+    h.start();
+    h.agent_err("b", err(ErrorKind::Server, "x"));
+    let stored = h.restart(2 * HOUR_MS);
+    assert_eq!(
+        stored.recovery_action(h.now, HOUR_MS),
+        RecoveryAction::MarkFailed
+    );
+
+    let tx = h.recover(RecoveryAction::MarkFailed);
+    assert_eq!(
+        kinds(&tx.events),
+        vec![
+            "ExecutionRecovered",
+            "StepCancelled:a",
+            "StepCancelled:b",
+            "StepCancelled:t",
+            "ExecutionFailed"
+        ]
+    );
+    assert_eq!(
+        tx.events[0].event,
+        DomainEvent::ExecutionRecovered {
+            action: RecoveryAction::MarkFailed
+        }
+    );
+    match &tx.events[4].event {
+        DomainEvent::ExecutionFailed { step, error } => {
+            assert_eq!(*step, None);
+            assert!(error.contains("age limit"), "{error}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        tx.commands,
+        vec![
+            Command::Abandon { step: 0 },
+            Command::Abandon { step: 1 },
+            Command::Abandon { step: 2 }
+        ]
+    );
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    assert!(h.exec.error.as_deref().unwrap().contains("age limit"));
+    for id in ["a", "b", "t"] {
+        assert_eq!(h.status(id), StepStatus::Cancelled);
+        assert_eq!(h.step(id).finished_at_ms, Some(T0 + 2 * HOUR_MS));
+    }
+    assert_eq!(h.status("c"), StepStatus::Pending);
+    assert_noop(&h.agent_ok("a", json!(1)));
+    assert_noop(&h.recover(RecoveryAction::MarkFailed));
+    h.assert_seqs();
+
+    // Pending and paused executions can be marked failed too.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    let tx = h.recover(RecoveryAction::MarkFailed);
+    assert_eq!(
+        kinds(&tx.events),
+        vec!["ExecutionRecovered", "ExecutionFailed"]
+    );
+    assert!(tx.commands.is_empty());
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    h.assert_seqs();
+
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    h.start();
+    h.pause();
+    h.restart(10);
+    let tx = h.recover(RecoveryAction::MarkFailed);
+    assert_eq!(
+        kinds(&tx.events),
+        vec!["ExecutionRecovered", "StepCancelled:a", "ExecutionFailed"]
+    );
+    assert_eq!(tx.commands, vec![Command::Abandon { step: 0 }]);
+    assert_eq!(h.exec.status, ExecutionStatus::Failed);
+    h.assert_seqs();
+}
+
+#[test]
+fn recover_while_paused_redispatches_calls_but_holds_retries() {
+    let mut h = Harness::new(MIXED, json!({}));
+    let tx = h.start();
+    let call_a = calls(&tx)[0].clone();
+    assert_eq!(call_a.step_id, "a");
+    let deadline = T0 + HOUR_MS;
+    h.advance(5);
+    h.agent_err("b", err(ErrorKind::Server, "x"));
+    let retry_at = T0 + 5 + 1_000;
+    assert_eq!(h.step("b").wake_at_ms, Some(retry_at));
+    h.pause();
+
+    let stored = h.restart(10);
+    assert_eq!(
+        stored.recovery_action(h.now, HOUR_MS),
+        RecoveryAction::RetryStep
+    );
+    let tx = h.recover(RecoveryAction::RetryStep);
+    assert_eq!(
+        *only_event(&tx),
+        DomainEvent::ExecutionRecovered {
+            action: RecoveryAction::RetryStep
+        }
+    );
+    // a's call again, t's deadline again; b's backoff waits for the resume.
+    assert_eq!(
+        tx.commands,
+        vec![
+            Command::CallAgent(call_a),
+            Command::Wake {
+                step: 2,
+                attempt: 1,
+                at_ms: deadline
+            }
+        ]
+    );
+    assert_eq!(h.exec.status, ExecutionStatus::Paused);
+
+    // Results still land while paused; c waits.
+    let tx = h.agent_ok("a", json!("A"));
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:a"]);
+    assert!(tx.commands.is_empty());
+    h.now = retry_at;
+    assert_noop(&h.wake("b"));
+
+    let tx = h.resume();
+    assert_eq!(kinds(&tx.events), vec!["ExecutionResumed"]);
+    assert_eq!(wakes(&tx), vec![(1, 1, retry_at)]);
+    assert_eq!(tx.commands.len(), 1);
+    let tx = h.wake("b");
+    assert_eq!(kinds(&tx.events), vec!["StepStarted:b"]);
+    assert_eq!(calls(&tx)[0].attempt, 2);
+    h.agent_ok("b", json!("B"));
+    h.now = deadline;
+    let tx = h.wake("t");
+    assert_eq!(kinds(&tx.events), vec!["StepCompleted:t", "StepStarted:c"]);
+    h.agent_ok("c", json!("C"));
+    assert_eq!(h.exec.status, ExecutionStatus::Completed);
+    h.assert_seqs();
+}
+
+#[test]
+fn recover_skip_and_recover_terminal_are_noops() {
+    // Skip on a running and on a pending execution.
+    let mut h = Harness::new(SINGLE, json!({"x": 1}));
+    assert_noop(&h.recover(RecoveryAction::Skip));
+    assert_eq!(h.exec.status, ExecutionStatus::Pending);
+    h.start();
+    let before = h.exec.clone();
+    assert_noop(&h.recover(RecoveryAction::Skip));
+    assert_eq!(h.exec, before);
+
+    // Any action on a terminal execution.
+    let actions = [
+        RecoveryAction::Resume,
+        RecoveryAction::RetryStep,
+        RecoveryAction::MarkFailed,
+        RecoveryAction::Skip,
+    ];
+    let mut completed = Harness::new(SINGLE, json!({"x": 1}));
+    completed.start();
+    completed.agent_ok("a", json!(1));
+    let mut failed = Harness::new(SINGLE, json!({"x": 1}));
+    failed.start();
+    failed.agent_err("a", err(ErrorKind::Agent, "no"));
+    let mut cancelled = Harness::new(MIXED, json!({}));
+    cancelled.start();
+    cancelled.cancel(None);
+    for mut h in [completed, failed, cancelled] {
+        assert!(h.exec.status.is_terminal());
+        let before = h.exec.clone();
+        for action in actions {
+            assert_noop(&h.recover(action));
+        }
+        assert_eq!(h.exec, before);
+        h.assert_seqs();
+    }
+}
+
+/// Regression: a re-dispatched call once re-rendered its input, so a template over a step that
+/// changed meanwhile sent a different input under the same idempotency key. The input is now
+/// rendered once, stored on the step, and re-sent as it was.
+#[test]
+fn redispatch_after_restart_sends_the_original_input() {
+    const PARALLEL: &str = "name: p\nsteps:\n  - {id: a, type: agent_task, agent: w}\n  - {id: b, type: agent_task, agent: w, input: {s: '{{steps.a.status}}'}, retry: {max_attempts: 2, initial_delay: 10ms}}\n";
+    let mut h = Harness::new(PARALLEL, json!({}));
+    let started = h.start();
+    let original = calls(&started)
+        .into_iter()
+        .find(|c| c.step_id == "b")
+        .expect("b is called");
+    assert_eq!(original.input, json!({"s": "running"}));
+    h.agent_ok("a", json!({}));
+    h.restart(1_000);
+    let recovered = h.recover(RecoveryAction::RetryStep);
+    let again = calls(&recovered);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0], original, "same attempt, key and input");
+    // A retry after a failure sends it once more, unchanged.
+    h.agent_err("b", StepError::new(ErrorKind::Server, "boom"));
+    let retry = h.wake("b");
+    assert_eq!(calls(&retry)[0].input, json!({"s": "running"}));
 }

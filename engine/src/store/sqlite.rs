@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS steps (
     status         TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
     retry_count    INTEGER NOT NULL,
+    input          TEXT,
     output         TEXT,
     last_error     TEXT,
     skip_reason    TEXT,
@@ -161,12 +162,12 @@ impl Storage for SqliteStore {
             let mut upsert = tx
                 .prepare_cached(
                     "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
-                         retry_count, output, last_error, skip_reason, started_at_ms,
+                         retry_count, input, output, last_error, skip_reason, started_at_ms,
                          finished_at_ms, wake_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
                          attempt = excluded.attempt, retry_count = excluded.retry_count,
-                         output = excluded.output, last_error = excluded.last_error,
+                         input = excluded.input, output = excluded.output, last_error = excluded.last_error,
                          skip_reason = excluded.skip_reason,
                          started_at_ms = excluded.started_at_ms,
                          finished_at_ms = excluded.finished_at_ms,
@@ -185,6 +186,7 @@ impl Storage for SqliteStore {
                         st.status.as_str(),
                         st.attempt,
                         st.retry_count(),
+                        opt_json(&st.input),
                         opt_json(&st.output),
                         opt_json(&st.last_error),
                         st.skip_reason.map(|r| r.as_str()),
@@ -277,7 +279,7 @@ impl Storage for SqliteStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT position, step_id, status, attempt, output, last_error, skip_reason,
-                        started_at_ms, finished_at_ms, wake_at_ms
+                        started_at_ms, finished_at_ms, wake_at_ms, input
                  FROM steps WHERE execution_id = ?1 ORDER BY position",
             )
             .map_err(backend)?;
@@ -302,6 +304,10 @@ impl Storage for SqliteStore {
             execution.steps[i] = StepState {
                 status: status.parse().map_err(corrupt)?,
                 attempt: r.get(3).map_err(backend)?,
+                input: json_col(10)?
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| corrupt(format!("step {step_id} input: {e}")))?,
                 output: json_col(4)?
                     .map(|s| serde_json::from_str(&s))
                     .transpose()
