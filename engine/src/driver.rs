@@ -22,7 +22,10 @@ use crate::event::SystemEvent;
 use crate::network::Network;
 use crate::recovery::{RecoveryConfig, RecoveryError, RecoveryReport};
 use crate::rng::{new_id, Rng};
-use crate::store::{self, Storage};
+use crate::store::{self, ControlAction, ControlRequest, Storage};
+
+/// Control requests applied per poll; the rest wait for the next one.
+pub const MAX_CONTROL_REQUESTS_PER_POLL: usize = 256;
 
 /// Inputs queued per execution beyond one per step (cancel requests and the like).
 pub const INBOX_SLACK: usize = 16;
@@ -88,6 +91,10 @@ pub struct ExecutionHandle {
 }
 
 impl ExecutionHandle {
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub async fn wait(self) -> Result<Execution, Error> {
         match self.task.await {
             Ok(result) => result,
@@ -224,8 +231,31 @@ impl Engine {
     /// new work. Each execution gets an action (see [`Execution::recovery_action`]); one that
     /// cannot be loaded or updated is reported and the rest go on. Executions this process is
     /// already driving are skipped, so a second concurrent recovery never doubles one.
+    ///
+    /// Control requests made while no engine ran are applied around the scan, the last one per
+    /// execution winning: pauses and cancels before it (so nothing moves first), resumes after
+    /// it (so the resumed execution is among the returned handles).
     pub async fn recover(&self, config: RecoveryConfig) -> Result<Recovery, Error> {
         let bus = &self.inner.bus;
+        let mut resumes = Vec::new();
+        if !config.dry_run {
+            let mut last: BTreeMap<String, ControlRequest> = BTreeMap::new();
+            let requests = self
+                .inner
+                .store
+                .take_control_requests(MAX_CONTROL_REQUESTS_PER_POLL)
+                .await?;
+            for request in requests {
+                last.insert(request.execution_id.clone(), request);
+            }
+            for request in last.into_values() {
+                if request.action == ControlAction::Resume {
+                    resumes.push(request);
+                } else {
+                    self.apply_control(request).await;
+                }
+            }
+        }
         let mut report = RecoveryReport {
             dry_run: config.dry_run,
             started_at_ms: self.inner.clock.now_ms(),
@@ -285,6 +315,9 @@ impl Engine {
                 }
             }
         }
+        for request in resumes {
+            self.apply_control(request).await;
+        }
         report.finished_at_ms = self.inner.clock.now_ms();
         bus.publish_system(SystemEvent::RecoveryCompleted {
             at_ms: report.finished_at_ms,
@@ -301,6 +334,59 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(Recovery { report, handles })
+    }
+
+    /// Applies the control requests waiting in storage (pause, resume, cancel asked for from
+    /// outside the process). A request for an unknown or finished execution is logged and
+    /// dropped. Returns how many were applied.
+    pub async fn apply_control_requests(&self) -> Result<usize, Error> {
+        let requests = self
+            .inner
+            .store
+            .take_control_requests(MAX_CONTROL_REQUESTS_PER_POLL)
+            .await?;
+        let mut applied = 0;
+        for request in requests {
+            applied += usize::from(self.apply_control(request).await);
+        }
+        Ok(applied)
+    }
+
+    /// Applies one control request; false (and a warning) if it could not be.
+    async fn apply_control(&self, request: ControlRequest) -> bool {
+        let ControlRequest {
+            execution_id: id,
+            action,
+            reason,
+            ..
+        } = request;
+        let result = match action {
+            ControlAction::Pause => self.pause(&id).await,
+            ControlAction::Resume => self.resume(&id).await,
+            ControlAction::Cancel => self.cancel(&id, reason).await,
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(execution = %id, ?action, "control request dropped: {e}");
+                false
+            }
+        }
+    }
+
+    /// Polls for control requests every `poll_ms` (Clock time) until the returned task is
+    /// aborted. For engines that run as long-lived processes.
+    pub fn poll_control_requests(&self, poll_ms: u64) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = engine.inner.clock.now_ms().saturating_add(poll_ms);
+                engine.inner.clock.sleep_until_ms(next).await;
+                if let Err(e) = engine.apply_control_requests().await {
+                    tracing::warn!("control requests: {e}");
+                }
+            }
+        })
     }
 
     /// The report of the last [`Engine::recover`], for health checks.

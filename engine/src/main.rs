@@ -16,7 +16,7 @@ use proctor::core::ExecutionStatus;
 use proctor::definition;
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::network::TokioNetwork;
-use proctor::store::SqliteStore;
+use proctor::store::{ControlAction, ControlRequest, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 #[derive(Parser)]
@@ -68,6 +68,32 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Ask for an execution to pause: no new step starts; steps in flight finish.
+    Pause {
+        id: String,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+    },
+    /// Ask for a paused execution to resume.
+    Resume {
+        id: String,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+    },
+    /// Ask for an execution to be cancelled.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show executions (or one execution's steps and events) in a database.
+    Status {
+        id: Option<String>,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
     },
     /// Serve the example agent over HTTP (POST /run) until interrupted.
     Agent {
@@ -162,18 +188,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 dry_run,
             };
             let recovery = recover(&engine, config).await?;
-            let mut failed = 0;
-            for handle in recovery.handles {
-                let execution = handle.wait().await?;
-                println!("execution {} {}", execution.id, execution.status);
-                failed += usize::from(execution.status == ExecutionStatus::Failed);
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
             }
+            let _control = engine.poll_control_requests(CONTROL_POLL_MS);
+            let failed = wait_unless_paused(&engine, recovery.handles).await?;
             Ok(if recovery.report.errors.is_empty() && failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
         }
+        Command::Pause { id, db } => control(&db, id, ControlAction::Pause, None).await,
+        Command::Resume { id, db } => control(&db, id, ControlAction::Resume, None).await,
+        Command::Cancel { id, db, reason } => control(&db, id, ControlAction::Cancel, reason).await,
+        Command::Status { id, db } => status(&db, id.as_deref()).await,
         Command::Agent {
             listen,
             name,
@@ -221,6 +250,7 @@ async fn run(
     // Startup recovery comes before new work: executions a previous run left behind finish
     // alongside this one.
     let recovery = recover(&engine, RecoveryConfig::default()).await?;
+    let _control = engine.poll_control_requests(CONTROL_POLL_MS);
     let execution = engine.run(process, input).await?;
     for handle in recovery.handles {
         let recovered = handle.wait().await?;
@@ -279,6 +309,120 @@ async fn open_engine(
         .bus()
         .subscribe(move |e| println!("{}", event_line(e, started_ms)));
     Ok((engine, agents))
+}
+
+/// How often a running engine looks for pause/resume/cancel requests from other processes.
+const CONTROL_POLL_MS: u64 = 100;
+
+/// Queues a control request in the database for the engine running on it (or the next one
+/// to start on it).
+async fn control(
+    db: &Path,
+    id: String,
+    action: ControlAction,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let Some(execution) = store.load(&id).await? else {
+        eprintln!("error: no execution {id} in {}", db.display());
+        return Ok(ExitCode::from(1));
+    };
+    if execution.status.is_terminal() {
+        eprintln!("error: execution {id} is already {}", execution.status);
+        return Ok(ExitCode::from(1));
+    }
+    let request = ControlRequest {
+        execution_id: id.clone(),
+        action,
+        reason,
+        requested_at_ms: SystemClock.now_ms(),
+    };
+    store.request_control(&request).await?;
+    let verb = serde_json::to_value(action)?;
+    println!(
+        "{} requested for {id} (now {}); the engine running on {} applies it, or the next `proctor recover` does",
+        verb.as_str().unwrap_or("?"),
+        execution.status,
+        db.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
+    if !db.exists() {
+        bail!("no database at {}", db.display());
+    }
+    SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))
+}
+
+async fn status(db: &Path, id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let Some(id) = id else {
+        let active = store.list_active().await?;
+        if active.is_empty() {
+            println!("no active executions in {}", db.display());
+        }
+        for id in active {
+            if let Some(e) = store.load(&id).await? {
+                println!(
+                    "{id} {} {} v{}",
+                    e.status, e.process.name, e.process.version
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(execution) = store.load(id).await? else {
+        eprintln!("error: no execution {id} in {}", db.display());
+        return Ok(ExitCode::from(1));
+    };
+    println!(
+        "execution {id} {} ({} v{})",
+        execution.status, execution.process.name, execution.process.version
+    );
+    for (def, st) in execution.process.steps.iter().zip(&execution.steps) {
+        println!("  {:<16} {:<10} attempt {}", def.id, st.status, st.attempt);
+    }
+    let events = store.events(id).await?;
+    let first_ms = events.first().map_or(0, |e| e.at_ms);
+    for e in &events {
+        println!("{}", event_line(e, first_ms));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for recovered executions to end, except those that are (or become) paused: they stay
+/// paused in the database until someone resumes them. Returns how many failed.
+async fn wait_unless_paused(
+    engine: &Engine,
+    handles: Vec<proctor::ExecutionHandle>,
+) -> anyhow::Result<usize> {
+    let mut waiting = handles;
+    let mut failed = 0;
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for handle in waiting {
+            if handle.is_finished() {
+                let execution = handle.wait().await?;
+                println!("execution {} {}", execution.id, execution.status);
+                failed += usize::from(execution.status == ExecutionStatus::Failed);
+            } else if engine.load(&handle.id).await?.map(|e| e.status)
+                == Some(ExecutionStatus::Paused)
+            {
+                println!(
+                    "execution {} paused: `proctor resume {}` then `proctor recover` to continue",
+                    handle.id, handle.id
+                );
+            } else {
+                still.push(handle);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    Ok(failed)
 }
 
 /// Runs startup recovery and prints its report when there was anything to recover.

@@ -272,3 +272,128 @@ fn sigkill_during_timer() {
         .unwrap();
     assert_eq!(fired, 1);
 }
+
+/// Runs `proctor <args> --db <db>` and returns its stdout, asserting success.
+fn proctor_ok(args: &[&str], setup: &Setup) -> String {
+    let out = proctor()
+        .args(args)
+        .arg("--db")
+        .arg(&setup.db)
+        .output()
+        .expect("run proctor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "proctor {args:?} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn sigkill_while_paused() {
+    let agent = AgentProcess::start(&["--delay-ms", "150"]);
+    let s = setup(CHAIN, &agent);
+    let mut run = proctor()
+        .arg("run")
+        .arg(&s.definition)
+        .args(["--input", r#"{"n": 1}"#])
+        .arg("--agents")
+        .arg(&s.agents)
+        .arg("--db")
+        .arg(&s.db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn proctor run");
+    wait_until(
+        &s.db,
+        "SELECT count(*) FROM steps WHERE step_id = 'a' AND status = 'running'",
+    );
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    let id: String = conn
+        .query_row("SELECT id FROM executions", [], |r| r.get(0))
+        .unwrap();
+    // Another process asks the running engine to pause; the engine polls for it.
+    let out = proctor_ok(&["pause", &id], &s);
+    assert!(out.contains("pause requested"), "{out}");
+    wait_until(
+        &s.db,
+        "SELECT count(*) FROM executions WHERE status = 'paused'",
+    );
+    // The step in flight finishes while paused; nothing after it starts.
+    wait_until(
+        &s.db,
+        "SELECT count(*) FROM steps WHERE step_id = 'a' AND status = 'completed'",
+    );
+    run.kill().expect("SIGKILL the engine");
+    run.wait().unwrap();
+    let b: String = conn
+        .query_row("SELECT status FROM steps WHERE step_id = 'b'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(b, "pending", "nothing started while paused");
+
+    // Recovery keeps it paused and does not wait for it.
+    let out = proctor_ok(&["recover", "--agents", s.agents.to_str().unwrap()], &s);
+    assert!(out.contains("paused"), "{out}");
+    let status: String = conn
+        .query_row("SELECT status FROM executions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "paused");
+
+    // Resume is requested while no engine runs; the next engine start applies it.
+    proctor_ok(&["resume", &id], &s);
+    let out = proctor_ok(&["recover", "--agents", s.agents.to_str().unwrap()], &s);
+    assert!(out.contains(&format!("execution {id} completed")), "{out}");
+    assert_effects_once(&agent, 3);
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let paused = kinds.iter().position(|k| k == "ExecutionPaused").unwrap();
+    let resumed = kinds.iter().position(|k| k == "ExecutionResumed").unwrap();
+    assert!(paused < resumed, "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("ExecutionCompleted"));
+}
+
+#[test]
+fn control_verbs_reject_unknown_and_finished_executions() {
+    let agent = AgentProcess::start(&[]);
+    let s = setup(CHAIN, &agent);
+    proctor_ok(
+        &[
+            "run",
+            s.definition.to_str().unwrap(),
+            "--input",
+            r#"{"n": 1}"#,
+            "--agents",
+            s.agents.to_str().unwrap(),
+        ],
+        &s,
+    );
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    let id: String = conn
+        .query_row("SELECT id FROM executions", [], |r| r.get(0))
+        .unwrap();
+    for (args, needle) in [
+        (vec!["pause", id.as_str()], "already completed"),
+        (vec!["cancel", "no-such-id"], "no execution no-such-id"),
+    ] {
+        let out = proctor()
+            .args(&args)
+            .arg("--db")
+            .arg(&s.db)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    let out = proctor_ok(&["status", &id], &s);
+    assert!(out.contains(&format!("execution {id} completed")), "{out}");
+}

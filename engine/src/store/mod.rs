@@ -8,6 +8,8 @@ mod sqlite;
 
 use async_trait::async_trait;
 
+use serde::{Deserialize, Serialize};
+
 use crate::core::Execution;
 use crate::event::EventRecord;
 
@@ -40,4 +42,29 @@ pub trait Storage: Send + Sync {
 
     /// Ids of executions that are not terminal (pending, running, paused), oldest first.
     async fn list_active(&self) -> Result<Vec<String>, Error>;
+
+    /// Records an operator's request to control an execution. It is durable: an engine running
+    /// on this storage applies it on its next poll, or at its next start.
+    async fn request_control(&self, request: &ControlRequest) -> Result<(), Error>;
+
+    /// Removes and returns the pending control requests, oldest first (at most `limit`).
+    async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error>;
+}
+
+/// What an operator can ask of an execution from outside the engine process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub execution_id: String,
+    pub action: ControlAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub requested_at_ms: u64,
 }

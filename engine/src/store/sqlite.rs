@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
 
-use super::{Error, Storage};
+use super::{ControlAction, ControlRequest, Error, Storage};
 use crate::core::{Execution, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS events (
     payload      TEXT NOT NULL,
     PRIMARY KEY (execution_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS control_requests (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    execution_id    TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    reason          TEXT,
+    requested_at_ms INTEGER NOT NULL
+);
 ";
 
 /// The embedded store. Cheap to clone; clones share one connection.
@@ -371,6 +379,60 @@ impl Storage for SqliteStore {
         Ok(out)
     }
 
+    async fn request_control(&self, request: &ControlRequest) -> Result<(), Error> {
+        let action = serde_json::to_value(request.action).expect("enum serializes");
+        self.conn()
+            .execute(
+                "INSERT INTO control_requests (execution_id, action, reason, requested_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    request.execution_id,
+                    action.as_str(),
+                    request.reason,
+                    request.requested_at_ms as i64
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let rows: Vec<(i64, String, String, Option<String>, i64)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, execution_id, action, reason, requested_at_ms
+                     FROM control_requests ORDER BY id LIMIT ?1",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, execution_id, action, reason, at) in rows {
+            tx.execute("DELETE FROM control_requests WHERE id = ?1", [id])
+                .map_err(backend)?;
+            let action: ControlAction = serde_json::from_value(Value::String(action.clone()))
+                .map_err(|_| Error::Corrupt {
+                    id: execution_id.clone(),
+                    problem: format!("control request {id} has unknown action {action:?}"),
+                })?;
+            out.push(ControlRequest {
+                execution_id,
+                action,
+                reason,
+                requested_at_ms: at as u64,
+            });
+        }
+        tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+
     async fn list_active(&self) -> Result<Vec<String>, Error> {
         let conn = self.conn();
         let mut stmt = conn
@@ -459,5 +521,36 @@ mod tests {
         let err = store.commit(&exec, &[], &t.events).await.unwrap_err();
         assert!(matches!(err, Error::Backend(_)), "{err}");
         assert_eq!(store.load("e3").await.unwrap(), before);
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+    use crate::store::{ControlAction, ControlRequest};
+
+    fn request(id: &str, action: ControlAction, at: u64) -> ControlRequest {
+        ControlRequest {
+            execution_id: id.into(),
+            action,
+            reason: None,
+            requested_at_ms: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn control_requests_are_taken_once_in_order_up_to_the_limit() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let sent = vec![
+            request("e1", ControlAction::Pause, 1),
+            request("e2", ControlAction::Cancel, 2),
+            request("e1", ControlAction::Resume, 3),
+        ];
+        for r in &sent {
+            store.request_control(r).await.unwrap();
+        }
+        assert_eq!(store.take_control_requests(2).await.unwrap(), sent[..2]);
+        assert_eq!(store.take_control_requests(10).await.unwrap(), sent[2..]);
+        assert!(store.take_control_requests(10).await.unwrap().is_empty());
     }
 }
