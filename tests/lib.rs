@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proctor::agent::example::{self, Behaviour, RunningAgent};
-use proctor::agent::{AgentEndpoint, AgentRegistry, AgentRequest};
+use proctor::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
 use proctor::clock::{Clock, ManualClock};
-use proctor::core::{Execution, StepState};
+use proctor::core::{Command, Execution, Input, RecoveryAction, StepState};
 use proctor::definition::{self, Format, ProcessDef};
-use proctor::event::{DomainEvent, EventRecord};
+use proctor::event::{DomainEvent, EventRecord, SystemEvent};
 use proctor::network::TokioNetwork;
-use proctor::store::SqliteStore;
-use proctor::{Engine, EngineConfig, Ports};
+use proctor::rng::{new_id, Rng};
+use proctor::store::{SqliteStore, Storage};
+use proctor::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery, RecoveryConfig};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -43,9 +44,14 @@ pub struct TestEngine {
     pub clock: Arc<ManualClock>,
     /// Every event the bus delivered, in delivery order.
     pub captured: Arc<Mutex<Vec<EventRecord>>>,
+    /// Every engine-level event (recovery) the bus delivered, in delivery order.
+    pub system: Arc<Mutex<Vec<SystemEvent>>>,
     pub db_path: PathBuf,
-    agents: BTreeMap<String, RunningAgent>,
-    _dir: TempDir,
+    registry: AgentRegistry,
+    // Shared with the engines [`TestEngine::restart`] builds: the agents and the database
+    // outlive an engine's "crash".
+    agents: Arc<BTreeMap<String, RunningAgent>>,
+    dir: Arc<TempDir>,
 }
 
 impl TestEngine {
@@ -73,9 +79,33 @@ impl TestEngine {
         agents: BTreeMap<String, RunningAgent>,
     ) -> TestEngine {
         let dir = tempfile::tempdir().expect("temporary directory");
+        TestEngine::build(process, registry, Arc::new(agents), Arc::new(dir), T0)
+    }
+
+    /// A fresh engine, as after a restart: a new ManualClock at `now_ms`, a new bus capture, a
+    /// new connection to the same SQLite file, the same (still running) agents. Nothing is
+    /// recovered until the test calls [`Engine::recover`]. The old engine is left alone: a
+    /// "crashed" engine's live tasks are simply never sent anything again.
+    pub fn restart(&self, now_ms: u64) -> TestEngine {
+        TestEngine::build(
+            self.process.clone(),
+            &self.registry,
+            self.agents.clone(),
+            self.dir.clone(),
+            now_ms,
+        )
+    }
+
+    fn build(
+        process: Arc<ProcessDef>,
+        registry: &AgentRegistry,
+        agents: Arc<BTreeMap<String, RunningAgent>>,
+        dir: Arc<TempDir>,
+        now_ms: u64,
+    ) -> TestEngine {
         let db_path = dir.path().join("proctor.db");
         let store = SqliteStore::open(&db_path).expect("open SQLite store");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::new(now_ms));
         let engine = Engine::new(
             Ports {
                 clock: clock.clone(),
@@ -88,15 +118,72 @@ impl TestEngine {
         )
         .expect("build engine");
         let captured = engine.bus().capture();
+        let system = engine.bus().capture_system();
         TestEngine {
             engine,
             process,
             clock,
             captured,
+            system,
             db_path,
+            registry: registry.clone(),
             agents,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// A writer that leaves the database as an engine that died would have: see
+    /// [`DeadEngine`]. It has its own connection to this engine's database file.
+    pub fn dead_engine(&self) -> DeadEngine {
+        let agents = self
+            .registry
+            .iter()
+            .filter_map(|(name, endpoint)| match endpoint {
+                AgentEndpoint::Address(addr) => Some((name.clone(), addr.clone())),
+                AgentEndpoint::Example(_) => None,
+            })
+            .collect();
+        DeadEngine {
+            store: SqliteStore::open(&self.db_path).expect("open SQLite store"),
+            rng: proctor::rng::seeded(SEED + 1),
+            client: AgentClient::new(Arc::new(TokioNetwork), ClientLimits::default()),
+            agents,
+        }
+    }
+
+    /// Runs [`Engine::recover`] (within the time limit).
+    pub async fn recover(&self, config: RecoveryConfig) -> Recovery {
+        tokio::time::timeout(RUN_LIMIT, self.engine.recover(config))
+            .await
+            .expect("recovery finished within the limit")
+            .expect("recovery ran")
+    }
+
+    /// Engine-level events the bus delivered, in delivery order.
+    pub fn system_events(&self) -> Vec<SystemEvent> {
+        self.system
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Effects agent `name` applied, per `(execution id, step id)` (mapped through the
+    /// idempotency keys of the requests it received).
+    pub fn effects(&self, name: &str) -> BTreeMap<(String, String), u32> {
+        let ledger = self.agent(name).ledger();
+        per_step(&ledger.requests, &ledger.effects)
+    }
+
+    /// Attempts agent `name` saw, per `(execution id, step id)`.
+    pub fn attempts(&self, name: &str) -> BTreeMap<(String, String), u32> {
+        let ledger = self.agent(name).ledger();
+        per_step(&ledger.requests, &ledger.attempts)
+    }
+
+    /// Every row of every table, as text, in a stable order: two dumps are equal exactly when
+    /// nothing in the database changed.
+    pub fn dump(&self) -> Vec<String> {
+        dump(&self.sql())
     }
 
     /// Runs the process to its end with `input` and returns the final state.
@@ -164,6 +251,197 @@ impl TestEngine {
     pub fn event_rows(&self, id: &str) -> Vec<EventRow> {
         event_rows(&self.sql(), id)
     }
+}
+
+/// Leaves the database as an engine that died would have. It drives executions with the pure
+/// core and commits every transition through the Storage port exactly as the driver does, but
+/// performs no command unless told to: what a crash loses is the commands of the last
+/// transitions (calls never sent, answers never recorded, wake-ups never delivered).
+pub struct DeadEngine {
+    pub store: SqliteStore,
+    rng: Rng,
+    client: AgentClient,
+    /// Agent name to `host:port`.
+    agents: BTreeMap<String, String>,
+}
+
+impl DeadEngine {
+    /// Persists a new pending execution created at `created_at_ms`, as [`Engine::create`] does.
+    pub async fn create(
+        &mut self,
+        process: &Arc<ProcessDef>,
+        input: Value,
+        created_at_ms: u64,
+    ) -> Execution {
+        let id = new_id(created_at_ms, &mut *self.rng);
+        let execution = Execution::new(id, process.clone(), input, created_at_ms);
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.store
+            .commit(&execution, &all, &[])
+            .await
+            .expect("commit new execution");
+        execution
+    }
+
+    /// Applies `input` at `now_ms` and commits the transition, as the driver does. Returns the
+    /// commands, which are NOT performed.
+    pub async fn apply(
+        &mut self,
+        execution: &mut Execution,
+        input: Input,
+        now_ms: u64,
+    ) -> Vec<Command> {
+        let transition = execution.apply(input, now_ms, &mut *self.rng);
+        if transition.changed {
+            let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
+            self.store
+                .commit(execution, &dirty, &transition.events)
+                .await
+                .expect("commit transition");
+        }
+        transition.commands
+    }
+
+    /// Performs one `CallAgent` command against the real agent, as the dead engine did before
+    /// it died: the agent receives the request (and applies its effect). Returns the answer as
+    /// the input the driver would have fed back; apply it to record it, or drop it (the crash
+    /// lost it).
+    pub async fn call(&self, execution: &Execution, command: &Command) -> Input {
+        let Command::CallAgent(call) = command else {
+            panic!("not an agent call: {command:?}")
+        };
+        let addr = self
+            .agents
+            .get(&call.agent)
+            .unwrap_or_else(|| panic!("no agent {} in this test", call.agent));
+        let request = AgentRequest {
+            execution_id: execution.id.clone(),
+            step_id: call.step_id.clone(),
+            attempt: call.attempt,
+            idempotency_key: call.idempotency_key.clone(),
+            input: call.input.clone(),
+        };
+        let result =
+            tokio::time::timeout(RUN_LIMIT, self.client.call(addr, &request, call.timeout_ms))
+                .await
+                .expect("agent answered within the limit");
+        Input::AgentReturned {
+            step: call.step,
+            attempt: call.attempt,
+            result,
+        }
+    }
+}
+
+/// The one `CallAgent` command for `step` among `commands`.
+pub fn call_of<'a>(commands: &'a [Command], step: &str) -> &'a Command {
+    let calls: Vec<&Command> = commands
+        .iter()
+        .filter(|c| matches!(c, Command::CallAgent(call) if call.step_id == step))
+        .collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "expected one call of {step} in {commands:?}"
+    );
+    calls[0]
+}
+
+/// Waits for every handle (each within the time limit); final states by execution id.
+pub async fn wait_all(handles: Vec<ExecutionHandle>) -> BTreeMap<String, Execution> {
+    let mut finished = BTreeMap::new();
+    for handle in handles {
+        let id = handle.id.clone();
+        let execution = tokio::time::timeout(RUN_LIMIT, handle.wait())
+            .await
+            .unwrap_or_else(|_| panic!("execution {id} finished within the limit"))
+            .unwrap_or_else(|e| panic!("engine drove execution {id}: {e}"));
+        assert!(
+            finished.insert(id.clone(), execution).is_none(),
+            "two handles for {id}"
+        );
+    }
+    finished
+}
+
+/// Polls `condition` every few milliseconds until it holds; panics after [`RUN_LIMIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Real time long enough for anything the engine would still do (an agent call to the
+/// loopback agents, with the delays these tests use) to have happened.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+/// The action of the execution's `ExecutionRecovered` events, in order.
+pub fn recovered_actions(events: &[EventRecord]) -> Vec<RecoveryAction> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            DomainEvent::ExecutionRecovered { action } => Some(*action),
+            _ => None,
+        })
+        .collect()
+}
+
+fn per_step(
+    requests: &[AgentRequest],
+    by_key: &BTreeMap<String, u32>,
+) -> BTreeMap<(String, String), u32> {
+    by_key
+        .iter()
+        .map(|(key, n)| {
+            let request = requests
+                .iter()
+                .find(|r| &r.idempotency_key == key)
+                .unwrap_or_else(|| panic!("no request with key {key}"));
+            ((request.execution_id.clone(), request.step_id.clone()), *n)
+        })
+        .collect()
+}
+
+/// Every row of every table (and the schema), as text, in a stable order.
+pub fn dump(conn: &rusqlite::Connection) -> Vec<String> {
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .expect("prepare schema query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query schema")
+        .collect::<Result<_, _>>()
+        .expect("read schema");
+    let mut out = Vec::new();
+    for (table, sql) in tables {
+        out.push(format!("table {table}: {sql}"));
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{table}\""))
+            .expect("prepare table dump");
+        let columns = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let values = (0..columns)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(format!("{table}: {}", values.join(" | ")))
+            })
+            .expect("query table dump")
+            .collect::<Result<_, _>>()
+            .expect("read table dump");
+        rows.sort();
+        out.extend(rows);
+    }
+    out
 }
 
 /// A step's state in `execution`, by id.

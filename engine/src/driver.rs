@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
@@ -29,6 +29,22 @@ pub const MAX_CONTROL_REQUESTS_PER_POLL: usize = 256;
 
 /// Inputs queued per execution beyond one per step (cancel requests and the like).
 pub const INBOX_SLACK: usize = 16;
+/// An execution's inbox bound: one result or wake-up per step, plus control inputs.
+const INBOX_CAPACITY: usize = crate::definition::MAX_STEPS_PER_PROCESS + INBOX_SLACK;
+
+/// One input for an execution's task; `ack` fires once its transition is committed (or the
+/// task has ended), so a control call returns only after it took effect.
+struct Envelope {
+    input: Input,
+    ack: Option<oneshot::Sender<()>>,
+}
+
+/// A claimed execution's inbox: registered as live before its state is loaded, so that a
+/// second claimant is refused and the first always loads the latest committed state.
+struct Inbox {
+    tx: mpsc::Sender<Envelope>,
+    rx: mpsc::Receiver<Envelope>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,7 +84,7 @@ struct Inner {
     client: AgentClient,
     bus: EventBus,
     /// Inboxes of executions with a live task.
-    live: Mutex<BTreeMap<String, mpsc::Sender<Input>>>,
+    live: Mutex<BTreeMap<String, mpsc::Sender<Envelope>>>,
     last_recovery: Mutex<Option<RecoveryReport>>,
 }
 
@@ -161,8 +177,14 @@ impl Engine {
 
     /// Starts driving a stored pending execution (a no-op drive if it is not pending).
     pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
-        let execution = self.load_existing(id).await?;
-        self.spawn(execution, Input::Start)
+        let inbox = self.claim(id)?;
+        match self.load_existing(id).await {
+            Ok(execution) => Ok(self.spawn_claimed(execution, Input::Start, inbox)),
+            Err(e) => {
+                self.release(id);
+                Err(e)
+            }
+        }
     }
 
     /// Creates and starts an execution.
@@ -213,14 +235,24 @@ impl Engine {
         if self.send_live(id, Input::Resume).await {
             return Ok(());
         }
-        let execution = self.load_existing(id).await?;
-        let action = execution.recovery_action(self.inner.clock.now_ms(), u64::MAX);
-        if action == RecoveryAction::Skip {
-            return Ok(());
-        }
-        // Lost a race with another resume or a recovery: the winner drives it, so send to it.
-        match self.spawn(execution, Input::Recover { action }) {
-            Ok(_) | Err(Error::AlreadyLive(_)) => {}
+        match self.claim(id) {
+            Ok(inbox) => {
+                let execution = match self.load_existing(id).await {
+                    Ok(execution) => execution,
+                    Err(e) => {
+                        self.release(id);
+                        return Err(e);
+                    }
+                };
+                let action = execution.recovery_action(self.inner.clock.now_ms(), u64::MAX);
+                if action == RecoveryAction::Skip {
+                    self.release(id);
+                    return Ok(());
+                }
+                let _handle = self.spawn_claimed(execution, Input::Recover { action }, inbox);
+            }
+            // Lost a race with another resume or a recovery: the winner drives it.
+            Err(Error::AlreadyLive(_)) => {}
             Err(e) => return Err(e),
         }
         self.send_live(id, Input::Resume).await;
@@ -269,24 +301,24 @@ impl Engine {
         });
         let mut handles = Vec::new();
         for id in active {
-            let is_live = self
-                .inner
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&id);
-            let loaded = if is_live {
-                Ok(None)
-            } else {
-                self.inner.store.load(&id).await
+            // Claim before loading: whoever claims first reads the latest committed state, and
+            // an execution already driven here (or by a concurrent scan) is skipped.
+            let inbox = match self.claim(&id) {
+                Ok(inbox) => inbox,
+                Err(_) => {
+                    report.count(&id, RecoveryAction::Skip);
+                    continue;
+                }
             };
-            let mut execution = match loaded {
+            let mut execution = match self.inner.store.load(&id).await {
                 Ok(Some(execution)) => execution,
                 Ok(None) => {
+                    self.release(&id);
                     report.count(&id, RecoveryAction::Skip);
                     continue;
                 }
                 Err(e) => {
+                    self.release(&id);
                     self.recovery_failed(&mut report, &id, e.to_string());
                     continue;
                 }
@@ -295,23 +327,21 @@ impl Engine {
             let action = execution.recovery_action(now_ms, config.max_age_ms());
             report.count(&id, action);
             if config.dry_run {
+                self.release(&id);
                 continue;
             }
             match action {
-                RecoveryAction::Skip => {}
+                RecoveryAction::Skip => self.release(&id),
                 RecoveryAction::MarkFailed => {
                     let input = Input::Recover { action };
-                    if let Err(e) = self.inner.apply(&mut execution, input).await {
+                    let result = self.inner.apply(&mut execution, input).await;
+                    self.release(&id);
+                    if let Err(e) = result {
                         self.recovery_failed(&mut report, &id, e.to_string());
                     }
                 }
                 RecoveryAction::Resume | RecoveryAction::RetryStep => {
-                    match self.spawn(execution, Input::Recover { action }) {
-                        Ok(handle) => handles.push(handle),
-                        // Picked up by someone else since the scan: theirs, not ours.
-                        Err(Error::AlreadyLive(_)) => {}
-                        Err(e) => self.recovery_failed(&mut report, &id, e.to_string()),
-                    }
+                    handles.push(self.spawn_claimed(execution, Input::Recover { action }, inbox));
                 }
             }
         }
@@ -413,7 +443,8 @@ impl Engine {
         });
     }
 
-    /// Sends `input` to the live task driving `id`; false if there is none.
+    /// Sends `input` to the live task driving `id` and waits until its transition is
+    /// committed; false if no task drives it.
     async fn send_live(&self, id: &str, input: Input) -> bool {
         let inbox = self
             .inner
@@ -422,11 +453,21 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
-        match inbox {
-            // A failed send means the task ended between the lookup and the send.
-            Some(inbox) => inbox.send(input).await.is_ok(),
-            None => false,
+        let Some(inbox) = inbox else {
+            return false;
+        };
+        let (ack, acked) = oneshot::channel();
+        let envelope = Envelope {
+            input,
+            ack: Some(ack),
+        };
+        if inbox.send(envelope).await.is_err() {
+            // The task ended between the lookup and the send.
+            return false;
         }
+        // An error means the task ended before answering: nothing more will happen to it.
+        let _ = acked.await;
+        true
     }
 
     async fn load_existing(&self, id: &str) -> Result<Execution, Error> {
@@ -466,23 +507,34 @@ impl Engine {
         }
     }
 
-    /// Starts the task that drives `execution`, feeding it `first`. Refused if a task already
-    /// drives it: the check and the registration happen under one lock, so two callers racing
-    /// (two recoveries, a resume and a recovery) never drive one execution twice.
-    fn spawn(&self, execution: Execution, first: Input) -> Result<ExecutionHandle, Error> {
-        let id = execution.id.clone();
-        let (tx, rx) = mpsc::channel(execution.steps.len() + INBOX_SLACK);
-        {
-            let mut live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
-            if live.contains_key(&id) {
-                return Err(Error::AlreadyLive(id));
-            }
-            live.insert(id.clone(), tx.clone());
+    /// Registers `id` as driven by this engine. Refused if it already is: the check and the
+    /// registration happen under one lock, so two callers racing (two recoveries, a resume and
+    /// a recovery) never drive one execution twice.
+    fn claim(&self, id: &str) -> Result<Inbox, Error> {
+        let mut live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.contains_key(id) {
+            return Err(Error::AlreadyLive(id.to_string()));
         }
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        live.insert(id.to_string(), tx.clone());
+        Ok(Inbox { tx, rx })
+    }
+
+    fn release(&self, id: &str) {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Starts the task that drives a claimed execution, feeding it `first`.
+    fn spawn_claimed(&self, execution: Execution, first: Input, inbox: Inbox) -> ExecutionHandle {
+        let id = execution.id.clone();
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let id = execution.id.clone();
-            let result = inner.clone().drive(execution, first, tx, rx).await;
+            let result = inner.clone().drive(execution, first, inbox).await;
             inner
                 .live
                 .lock()
@@ -490,7 +542,7 @@ impl Engine {
                 .remove(&id);
             result
         });
-        Ok(ExecutionHandle { id, task })
+        ExecutionHandle { id, task }
     }
 }
 
@@ -517,26 +569,32 @@ impl Inner {
         self: Arc<Self>,
         mut execution: Execution,
         first: Input,
-        tx: mpsc::Sender<Input>,
-        mut rx: mpsc::Receiver<Input>,
+        inbox: Inbox,
     ) -> Result<Execution, Error> {
+        let Inbox { tx, mut rx } = inbox;
         let mut in_flight: BTreeMap<usize, AbortHandle> = BTreeMap::new();
-        let mut next = Some(first);
+        let mut next = Some(Envelope {
+            input: first,
+            ack: None,
+        });
         let result = loop {
-            let input = match next.take() {
-                Some(input) => input,
+            let envelope = match next.take() {
+                Some(envelope) => envelope,
                 None if execution.status.is_terminal() => break Ok(()),
                 None => match rx.recv().await {
-                    Some(input) => input,
+                    Some(envelope) => envelope,
                     None => break Ok(()),
                 },
             };
-            let commands = match self.apply(&mut execution, input).await {
+            let commands = match self.apply(&mut execution, envelope.input).await {
                 Ok(commands) => commands,
                 Err(e) => break Err(e),
             };
             for command in commands {
                 self.perform(&execution, command, &tx, &mut in_flight);
+            }
+            if let Some(ack) = envelope.ack {
+                let _ = ack.send(());
             }
         };
         for (_, handle) in in_flight {
@@ -549,7 +607,7 @@ impl Inner {
         &self,
         execution: &Execution,
         command: Command,
-        tx: &mpsc::Sender<Input>,
+        tx: &mpsc::Sender<Envelope>,
         in_flight: &mut BTreeMap<usize, AbortHandle>,
     ) {
         let tx = tx.clone();
@@ -570,13 +628,12 @@ impl Inner {
                 };
                 let task = tokio::spawn(async move {
                     let result = client.call(&addr, &request, call.timeout_ms).await;
-                    let _ = tx
-                        .send(Input::AgentReturned {
-                            step: call.step,
-                            attempt: call.attempt,
-                            result,
-                        })
-                        .await;
+                    let input = Input::AgentReturned {
+                        step: call.step,
+                        attempt: call.attempt,
+                        result,
+                    };
+                    let _ = tx.send(Envelope { input, ack: None }).await;
                 });
                 (call.step, task.abort_handle())
             }
@@ -588,7 +645,8 @@ impl Inner {
                 let clock = self.clock.clone();
                 let task = tokio::spawn(async move {
                     clock.sleep_until_ms(at_ms).await;
-                    let _ = tx.send(Input::Wake { step, attempt }).await;
+                    let input = Input::Wake { step, attempt };
+                    let _ = tx.send(Envelope { input, ack: None }).await;
                 });
                 (step, task.abort_handle())
             }

@@ -7,6 +7,8 @@ mod gateway;
 mod lifecycle;
 mod output;
 mod parallel;
+mod pause;
+mod recovery;
 mod retry;
 mod sequential;
 mod timer;
