@@ -277,7 +277,7 @@ impl DeadEngine {
         let execution = Execution::new(id, process.clone(), input, created_at_ms);
         let all: Vec<usize> = (0..execution.steps.len()).collect();
         self.store
-            .commit(&execution, &all, &[])
+            .commit(&execution, &all, &[], &[])
             .await
             .expect("commit new execution");
         execution
@@ -295,7 +295,12 @@ impl DeadEngine {
         if transition.changed {
             let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
             self.store
-                .commit(execution, &dirty, &transition.events)
+                .commit(
+                    execution,
+                    &dirty,
+                    &transition.events,
+                    &transition.checkpoints,
+                )
                 .await
                 .expect("commit transition");
         }

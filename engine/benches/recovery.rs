@@ -44,7 +44,10 @@ async fn main() {
         let now = SystemClock.now_ms();
         for i in 0..n {
             let mut exec = Execution::new(format!("exec-{i:06}"), process.clone(), json!({}), now);
-            store.commit(&exec, &[0, 1, 2], &[]).await.expect("commit");
+            store
+                .commit(&exec, &[0, 1, 2], &[], &[])
+                .await
+                .expect("commit");
             for input in [
                 Input::Start,
                 Input::AgentReturned {
@@ -56,7 +59,7 @@ async fn main() {
                 let t = exec.apply(input, now, &mut *rng);
                 let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
                 store
-                    .commit(&exec, &dirty, &t.events)
+                    .commit(&exec, &dirty, &t.events, &t.checkpoints)
                     .await
                     .expect("commit");
             }

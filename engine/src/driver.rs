@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
 use crate::bus::EventBus;
 use crate::clock::Clock;
-use crate::core::{Command, Execution, Input, RecoveryAction};
+use crate::core::{
+    fork, Checkpoint, Command, Execution, ExecutionStatus, ForkError, Input, RecoveryAction,
+};
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
 use crate::event::SystemEvent;
 use crate::network::Network;
@@ -58,8 +60,22 @@ pub enum Error {
     UnresolvedAgent(String),
     #[error("execution {0} is already being driven by this engine")]
     AlreadyLive(String),
+    #[error("execution {0} is running: pause or cancel it before resetting it")]
+    Running(String),
+    #[error("execution {0} is already being reset")]
+    AlreadyResetting(String),
+    #[error("execution {id} has no checkpoint{}", at_seq(*.seq))]
+    NoCheckpoint { id: String, seq: Option<u64> },
+    #[error("execution {id} is {status}, not paused")]
+    NotPaused { id: String, status: ExecutionStatus },
+    #[error(transparent)]
+    Fork(#[from] ForkError),
     #[error("execution task for {id} ended abnormally: {problem}")]
     Task { id: String, problem: String },
+}
+
+fn at_seq(seq: Option<u64>) -> String {
+    seq.map(|s| format!(" at seq {s}")).unwrap_or_default()
 }
 
 /// The ports the engine talks to the world through.
@@ -73,6 +89,45 @@ pub struct Ports {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EngineConfig {
     pub client: ClientLimits,
+    /// Keep only this many newest checkpoints per execution (all when `None`).
+    pub keep_checkpoints: Option<usize>,
+}
+
+/// How to reset an execution: from which checkpoint, with what changed.
+#[derive(Clone, Debug, Default)]
+pub struct Reset {
+    /// The checkpoint's `seq`; the latest when `None`.
+    pub checkpoint_seq: Option<u64>,
+    /// A new input; the original when `None`.
+    pub input: Option<Value>,
+    /// New outputs for steps that had completed at the checkpoint.
+    pub outputs: BTreeMap<String, Value>,
+}
+
+/// One time an execution was taken up again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resumption {
+    /// Resumed after a pause (or a breakpoint).
+    Resumed { at_ms: u64 },
+    /// Picked up by recovery after a restart.
+    Recovered { at_ms: u64, action: RecoveryAction },
+    /// Reset into a new execution from one of its checkpoints.
+    Reset {
+        at_ms: u64,
+        into: String,
+        checkpoint_seq: u64,
+    },
+}
+
+impl Resumption {
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Resumption::Resumed { at_ms }
+            | Resumption::Recovered { at_ms, .. }
+            | Resumption::Reset { at_ms, .. } => *at_ms,
+        }
+    }
 }
 
 struct Inner {
@@ -85,7 +140,10 @@ struct Inner {
     bus: EventBus,
     /// Inboxes of executions with a live task.
     live: Mutex<BTreeMap<String, mpsc::Sender<Envelope>>>,
+    /// Executions a reset is being made from; a second concurrent reset is refused.
+    resetting: Mutex<std::collections::BTreeSet<String>>,
     last_recovery: Mutex<Option<RecoveryReport>>,
+    keep_checkpoints: Option<usize>,
 }
 
 /// The result of [`Engine::recover`]: the report, and a handle per execution it restarted.
@@ -104,9 +162,18 @@ pub struct Engine {
 pub struct ExecutionHandle {
     pub id: String,
     task: tokio::task::JoinHandle<Result<Execution, Error>>,
+    status: watch::Receiver<ExecutionStatus>,
 }
 
 impl ExecutionHandle {
+    /// Waits until the execution is paused (a breakpoint, say) or terminal; returns which.
+    pub async fn stopped(&mut self) -> ExecutionStatus {
+        let stopped = |s: &ExecutionStatus| *s == ExecutionStatus::Paused || s.is_terminal();
+        let waited = self.status.wait_for(stopped).await.map(|s| *s);
+        // An error means the task is gone: whatever it last reported is final.
+        waited.unwrap_or_else(|_| *self.status.borrow())
+    }
+
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
@@ -149,6 +216,8 @@ impl Engine {
                 bus: EventBus::new(),
                 live: Mutex::new(BTreeMap::new()),
                 last_recovery: Mutex::new(None),
+                resetting: Mutex::new(std::collections::BTreeSet::new()),
+                keep_checkpoints: config.keep_checkpoints,
             }),
         })
     }
@@ -163,15 +232,45 @@ impl Engine {
 
     /// Persists a new pending execution and returns its id. Nothing runs until [`Engine::start`].
     pub async fn create(&self, process: Arc<ProcessDef>, input: Value) -> Result<String, Error> {
+        self.create_until(process, input, None).await
+    }
+
+    /// Creates and starts an execution that pauses once `breakpoint` completes (an
+    /// `execute_until`): [`ExecutionHandle::stopped`] returns then, with its checkpoint stored.
+    pub async fn submit_until(
+        &self,
+        process: Arc<ProcessDef>,
+        input: Value,
+        breakpoint: &str,
+    ) -> Result<ExecutionHandle, Error> {
+        if process.position(breakpoint).is_none() {
+            return Err(Error::Invalid(Diagnostics {
+                file: format!("process '{}'", process.name),
+                items: vec![Diagnostic {
+                    step: Some(breakpoint.to_string()),
+                    problem: "breakpoint names no step of this process".into(),
+                }],
+            }));
+        }
+        let id = self
+            .create_until(process, input, Some(breakpoint.to_string()))
+            .await?;
+        self.start(&id).await
+    }
+
+    async fn create_until(
+        &self,
+        process: Arc<ProcessDef>,
+        input: Value,
+        breakpoint: Option<String>,
+    ) -> Result<String, Error> {
         self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
-        let id = {
-            let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
-            new_id(now, &mut **rng)
-        };
-        let execution = Execution::new(id.clone(), process, input, now);
+        let id = self.new_execution_id(now);
+        let mut execution = Execution::new(id.clone(), process, input, now);
+        execution.breakpoint = breakpoint;
         let all: Vec<usize> = (0..execution.steps.len()).collect();
-        self.inner.store.commit(&execution, &all, &[]).await?;
+        self.inner.store.commit(&execution, &all, &[], &[]).await?;
         Ok(id)
     }
 
@@ -218,6 +317,92 @@ impl Engine {
         Ok(())
     }
 
+    /// The execution's checkpoints, oldest first (one per completed step, until pruned).
+    pub async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
+        Ok(self.inner.store.checkpoints(id).await?)
+    }
+
+    /// Deletes all but the newest `keep` checkpoints of `id`; returns how many were deleted.
+    pub async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
+        Ok(self.inner.store.prune_checkpoints(id, keep).await?)
+    }
+
+    /// Resets `id` to one of its checkpoints: a new execution (a fork) starts from that state,
+    /// optionally with another input or other outputs, and runs forward. The original must not
+    /// be running; a paused (or interrupted) original is cancelled, a finished one is left as
+    /// it is. Two resets of one execution at the same time: the second is refused.
+    pub async fn reset(&self, id: &str, reset: Reset) -> Result<ExecutionHandle, Error> {
+        let _guard = ResetGuard::take(&self.inner, id)?;
+        let original = self.load_existing(id).await?;
+        if original.status == ExecutionStatus::Running {
+            return Err(Error::Running(id.to_string()));
+        }
+        let checkpoints = self.inner.store.checkpoints(id).await?;
+        let checkpoint = match reset.checkpoint_seq {
+            None => checkpoints.last(),
+            Some(seq) => checkpoints.iter().find(|c| c.seq == seq),
+        }
+        .ok_or_else(|| Error::NoCheckpoint {
+            id: id.to_string(),
+            seq: reset.checkpoint_seq,
+        })?;
+        let now = self.inner.clock.now_ms();
+        let new_id = self.new_execution_id(now);
+        let forked = fork(
+            new_id.clone(),
+            original.process.clone(),
+            checkpoint,
+            reset.input.unwrap_or_else(|| original.input.clone()),
+            &reset.outputs,
+            now,
+        )?;
+        let all: Vec<usize> = (0..forked.steps.len()).collect();
+        self.inner.store.commit(&forked, &all, &[], &[]).await?;
+        if !original.status.is_terminal() {
+            self.cancel(id, Some(format!("reset into {new_id}")))
+                .await?;
+        }
+        self.start(&new_id).await
+    }
+
+    /// Each time `id` was taken up again — resumed, recovered, or reset into a new execution —
+    /// in time order.
+    pub async fn history(&self, id: &str) -> Result<Vec<Resumption>, Error> {
+        let mut history: Vec<Resumption> = self
+            .inner
+            .store
+            .events(id)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.event {
+                crate::event::DomainEvent::ExecutionResumed => {
+                    Some(Resumption::Resumed { at_ms: e.at_ms })
+                }
+                crate::event::DomainEvent::ExecutionRecovered { action } => {
+                    Some(Resumption::Recovered {
+                        at_ms: e.at_ms,
+                        action,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        for (into, checkpoint_seq, at_ms) in self.inner.store.forks_of(id).await? {
+            history.push(Resumption::Reset {
+                at_ms,
+                into,
+                checkpoint_seq,
+            });
+        }
+        history.sort_by_key(Resumption::at_ms);
+        Ok(history)
+    }
+
+    fn new_execution_id(&self, now_ms: u64) -> String {
+        let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+        new_id(now_ms, &mut **rng)
+    }
+
     /// Pauses a running execution: no new step starts; steps in flight finish and their
     /// results are kept. The pause is persisted, so it survives a restart.
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
@@ -231,7 +416,16 @@ impl Engine {
 
     /// Resumes a paused execution. One this process is not driving (it was paused before a
     /// restart) is picked up first, as recovery would, then resumed.
+    /// Refused (`NotPaused`) for an execution that is not paused, so of two concurrent
+    /// resumes one wins and the other is told.
     pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        let status = self.load_existing(id).await?.status;
+        if status != ExecutionStatus::Paused {
+            return Err(Error::NotPaused {
+                id: id.to_string(),
+                status,
+            });
+        }
         if self.send_live(id, Input::Resume).await {
             return Ok(());
         }
@@ -532,9 +726,13 @@ impl Engine {
     fn spawn_claimed(&self, execution: Execution, first: Input, inbox: Inbox) -> ExecutionHandle {
         let id = execution.id.clone();
         let inner = self.inner.clone();
+        let (status_tx, status) = watch::channel(execution.status);
         let task = tokio::spawn(async move {
             let id = execution.id.clone();
-            let result = inner.clone().drive(execution, first, inbox).await;
+            let result = inner
+                .clone()
+                .drive(execution, first, inbox, status_tx)
+                .await;
             inner
                 .live
                 .lock()
@@ -542,7 +740,7 @@ impl Engine {
                 .remove(&id);
             result
         });
-        ExecutionHandle { id, task }
+        ExecutionHandle { id, task, status }
     }
 }
 
@@ -559,8 +757,16 @@ impl Inner {
         }
         let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
         self.store
-            .commit(execution, &dirty, &transition.events)
+            .commit(
+                execution,
+                &dirty,
+                &transition.events,
+                &transition.checkpoints,
+            )
             .await?;
+        if let (Some(keep), false) = (self.keep_checkpoints, transition.checkpoints.is_empty()) {
+            self.store.prune_checkpoints(&execution.id, keep).await?;
+        }
         self.bus.publish(&transition.events);
         Ok(transition.commands)
     }
@@ -570,6 +776,7 @@ impl Inner {
         mut execution: Execution,
         first: Input,
         inbox: Inbox,
+        status: watch::Sender<ExecutionStatus>,
     ) -> Result<Execution, Error> {
         let Inbox { tx, mut rx } = inbox;
         let mut in_flight: BTreeMap<usize, AbortHandle> = BTreeMap::new();
@@ -593,6 +800,7 @@ impl Inner {
             for command in commands {
                 self.perform(&execution, command, &tx, &mut in_flight);
             }
+            status.send_replace(execution.status);
             if let Some(ack) = envelope.ack {
                 let _ = ack.send(());
             }
@@ -660,5 +868,34 @@ impl Inner {
         if let Some(previous) = in_flight.insert(step, handle) {
             previous.abort();
         }
+    }
+}
+
+/// Marks an execution as being reset for as long as it lives.
+struct ResetGuard<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl<'a> ResetGuard<'a> {
+    fn take(inner: &'a Inner, id: &str) -> Result<ResetGuard<'a>, Error> {
+        let mut resetting = inner.resetting.lock().unwrap_or_else(|p| p.into_inner());
+        if !resetting.insert(id.to_string()) {
+            return Err(Error::AlreadyResetting(id.to_string()));
+        }
+        Ok(ResetGuard {
+            inner,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for ResetGuard<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .resetting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }

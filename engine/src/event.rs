@@ -15,6 +15,11 @@ pub enum DomainEvent {
         process: String,
         version: u32,
     },
+    /// This execution was reset from another's checkpoint and starts from that state.
+    ExecutionForked {
+        from: String,
+        checkpoint_seq: u64,
+    },
     StepStarted {
         step: String,
         attempt: u32,
@@ -63,6 +68,10 @@ pub enum DomainEvent {
     },
     ExecutionPaused,
     ExecutionResumed,
+    /// The step named as the breakpoint completed; the execution pauses next.
+    BreakpointReached {
+        step: String,
+    },
     /// The engine restarted and picked this execution up.
     ExecutionRecovered {
         action: RecoveryAction,
@@ -74,6 +83,7 @@ impl DomainEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             DomainEvent::ExecutionStarted { .. } => "ExecutionStarted",
+            DomainEvent::ExecutionForked { .. } => "ExecutionForked",
             DomainEvent::StepStarted { .. } => "StepStarted",
             DomainEvent::StepCompleted { .. } => "StepCompleted",
             DomainEvent::StepFailed { .. } => "StepFailed",
@@ -84,6 +94,7 @@ impl DomainEvent {
             DomainEvent::ExecutionFailed { .. } => "ExecutionFailed",
             DomainEvent::ExecutionCancelled { .. } => "ExecutionCancelled",
             DomainEvent::ExecutionPaused => "ExecutionPaused",
+            DomainEvent::BreakpointReached { .. } => "BreakpointReached",
             DomainEvent::ExecutionResumed => "ExecutionResumed",
             DomainEvent::ExecutionRecovered { .. } => "ExecutionRecovered",
         }
@@ -97,7 +108,8 @@ impl DomainEvent {
             | DomainEvent::StepFailed { step, .. }
             | DomainEvent::StepRetrying { step, .. }
             | DomainEvent::StepSkipped { step, .. }
-            | DomainEvent::StepCancelled { step, .. } => Some(step),
+            | DomainEvent::StepCancelled { step, .. }
+            | DomainEvent::BreakpointReached { step } => Some(step),
             _ => None,
         }
     }

@@ -20,5 +20,5 @@ pub mod recovery;
 pub mod rng;
 pub mod store;
 
-pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery};
+pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery, Reset, Resumption};
 pub use recovery::{RecoveryConfig, RecoveryReport};

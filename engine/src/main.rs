@@ -449,6 +449,10 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
     let elapsed = e.at_ms.saturating_sub(started_ms);
     let details = match &e.event {
         DomainEvent::ExecutionStarted { process, version } => format!("{process} v{version}"),
+        DomainEvent::ExecutionForked {
+            from,
+            checkpoint_seq,
+        } => format!("from {from} at #{checkpoint_seq}"),
         DomainEvent::StepStarted { attempt, .. } => format!("attempt {attempt}"),
         DomainEvent::StepCompleted { output, .. } => output.to_string(),
         DomainEvent::StepFailed { error, .. } => error.to_string(),
@@ -464,6 +468,7 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         DomainEvent::ExecutionFailed { error, .. } => error.clone(),
         DomainEvent::ExecutionCancelled { reason } => reason.clone().unwrap_or_default(),
         DomainEvent::ExecutionPaused | DomainEvent::ExecutionResumed => String::new(),
+        DomainEvent::BreakpointReached { .. } => "paused here".to_string(),
         DomainEvent::ExecutionRecovered { action } => {
             serde_json::to_value(action).map_or_else(|_| String::new(), |v| v.to_string())
         }

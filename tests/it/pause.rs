@@ -199,8 +199,11 @@ async fn resume_after_restart_without_recovery() {
     );
     assert_eq!(recovered_actions(&events), [RecoveryAction::Resume]);
     assert_eq!(t2.requested_steps("worker"), ["a", "b"]);
-    // A second resume of the finished execution does nothing.
-    t2.engine.resume(&id).await.unwrap();
+    // A second resume of the finished execution is refused and changes nothing.
+    assert!(matches!(
+        t2.engine.resume(&id).await,
+        Err(proctor::driver::Error::NotPaused { .. })
+    ));
     settle().await;
     assert_eq!(t2.events_of(&id).await, events);
 }
@@ -253,8 +256,11 @@ async fn cancel_running_execution() {
     assert_eq!(t.bus_events_of(&id), events);
     assert!(t.requests("worker").iter().all(|r| r.step_id == "a"));
     assert!(t.engine.store().list_active().await.unwrap().is_empty());
-    // Resuming or cancelling again does nothing.
-    t.engine.resume(&id).await.unwrap();
+    // Resuming is refused, cancelling again does nothing.
+    assert!(matches!(
+        t.engine.resume(&id).await,
+        Err(proctor::driver::Error::NotPaused { .. })
+    ));
     t.engine.cancel(&id, None).await.unwrap();
     assert_eq!(t.events_of(&id).await, events);
 }
@@ -286,7 +292,10 @@ async fn cancel_paused_execution() {
             "ExecutionCancelled",
         ],
     );
-    t.engine.resume(&id).await.unwrap();
+    assert!(matches!(
+        t.engine.resume(&id).await,
+        Err(proctor::driver::Error::NotPaused { .. })
+    ));
     settle().await;
     assert_eq!(t.execution_row(&id).status, "cancelled");
     assert_eq!(t.requested_steps("worker"), ["a"]);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 
+use super::checkpoint::{Checkpoint, ForkOrigin};
 use super::retry::retry_delay_ms;
 use super::state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
 use crate::definition::{OnError, ProcessDef, StepKind};
@@ -99,6 +100,8 @@ pub struct Transition {
     pub dirty_steps: BTreeSet<usize>,
     /// Whether anything about the execution changed (nothing to persist if false).
     pub changed: bool,
+    /// One per step completed in this transition, committed with it.
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 /// One execution of a process: plain data.
@@ -116,6 +119,10 @@ pub struct Execution {
     pub updated_at_ms: u64,
     /// The `seq` the next event gets.
     pub next_seq: u64,
+    /// Pause when this step completes (an `execute_until`); cleared when reached.
+    pub breakpoint: Option<String>,
+    /// Set when this execution was forked from another's checkpoint.
+    pub origin: Option<ForkOrigin>,
 }
 
 /// How one dependency stands for one dependant.
@@ -150,6 +157,8 @@ impl Execution {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             next_seq: 1,
+            breakpoint: None,
+            origin: None,
         }
     }
 
@@ -164,6 +173,13 @@ impl Execution {
             Input::Start => {
                 if self.status != ExecutionStatus::Pending {
                     return cx.tx;
+                }
+                if let Some(origin) = self.origin.clone() {
+                    let event = DomainEvent::ExecutionForked {
+                        from: origin.execution_id,
+                        checkpoint_seq: origin.checkpoint_seq,
+                    };
+                    self.emit(&mut cx, event);
                 }
                 self.set_status(&mut cx, ExecutionStatus::Running);
                 let event = DomainEvent::ExecutionStarted {
@@ -648,11 +664,23 @@ impl Execution {
         self.emit(
             cx,
             DomainEvent::StepCompleted {
-                step: id,
+                step: id.clone(),
                 attempt,
                 output,
             },
         );
+        let seq = self.next_seq - 1;
+        cx.tx
+            .checkpoints
+            .push(Checkpoint::of(self, seq, &id, cx.now_ms));
+        if self.breakpoint.as_deref() == Some(id.as_str())
+            && self.status == ExecutionStatus::Running
+        {
+            self.breakpoint = None;
+            self.emit(cx, DomainEvent::BreakpointReached { step: id });
+            self.set_status(cx, ExecutionStatus::Paused);
+            self.emit(cx, DomainEvent::ExecutionPaused);
+        }
     }
 
     fn attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {

@@ -6,10 +6,12 @@
 //! cannot do I/O it cannot fail on I/O; because time and randomness are inputs, the same inputs
 //! always give the same transitions.
 
+mod checkpoint;
 mod machine;
 mod retry;
 mod state;
 
+pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
 pub use machine::{AgentCall, Command, Execution, Input, RecoveryAction, Transition};
 pub use retry::retry_delay_ms;
 pub use state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};

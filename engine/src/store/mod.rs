@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::Execution;
+use crate::core::{Checkpoint, Execution};
 use crate::event::EventRecord;
 
 pub use sqlite::SqliteStore;
@@ -26,13 +26,23 @@ pub enum Error {
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Atomically writes `execution`'s row, the rows of `steps` (indices into its steps; all of
-    /// them when the execution is new), and appends `events`.
+    /// them when the execution is new), appends `events` and stores `checkpoints`.
     async fn commit(
         &self,
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
+        checkpoints: &[Checkpoint],
     ) -> Result<(), Error>;
+
+    /// The execution's checkpoints, oldest first.
+    async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error>;
+
+    /// Deletes all but the newest `keep` checkpoints of the execution; returns how many went.
+    async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error>;
+
+    /// Executions forked from `id`: `(child id, checkpoint seq, created_at_ms)`, oldest first.
+    async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error>;
 
     /// The execution as last committed, or `None` if there is none with that id.
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error>;

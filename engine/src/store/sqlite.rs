@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{ControlAction, ControlRequest, Error, Storage};
-use crate::core::{Execution, StepState};
+use crate::core::{Checkpoint, Execution, ForkOrigin, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
 
@@ -27,8 +27,21 @@ CREATE TABLE IF NOT EXISTS executions (
     error           TEXT,
     created_at_ms   INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL,
-    next_seq        INTEGER NOT NULL
+    next_seq        INTEGER NOT NULL,
+    breakpoint      TEXT,
+    origin_id       TEXT,
+    origin_seq      INTEGER
 );
+CREATE INDEX IF NOT EXISTS executions_by_origin ON executions (origin_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    execution_id TEXT NOT NULL REFERENCES executions (id),
+    seq          INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    completed    TEXT NOT NULL,
+    steps        TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, created_at_ms);
 CREATE TABLE IF NOT EXISTS steps (
     execution_id   TEXT NOT NULL REFERENCES executions (id),
@@ -134,6 +147,7 @@ impl Storage for SqliteStore {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
+        checkpoints: &[Checkpoint],
     ) -> Result<(), Error> {
         debug_assert!(
             events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
@@ -146,11 +160,12 @@ impl Storage for SqliteStore {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute(
             "INSERT INTO executions (id, process_name, process_version, definition, input, status,
-                 output, error, created_at_ms, updated_at_ms, next_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 output, error, created_at_ms, updated_at_ms, next_seq, breakpoint, origin_id,
+                 origin_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
                  error = excluded.error, updated_at_ms = excluded.updated_at_ms,
-                 next_seq = excluded.next_seq",
+                 next_seq = excluded.next_seq, breakpoint = excluded.breakpoint",
             params![
                 execution.id,
                 execution.process.name,
@@ -163,6 +178,9 @@ impl Storage for SqliteStore {
                 execution.created_at_ms as i64,
                 execution.updated_at_ms as i64,
                 execution.next_seq as i64,
+                execution.breakpoint,
+                execution.origin.as_ref().map(|o| o.execution_id.clone()),
+                execution.origin.as_ref().map(|o| o.checkpoint_seq as i64),
             ],
         )
         .map_err(backend)?;
@@ -222,8 +240,98 @@ impl Storage for SqliteStore {
                     ])
                     .map_err(backend)?;
             }
+            let mut checkpoint = tx
+                .prepare_cached(
+                    "INSERT INTO checkpoints (execution_id, seq, step_id, at_ms, completed, steps)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for c in checkpoints {
+                debug_assert_eq!(c.execution_id, execution.id);
+                checkpoint
+                    .execute(params![
+                        c.execution_id,
+                        c.seq as i64,
+                        c.step_id,
+                        c.at_ms as i64,
+                        to_json(&c.completed),
+                        to_json(&c.steps),
+                    ])
+                    .map_err(backend)?;
+            }
         }
         tx.commit().map_err(backend)
+    }
+
+    async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, step_id, at_ms, completed, steps FROM checkpoints
+                 WHERE execution_id = ?1 ORDER BY seq",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, step_id, at_ms, completed, steps) = row.map_err(backend)?;
+            let corrupt = |e: serde_json::Error| Error::Corrupt {
+                id: id.to_string(),
+                problem: format!("checkpoint {seq}: {e}"),
+            };
+            out.push(Checkpoint {
+                execution_id: id.to_string(),
+                seq: seq as u64,
+                step_id,
+                at_ms: at_ms as u64,
+                completed: serde_json::from_str(&completed).map_err(corrupt)?,
+                steps: serde_json::from_str(&steps).map_err(corrupt)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
+        let deleted = self
+            .conn()
+            .execute(
+                "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq NOT IN (
+                     SELECT seq FROM checkpoints WHERE execution_id = ?1
+                     ORDER BY seq DESC LIMIT ?2)",
+                params![id, keep as i64],
+            )
+            .map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, origin_seq, created_at_ms FROM executions WHERE origin_id = ?1
+                 ORDER BY created_at_ms, id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
     }
 
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
@@ -241,11 +349,14 @@ impl Storage for SqliteStore {
             i64,
             i64,
             i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
         );
         let row: Option<Row> = conn
             .query_row(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
-                        next_seq
+                        next_seq, breakpoint, origin_id, origin_seq
                  FROM executions WHERE id = ?1",
                 [id],
                 |r| {
@@ -258,12 +369,27 @@ impl Storage for SqliteStore {
                         r.get(5)?,
                         r.get(6)?,
                         r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
                     ))
                 },
             )
             .optional()
             .map_err(backend)?;
-        let Some((definition, input, status, output, error, created, updated, next_seq)) = row
+        let Some((
+            definition,
+            input,
+            status,
+            output,
+            error,
+            created,
+            updated,
+            next_seq,
+            breakpoint,
+            origin_id,
+            origin_seq,
+        )) = row
         else {
             return Ok(None);
         };
@@ -283,6 +409,11 @@ impl Storage for SqliteStore {
         execution.error = error;
         execution.updated_at_ms = updated as u64;
         execution.next_seq = next_seq as u64;
+        execution.breakpoint = breakpoint;
+        execution.origin = origin_id.zip(origin_seq).map(|(id, seq)| ForkOrigin {
+            execution_id: id,
+            checkpoint_seq: seq as u64,
+        });
 
         let mut stmt = conn
             .prepare_cached(
@@ -472,11 +603,14 @@ mod tests {
     async fn commit_load_and_events_round_trip() {
         let store = SqliteStore::open_in_memory().unwrap();
         let mut exec = execution("e1");
-        store.commit(&exec, &[0, 1], &[]).await.unwrap();
+        store.commit(&exec, &[0, 1], &[], &[]).await.unwrap();
         let mut rng = seeded(1);
         let t1 = exec.apply(Input::Start, 2_000, &mut *rng);
         let dirty: Vec<usize> = t1.dirty_steps.iter().copied().collect();
-        store.commit(&exec, &dirty, &t1.events).await.unwrap();
+        store
+            .commit(&exec, &dirty, &t1.events, &t1.checkpoints)
+            .await
+            .unwrap();
         let t2 = exec.apply(
             Input::AgentReturned {
                 step: 0,
@@ -487,7 +621,10 @@ mod tests {
             &mut *rng,
         );
         let dirty: Vec<usize> = t2.dirty_steps.iter().copied().collect();
-        store.commit(&exec, &dirty, &t2.events).await.unwrap();
+        store
+            .commit(&exec, &dirty, &t2.events, &t2.checkpoints)
+            .await
+            .unwrap();
 
         let loaded = store.load("e1").await.unwrap().unwrap();
         assert_eq!(loaded, exec);
@@ -504,7 +641,10 @@ mod tests {
         let mut exec = execution("e2");
         let t = exec.apply(Input::Cancel { reason: None }, 1_500, &mut *seeded(1));
         assert_eq!(exec.status, ExecutionStatus::Cancelled);
-        store.commit(&exec, &[0, 1], &t.events).await.unwrap();
+        store
+            .commit(&exec, &[0, 1], &t.events, &t.checkpoints)
+            .await
+            .unwrap();
         assert!(store.list_active().await.unwrap().is_empty());
     }
 
@@ -513,12 +653,18 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         let mut exec = execution("e3");
         let t = exec.apply(Input::Start, 2_000, &mut *seeded(1));
-        store.commit(&exec, &[0, 1], &t.events).await.unwrap();
+        store
+            .commit(&exec, &[0, 1], &t.events, &t.checkpoints)
+            .await
+            .unwrap();
         // Same events again, as a buggy driver replaying a transition would: the primary key
         // on (execution_id, seq) rejects it and the transaction leaves no partial write.
         let before = store.load("e3").await.unwrap();
         exec.status = ExecutionStatus::Completed;
-        let err = store.commit(&exec, &[], &t.events).await.unwrap_err();
+        let err = store
+            .commit(&exec, &[], &t.events, &t.checkpoints)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Backend(_)), "{err}");
         assert_eq!(store.load("e3").await.unwrap(), before);
     }
