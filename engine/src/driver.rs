@@ -368,34 +368,7 @@ impl Engine {
     /// Each time `id` was taken up again — resumed, recovered, or reset into a new execution —
     /// in time order.
     pub async fn history(&self, id: &str) -> Result<Vec<Resumption>, Error> {
-        let mut history: Vec<Resumption> = self
-            .inner
-            .store
-            .events(id)
-            .await?
-            .into_iter()
-            .filter_map(|e| match e.event {
-                crate::event::DomainEvent::ExecutionResumed => {
-                    Some(Resumption::Resumed { at_ms: e.at_ms })
-                }
-                crate::event::DomainEvent::ExecutionRecovered { action } => {
-                    Some(Resumption::Recovered {
-                        at_ms: e.at_ms,
-                        action,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        for (into, checkpoint_seq, at_ms) in self.inner.store.forks_of(id).await? {
-            history.push(Resumption::Reset {
-                at_ms,
-                into,
-                checkpoint_seq,
-            });
-        }
-        history.sort_by_key(Resumption::at_ms);
-        Ok(history)
+        history(&*self.inner.store, id).await
     }
 
     fn new_execution_id(&self, now_ms: u64) -> String {
@@ -898,4 +871,34 @@ impl Drop for ResetGuard<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
     }
+}
+
+/// Each time `id` was taken up again, from storage alone (see [`Engine::history`]).
+pub async fn history(store: &dyn Storage, id: &str) -> Result<Vec<Resumption>, Error> {
+    let mut history: Vec<Resumption> = store
+        .events(id)
+        .await?
+        .into_iter()
+        .filter_map(|e| match e.event {
+            crate::event::DomainEvent::ExecutionResumed => {
+                Some(Resumption::Resumed { at_ms: e.at_ms })
+            }
+            crate::event::DomainEvent::ExecutionRecovered { action } => {
+                Some(Resumption::Recovered {
+                    at_ms: e.at_ms,
+                    action,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    for (into, checkpoint_seq, at_ms) in store.forks_of(id).await? {
+        history.push(Resumption::Reset {
+            at_ms,
+            into,
+            checkpoint_seq,
+        });
+    }
+    history.sort_by_key(Resumption::at_ms);
+    Ok(history)
 }

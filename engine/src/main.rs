@@ -51,6 +51,40 @@ enum Command {
         /// Seed for the engine's random source (ids, retry jitter); random if omitted.
         #[arg(long)]
         seed: Option<u64>,
+        /// Stop (pause) once this step completes; its checkpoint is stored.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// List an execution's checkpoints (one per completed step, until pruned).
+    Checkpoints {
+        id: String,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+    },
+    /// Show each time an execution was resumed, recovered or reset.
+    History {
+        id: String,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+    },
+    /// Reset an execution to a checkpoint: a new execution starts from that state and runs.
+    Reset {
+        id: String,
+        #[arg(long)]
+        agents: PathBuf,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+        /// The checkpoint's seq (see `proctor checkpoints`); the latest if omitted.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// A new input (JSON, or @FILE); the original if omitted.
+        #[arg(long)]
+        input: Option<String>,
+        /// Replace a completed step's output: STEP=JSON (repeatable).
+        #[arg(long = "output", value_name = "STEP=JSON")]
+        outputs: Vec<String>,
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Recover every interrupted execution in the database and drive them to the end.
     Recover {
@@ -174,7 +208,71 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             agents,
             db,
             seed,
-        } => run(definition, input, agents, db, seed).await,
+            until,
+        } => run(definition, input, agents, db, seed, until).await,
+        Command::Checkpoints { id, db } => {
+            let store = open_existing(&db)?;
+            let checkpoints = store.checkpoints(&id).await?;
+            if checkpoints.is_empty() {
+                println!("execution {id} has no checkpoints");
+            }
+            for c in checkpoints {
+                let done: Vec<&str> = c.completed.keys().map(String::as_str).collect();
+                println!(
+                    "seq {:>4}  after {:<16} completed: {}",
+                    c.seq,
+                    c.step_id,
+                    done.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { id, db } => {
+            let store = open_existing(&db)?;
+            let history = proctor::driver::history(&store, &id).await?;
+            if history.is_empty() {
+                println!("execution {id} was never resumed, recovered or reset");
+            }
+            for entry in history {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset {
+            id,
+            agents,
+            db,
+            seq,
+            input,
+            outputs,
+            seed,
+        } => {
+            let mut reset = proctor::Reset {
+                checkpoint_seq: seq,
+                input: input
+                    .as_deref()
+                    .map(|i| json_arg(i, "--input"))
+                    .transpose()?,
+                ..proctor::Reset::default()
+            };
+            for pair in &outputs {
+                let (step, json) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--output {pair:?} is not STEP=JSON"))?;
+                reset
+                    .outputs
+                    .insert(step.to_string(), json_arg(json, "--output")?);
+            }
+            open_existing(&db)?;
+            let (engine, _agents) = open_engine(&agents, &db, seed).await?;
+            let recovery = recover(&engine, RecoveryConfig::default()).await?;
+            let _control = engine.poll_control_requests(CONTROL_POLL_MS);
+            let forked = engine.reset(&id, reset).await?;
+            println!("reset {id} into {}", forked.id);
+            let execution = forked.wait().await?;
+            wait_unless_paused(&engine, recovery.handles).await?;
+            outcome(execution, &db)
+        }
         Command::Recover {
             agents,
             db,
@@ -230,6 +328,7 @@ async fn run(
     agents_path: PathBuf,
     db: PathBuf,
     seed: Option<u64>,
+    until: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let registry = AgentRegistry::load(&agents_path).map_err(anyhow::Error::msg)?;
     let process = match definition::load(&definition_path, Some(&registry.names())) {
@@ -239,23 +338,33 @@ async fn run(
             return Ok(ExitCode::from(1));
         }
     };
-    let input: Value = match input.strip_prefix('@') {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?
-        }
-        None => serde_json::from_str(&input).context("--input is not JSON")?,
-    };
+    let input = json_arg(&input, "--input")?;
     let (engine, _agents) = open_engine(&agents_path, &db, seed).await?;
     // Startup recovery comes before new work: executions a previous run left behind finish
     // alongside this one.
     let recovery = recover(&engine, RecoveryConfig::default()).await?;
     let _control = engine.poll_control_requests(CONTROL_POLL_MS);
-    let execution = engine.run(process, input).await?;
-    for handle in recovery.handles {
-        let recovered = handle.wait().await?;
-        println!("recovered execution {} {}", recovered.id, recovered.status);
+    let mut handle = match &until {
+        Some(step) => engine.submit_until(process, input, step).await?,
+        None => engine.submit(process, input).await?,
+    };
+    let id = handle.id.clone();
+    if handle.stopped().await == ExecutionStatus::Paused {
+        wait_unless_paused(&engine, recovery.handles).await?;
+        println!();
+        println!(
+            "execution {id} paused{}; checkpoints: `proctor checkpoints {id}`; continue: `proctor resume {id}` then `proctor recover`",
+            until.map(|s| format!(" after {s}")).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
+    let execution = handle.wait().await?;
+    wait_unless_paused(&engine, recovery.handles).await?;
+    outcome(execution, &db)
+}
+
+/// Prints a finished execution's outcome; exit 0 when it completed, 1 when it failed.
+fn outcome(execution: proctor::core::Execution, db: &Path) -> anyhow::Result<ExitCode> {
     println!();
     println!("execution {} {}", execution.id, execution.status);
     match execution.status {
@@ -309,6 +418,17 @@ async fn open_engine(
         .bus()
         .subscribe(move |e| println!("{}", event_line(e, started_ms)));
     Ok((engine, agents))
+}
+
+/// A JSON command-line value: JSON text, or @FILE.
+fn json_arg(text: &str, what: &str) -> anyhow::Result<Value> {
+    match text.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{what} {path} is not JSON"))
+        }
+        None => serde_json::from_str(text).with_context(|| format!("{what} is not JSON")),
+    }
 }
 
 /// How often a running engine looks for pause/resume/cancel requests from other processes.

@@ -145,3 +145,92 @@ fn run_diamond_prints_events_and_persists_everything() {
         .unwrap();
     assert_eq!(last, "ExecutionCompleted");
 }
+
+fn run_proctor(args: &[&str], db: &Path) -> (i32, String) {
+    let out = proctor().args(args).arg("--db").arg(db).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn run_until_a_breakpoint_then_reset_from_a_checkpoint_with_a_new_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proctor.db");
+    let diamond = example("diamond.yaml");
+    let agents = example("agents.yaml");
+    let (diamond, agents) = (diamond.to_str().unwrap(), agents.to_str().unwrap());
+
+    let (code, out) = run_proctor(
+        &[
+            "run",
+            diamond,
+            "--input",
+            r#"{"text":"hello"}"#,
+            "--agents",
+            agents,
+            "--until",
+            "fetch",
+        ],
+        &db,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("paused after fetch"), "{out}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let id: String = conn
+        .query_row("SELECT id FROM executions", [], |r| r.get(0))
+        .unwrap();
+
+    let (code, out) = run_proctor(&["checkpoints", &id], &db);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("after fetch") && out.contains("completed: fetch"),
+        "{out}"
+    );
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM checkpoints WHERE execution_id = ?1 AND step_id = 'fetch'",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    // Reset from after `fetch`, pretending it had fetched another text.
+    let (code, out) = run_proctor(
+        &[
+            "reset",
+            &id,
+            "--agents",
+            agents,
+            "--seq",
+            &seq.to_string(),
+            "--output",
+            r#"fetch={"echo":{"text":"bonjour"}}"#,
+        ],
+        &db,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"summary\": \"bonjour has 7 characters\""),
+        "{out}"
+    );
+    assert!(out.contains("ExecutionForked"), "{out}");
+    // `fetch` was not run again in the fork: its output came from the checkpoint.
+    assert!(!out.contains("StepStarted         fetch"), "{out}");
+
+    let (code, out) = run_proctor(&["history", &id], &db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"kind\":\"reset\""), "{out}");
+    let original: String = conn
+        .query_row("SELECT status FROM executions WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        original, "cancelled",
+        "a paused original is replaced by its reset"
+    );
+}
