@@ -1,6 +1,7 @@
 //! SQLite implementation of [`Storage`]: WAL journal, `synchronous=FULL` (a commit that
 //! returned survives power loss), one transaction per transition.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -82,7 +83,13 @@ CREATE TABLE IF NOT EXISTS control_requests (
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Parsed definitions by their stored JSON text: every execution row carries its process
+    /// definition, and most rows share a few. Bounded by [`MAX_CACHED_DEFINITIONS`].
+    definitions: Arc<Mutex<BTreeMap<String, Arc<ProcessDef>>>>,
 }
+
+/// Distinct definitions kept parsed; past this the cache starts over.
+pub const MAX_CACHED_DEFINITIONS: usize = 64;
 
 fn backend(e: impl std::fmt::Display) -> Error {
     Error::Backend(e.to_string())
@@ -122,7 +129,21 @@ impl SqliteStore {
             .map_err(backend)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            definitions: Arc::new(Mutex::new(BTreeMap::new())),
         })
+    }
+
+    fn definition(&self, text: String) -> Result<Arc<ProcessDef>, serde_json::Error> {
+        let mut cache = self.definitions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(process) = cache.get(&text) {
+            return Ok(process.clone());
+        }
+        let process = Arc::new(serde_json::from_str::<ProcessDef>(&text)?);
+        if cache.len() >= MAX_CACHED_DEFINITIONS {
+            cache.clear();
+        }
+        cache.insert(text, process.clone());
+        Ok(process)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -393,11 +414,12 @@ impl Storage for SqliteStore {
         else {
             return Ok(None);
         };
-        let process: ProcessDef =
-            serde_json::from_str(&definition).map_err(|e| corrupt(format!("definition: {e}")))?;
+        let process = self
+            .definition(definition)
+            .map_err(|e| corrupt(format!("definition: {e}")))?;
         let mut execution = Execution::new(
             id.to_string(),
-            Arc::new(process),
+            process,
             serde_json::from_str(&input).map_err(|e| corrupt(format!("input: {e}")))?,
             created as u64,
         );
