@@ -10,13 +10,67 @@ use crate::event::{EventRecord, SystemEvent};
 /// stream), not per-request objects.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
-type Subscriber = Arc<dyn Fn(&EventRecord) + Send + Sync>;
-type SystemSubscriber = Arc<dyn Fn(&SystemEvent) + Send + Sync>;
+/// A bounded list of callbacks for one kind of event.
+struct Subscribers<T: ?Sized> {
+    list: Mutex<Vec<Arc<dyn Fn(&T) + Send + Sync>>>,
+}
 
-#[derive(Clone, Default)]
+impl<T: Clone + Send + 'static> Subscribers<T> {
+    fn new() -> Subscribers<T> {
+        Subscribers {
+            list: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Panics past [`MAX_SUBSCRIBERS`]: that is a leak, not load.
+    fn add(&self, f: Arc<dyn Fn(&T) + Send + Sync>) {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            list.len() < MAX_SUBSCRIBERS,
+            "too many event bus subscribers"
+        );
+        list.push(f);
+    }
+
+    /// A subscriber that collects everything; returns the shared list.
+    fn capture(&self) -> Arc<Mutex<Vec<T>>> {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        self.add(Arc::new(move |e: &T| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.clone())
+        }));
+        captured
+    }
+
+    fn publish<'a>(&self, events: impl IntoIterator<Item = &'a T>)
+    where
+        T: 'a,
+    {
+        // Call outside the lock so a subscriber may subscribe without deadlocking.
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for event in events {
+            for f in &list {
+                f(event);
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct EventBus {
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
-    system: Arc<Mutex<Vec<SystemSubscriber>>>,
+    events: Arc<Subscribers<EventRecord>>,
+    system: Arc<Subscribers<SystemEvent>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus {
+            events: Arc::new(Subscribers::new()),
+            system: Arc::new(Subscribers::new()),
+        }
+    }
 }
 
 impl EventBus {
@@ -24,74 +78,31 @@ impl EventBus {
         EventBus::default()
     }
 
-    /// Adds a subscriber. Panics past [`MAX_SUBSCRIBERS`]: that is a leak, not load.
+    /// Adds a subscriber to committed execution events.
     pub fn subscribe(&self, f: impl Fn(&EventRecord) + Send + Sync + 'static) {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(
-            subs.len() < MAX_SUBSCRIBERS,
-            "too many event bus subscribers"
-        );
-        subs.push(Arc::new(f));
+        self.events.add(Arc::new(f));
     }
 
-    /// A subscriber that collects every event; returns the shared list.
+    /// A subscriber that collects every execution event; returns the shared list.
     pub fn capture(&self) -> Arc<Mutex<Vec<EventRecord>>> {
-        let list = Arc::new(Mutex::new(Vec::new()));
-        let sink = list.clone();
-        self.subscribe(move |e| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(e.clone())
-        });
-        list
+        self.events.capture()
     }
 
-    /// Adds a subscriber to engine-level events (recovery). Same bound as [`EventBus::subscribe`].
+    /// Adds a subscriber to engine-level events (recovery).
     pub fn subscribe_system(&self, f: impl Fn(&SystemEvent) + Send + Sync + 'static) {
-        let mut subs = self.system.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(
-            subs.len() < MAX_SUBSCRIBERS,
-            "too many event bus subscribers"
-        );
-        subs.push(Arc::new(f));
+        self.system.add(Arc::new(f));
     }
 
     /// A subscriber that collects every engine-level event; returns the shared list.
     pub fn capture_system(&self) -> Arc<Mutex<Vec<SystemEvent>>> {
-        let list = Arc::new(Mutex::new(Vec::new()));
-        let sink = list.clone();
-        self.subscribe_system(move |e| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(e.clone())
-        });
-        list
+        self.system.capture()
     }
 
     pub fn publish_system(&self, event: SystemEvent) {
-        let subs = self
-            .system
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for sub in &subs {
-            sub(&event);
-        }
+        self.system.publish([&event]);
     }
 
     pub fn publish(&self, events: &[EventRecord]) {
-        if events.is_empty() {
-            return;
-        }
-        let subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for event in events {
-            for sub in &subs {
-                sub(event);
-            }
-        }
+        self.events.publish(events);
     }
 }

@@ -147,25 +147,19 @@ fn classify(status: u16, body: &[u8]) -> Result<Value, StepError> {
             message: format!("response is not JSON ({e}): {}", text()),
             status: Some(status),
         }),
-        400..=499 => {
-            let (error_type, message) = match serde_json::from_slice::<ErrorBody>(body) {
-                Ok(b) => (Some(b.error.error_type), b.error.message),
-                Err(_) => (None, text()),
-            };
-            Err(StepError {
-                kind: ErrorKind::Agent,
-                error_type,
-                message,
-                status: Some(status),
-            })
-        }
         _ => {
+            // 4xx: the agent rejected this attempt; anything else (5xx, odd codes): it failed.
+            let kind = if (400..=499).contains(&status) {
+                ErrorKind::Agent
+            } else {
+                ErrorKind::Server
+            };
             let (error_type, message) = match serde_json::from_slice::<ErrorBody>(body) {
                 Ok(b) => (Some(b.error.error_type), b.error.message),
                 Err(_) => (None, text()),
             };
             Err(StepError {
-                kind: ErrorKind::Server,
+                kind,
                 error_type,
                 message,
                 status: Some(status),
