@@ -10,9 +10,11 @@ use crate::event::{EventRecord, SystemEvent};
 /// stream), not per-request objects.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
+type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
 /// A bounded list of callbacks for one kind of event.
 struct Subscribers<T: ?Sized> {
-    list: Mutex<Vec<Arc<dyn Fn(&T) + Send + Sync>>>,
+    list: Mutex<Vec<Callback<T>>>,
 }
 
 impl<T: Clone + Send + 'static> Subscribers<T> {
@@ -23,7 +25,7 @@ impl<T: Clone + Send + 'static> Subscribers<T> {
     }
 
     /// Panics past [`MAX_SUBSCRIBERS`]: that is a leak, not load.
-    fn add(&self, f: Arc<dyn Fn(&T) + Send + Sync>) {
+    fn add(&self, f: Callback<T>) {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             list.len() < MAX_SUBSCRIBERS,

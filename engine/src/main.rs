@@ -349,7 +349,9 @@ async fn run(
         None => engine.submit(process, input).await?,
     };
     let id = handle.id.clone();
-    if handle.stopped().await == ExecutionStatus::Paused {
+    // With a breakpoint, stop at the pause. Without one, a pause comes from an operator and
+    // this process waits for their resume (it polls for control requests).
+    if until.is_some() && handle.stopped().await == ExecutionStatus::Paused {
         wait_unless_paused(&engine, recovery.handles).await?;
         println!();
         println!(
