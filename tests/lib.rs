@@ -52,23 +52,51 @@ pub struct TestEngine {
     // outlive an engine's "crash".
     agents: Arc<BTreeMap<String, RunningAgent>>,
     dir: Arc<TempDir>,
+    config: EngineConfig,
+}
+
+/// Starts one example agent per `(name, behaviour)` on `127.0.0.1:0`; returns the registry of
+/// their addresses and the running agents by name.
+async fn start_agents(
+    agents: &[(&str, Behaviour)],
+) -> (AgentRegistry, BTreeMap<String, RunningAgent>) {
+    let mut registry = AgentRegistry::new();
+    let mut running = BTreeMap::new();
+    for (name, behaviour) in agents {
+        let agent = example::start(&TokioNetwork, "127.0.0.1:0", name, behaviour.clone())
+            .await
+            .unwrap_or_else(|e| panic!("starting example agent {name}: {e}"));
+        registry.insert(*name, AgentEndpoint::Address(agent.address()));
+        running.insert(name.to_string(), agent);
+    }
+    (registry, running)
 }
 
 impl TestEngine {
     /// Starts one example agent per `(name, behaviour)` on `127.0.0.1:0`, opens a SQLite file in
     /// a fresh temporary directory, and builds the engine for `yaml`.
     pub async fn start(yaml: &str, agents: &[(&str, Behaviour)]) -> TestEngine {
+        TestEngine::start_with_config(yaml, agents, EngineConfig::default()).await
+    }
+
+    /// [`TestEngine::start`] with an engine configuration (checkpoint retention, say). Engines
+    /// that [`TestEngine::restart`] builds from this one get the same configuration.
+    pub async fn start_with_config(
+        yaml: &str,
+        agents: &[(&str, Behaviour)],
+        config: EngineConfig,
+    ) -> TestEngine {
         let process = process(yaml);
-        let mut registry = AgentRegistry::new();
-        let mut running = BTreeMap::new();
-        for (name, behaviour) in agents {
-            let agent = example::start(&TokioNetwork, "127.0.0.1:0", name, behaviour.clone())
-                .await
-                .unwrap_or_else(|e| panic!("starting example agent {name}: {e}"));
-            registry.insert(*name, AgentEndpoint::Address(agent.address()));
-            running.insert(name.to_string(), agent);
-        }
-        TestEngine::with_registry(process, &registry, running).await
+        let (registry, running) = start_agents(agents).await;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        TestEngine::build(
+            process,
+            &registry,
+            Arc::new(running),
+            Arc::new(dir),
+            T0,
+            config,
+        )
     }
 
     /// Builds the engine for an already-loaded definition and resolved registry; `agents` are
@@ -79,7 +107,14 @@ impl TestEngine {
         agents: BTreeMap<String, RunningAgent>,
     ) -> TestEngine {
         let dir = tempfile::tempdir().expect("temporary directory");
-        TestEngine::build(process, registry, Arc::new(agents), Arc::new(dir), T0)
+        TestEngine::build(
+            process,
+            registry,
+            Arc::new(agents),
+            Arc::new(dir),
+            T0,
+            EngineConfig::default(),
+        )
     }
 
     /// A fresh engine, as after a restart: a new ManualClock at `now_ms`, a new bus capture, a
@@ -93,6 +128,27 @@ impl TestEngine {
             self.agents.clone(),
             self.dir.clone(),
             now_ms,
+            self.config,
+        )
+    }
+
+    /// Like [`TestEngine::restart`], but the new engine talks to freshly started agents (one
+    /// per `(name, behaviour)`, with empty ledgers) instead of this engine's: as if the agents
+    /// had been fixed or replaced while the engine was down. This engine's agents keep running
+    /// (and keep their ledgers).
+    pub async fn restart_with_agents(
+        &self,
+        now_ms: u64,
+        agents: &[(&str, Behaviour)],
+    ) -> TestEngine {
+        let (registry, running) = start_agents(agents).await;
+        TestEngine::build(
+            self.process.clone(),
+            &registry,
+            Arc::new(running),
+            self.dir.clone(),
+            now_ms,
+            self.config,
         )
     }
 
@@ -102,6 +158,7 @@ impl TestEngine {
         agents: Arc<BTreeMap<String, RunningAgent>>,
         dir: Arc<TempDir>,
         now_ms: u64,
+        config: EngineConfig,
     ) -> TestEngine {
         let db_path = dir.path().join("proctor.db");
         let store = SqliteStore::open(&db_path).expect("open SQLite store");
@@ -114,7 +171,7 @@ impl TestEngine {
                 rng: proctor::rng::seeded(SEED),
             },
             registry,
-            EngineConfig::default(),
+            config,
         )
         .expect("build engine");
         let captured = engine.bus().capture();
@@ -129,6 +186,7 @@ impl TestEngine {
             registry: registry.clone(),
             agents,
             dir,
+            config,
         }
     }
 
@@ -230,6 +288,20 @@ impl TestEngine {
     /// Step ids of the requests agent `name` received, in arrival order.
     pub fn requested_steps(&self, name: &str) -> Vec<String> {
         self.requests(name).into_iter().map(|r| r.step_id).collect()
+    }
+
+    /// Step ids of the requests agent `name` received for execution `id`, in arrival order.
+    pub fn requested_steps_of(&self, name: &str, id: &str) -> Vec<String> {
+        self.requests(name)
+            .into_iter()
+            .filter(|r| r.execution_id == id)
+            .map(|r| r.step_id)
+            .collect()
+    }
+
+    /// The `checkpoints` rows of execution `id`, by seq.
+    pub fn checkpoint_rows(&self, id: &str) -> Vec<CheckpointRow> {
+        checkpoint_rows(&self.sql(), id)
     }
 
     /// A fresh raw connection to the engine's database file.
@@ -541,6 +613,37 @@ pub struct EventRow {
     pub kind: String,
     pub step_id: Option<String>,
     pub payload: Value,
+}
+
+/// A `checkpoints` row as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointRow {
+    pub seq: i64,
+    pub step_id: String,
+    pub at_ms: i64,
+    pub completed: Value,
+    pub steps: Value,
+}
+
+pub fn checkpoint_rows(conn: &rusqlite::Connection, id: &str) -> Vec<CheckpointRow> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, step_id, at_ms, completed, steps FROM checkpoints
+             WHERE execution_id = ?1 ORDER BY seq",
+        )
+        .expect("prepare checkpoints query");
+    stmt.query_map([id], |r| {
+        Ok(CheckpointRow {
+            seq: r.get(0)?,
+            step_id: r.get(1)?,
+            at_ms: r.get(2)?,
+            completed: json_column(Some(r.get(3)?)).expect("completed"),
+            steps: json_column(Some(r.get(4)?)).expect("steps"),
+        })
+    })
+    .expect("query checkpoints")
+    .collect::<Result<_, _>>()
+    .expect("read checkpoints rows")
 }
 
 fn json_column(text: Option<String>) -> Option<Value> {

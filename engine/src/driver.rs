@@ -38,7 +38,16 @@ const INBOX_CAPACITY: usize = crate::definition::MAX_STEPS_PER_PROCESS + INBOX_S
 /// task has ended), so a control call returns only after it took effect.
 struct Envelope {
     input: Input,
-    ack: Option<oneshot::Sender<()>>,
+    ack: Option<oneshot::Sender<bool>>,
+}
+
+/// What became of an input sent to a live execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// No task drives the execution here.
+    NotLive,
+    /// Its task applied it and committed the transition (`changed: false`: it was a no-op).
+    Applied { changed: bool },
 }
 
 /// A claimed execution's inbox: registered as live before its state is loaded, so that a
@@ -269,8 +278,7 @@ impl Engine {
         let id = self.new_execution_id(now);
         let mut execution = Execution::new(id.clone(), process, input, now);
         execution.breakpoint = breakpoint;
-        let all: Vec<usize> = (0..execution.steps.len()).collect();
-        self.inner.store.commit(&execution, &all, &[], &[]).await?;
+        self.inner.store.create(&execution).await?;
         Ok(id)
     }
 
@@ -307,7 +315,7 @@ impl Engine {
         let input = Input::Cancel {
             reason: reason.clone(),
         };
-        if self.send_live(id, input).await {
+        if self.send_live(id, input).await != Delivery::NotLive {
             return Ok(());
         }
         let mut execution = self.load_existing(id).await?;
@@ -356,8 +364,7 @@ impl Engine {
             &reset.outputs,
             now,
         )?;
-        let all: Vec<usize> = (0..forked.steps.len()).collect();
-        self.inner.store.commit(&forked, &all, &[], &[]).await?;
+        self.inner.store.create(&forked).await?;
         if !original.status.is_terminal() {
             self.cancel(id, Some(format!("reset into {new_id}")))
                 .await?;
@@ -379,7 +386,7 @@ impl Engine {
     /// Pauses a running execution: no new step starts; steps in flight finish and their
     /// results are kept. The pause is persisted, so it survives a restart.
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
-        if self.send_live(id, Input::Pause).await {
+        if self.send_live(id, Input::Pause).await != Delivery::NotLive {
             return Ok(());
         }
         let mut execution = self.load_existing(id).await?;
@@ -399,8 +406,17 @@ impl Engine {
                 status,
             });
         }
-        if self.send_live(id, Input::Resume).await {
-            return Ok(());
+        let not_paused = |status| Error::NotPaused {
+            id: id.to_string(),
+            status,
+        };
+        match self.send_live(id, Input::Resume).await {
+            Delivery::Applied { changed: true } => return Ok(()),
+            // Another resume got there first.
+            Delivery::Applied { changed: false } => {
+                return Err(not_paused(self.load_existing(id).await?.status))
+            }
+            Delivery::NotLive => {}
         }
         match self.claim(id) {
             Ok(inbox) => {
@@ -422,8 +438,10 @@ impl Engine {
             Err(Error::AlreadyLive(_)) => {}
             Err(e) => return Err(e),
         }
-        self.send_live(id, Input::Resume).await;
-        Ok(())
+        match self.send_live(id, Input::Resume).await {
+            Delivery::Applied { changed: true } => Ok(()),
+            _ => Err(not_paused(self.load_existing(id).await?.status)),
+        }
     }
 
     /// Recovers every non-terminal execution in storage; run it at startup before accepting
@@ -611,8 +629,8 @@ impl Engine {
     }
 
     /// Sends `input` to the live task driving `id` and waits until its transition is
-    /// committed; false if no task drives it.
-    async fn send_live(&self, id: &str, input: Input) -> bool {
+    /// committed.
+    async fn send_live(&self, id: &str, input: Input) -> Delivery {
         let inbox = self
             .inner
             .live
@@ -621,7 +639,7 @@ impl Engine {
             .get(id)
             .cloned();
         let Some(inbox) = inbox else {
-            return false;
+            return Delivery::NotLive;
         };
         let (ack, acked) = oneshot::channel();
         let envelope = Envelope {
@@ -630,11 +648,12 @@ impl Engine {
         };
         if inbox.send(envelope).await.is_err() {
             // The task ended between the lookup and the send.
-            return false;
+            return Delivery::NotLive;
         }
-        // An error means the task ended before answering: nothing more will happen to it.
-        let _ = acked.await;
-        true
+        // An error means the task ended before applying it: nothing changed.
+        Delivery::Applied {
+            changed: acked.await.unwrap_or(false),
+        }
     }
 
     async fn load_existing(&self, id: &str) -> Result<Execution, Error> {
@@ -718,15 +737,20 @@ impl Engine {
 }
 
 impl Inner {
-    /// Applies one input: core transition, commit, publish. Returns the commands to perform.
-    async fn apply(&self, execution: &mut Execution, input: Input) -> Result<Vec<Command>, Error> {
+    /// Applies one input: core transition, commit, publish. Returns whether anything changed
+    /// and the commands to perform.
+    async fn apply(
+        &self,
+        execution: &mut Execution,
+        input: Input,
+    ) -> Result<(bool, Vec<Command>), Error> {
         let transition = {
             let now = self.clock.now_ms();
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             execution.apply(input, now, &mut **rng)
         };
         if !transition.changed {
-            return Ok(Vec::new());
+            return Ok((false, Vec::new()));
         }
         let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
         self.store
@@ -741,7 +765,7 @@ impl Inner {
             self.store.prune_checkpoints(&execution.id, keep).await?;
         }
         self.bus.publish(&transition.events);
-        Ok(transition.commands)
+        Ok((true, transition.commands))
     }
 
     async fn drive(
@@ -766,8 +790,8 @@ impl Inner {
                     None => break Ok(()),
                 },
             };
-            let commands = match self.apply(&mut execution, envelope.input).await {
-                Ok(commands) => commands,
+            let (changed, commands) = match self.apply(&mut execution, envelope.input).await {
+                Ok(applied) => applied,
                 Err(e) => break Err(e),
             };
             for command in commands {
@@ -775,7 +799,7 @@ impl Inner {
             }
             status.send_replace(execution.status);
             if let Some(ack) = envelope.ack {
-                let _ = ack.send(());
+                let _ = ack.send(changed);
             }
         };
         for (_, handle) in in_flight {

@@ -1,6 +1,7 @@
 //! Integration tests: the engine against real SQLite and real HTTP example agents, with a
 //! ManualClock. Fixtures live in the crate's lib.rs.
 
+mod checkpoints;
 mod events;
 mod examples;
 mod gateway;

@@ -19,6 +19,8 @@ pub use sqlite::SqliteStore;
 pub enum Error {
     #[error("storage backend failed: {0}")]
     Backend(String),
+    #[error("an execution with id {0} already exists")]
+    Duplicate(String),
     #[error("stored execution {id} is unreadable: {problem}")]
     Corrupt { id: String, problem: String },
 }
@@ -43,6 +45,10 @@ pub trait Storage: Send + Sync {
 
     /// Executions forked from `id`: `(child id, checkpoint seq, created_at_ms)`, oldest first.
     async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error>;
+
+    /// Writes a new execution (its row and all its step rows). An execution with the same id
+    /// is an error ([`Error::Duplicate`]), never overwritten.
+    async fn create(&self, execution: &Execution) -> Result<(), Error>;
 
     /// The execution as last committed, or `None` if there is none with that id.
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error>;

@@ -146,29 +146,15 @@ impl SqliteStore {
         Ok(process)
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
-        // rolls back an unfinished one), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("engine values serialize to JSON")
-}
-
-fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
-    v.as_ref().map(to_json)
-}
-
-#[async_trait]
-impl Storage for SqliteStore {
-    async fn commit(
+    /// One transaction: the execution row, `steps`' rows, `events` and `checkpoints`. With
+    /// `must_be_new`, an existing row with the same id is an error, never overwritten.
+    fn write(
         &self,
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
         checkpoints: &[Checkpoint],
+        must_be_new: bool,
     ) -> Result<(), Error> {
         debug_assert!(
             events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
@@ -179,6 +165,18 @@ impl Storage for SqliteStore {
             .is_none_or(|e| e.seq + 1 == execution.next_seq));
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
+        if must_be_new {
+            let exists: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM executions WHERE id = ?1",
+                    [&execution.id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if exists > 0 {
+                return Err(Error::Duplicate(execution.id.clone()));
+            }
+        }
         tx.execute(
             "INSERT INTO executions (id, process_name, process_version, definition, input, status,
                  output, error, created_at_ms, updated_at_ms, next_seq, breakpoint, origin_id,
@@ -282,6 +280,38 @@ impl Storage for SqliteStore {
             }
         }
         tx.commit().map_err(backend)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
+        // rolls back an unfinished one), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("engine values serialize to JSON")
+}
+
+fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+    v.as_ref().map(to_json)
+}
+
+#[async_trait]
+impl Storage for SqliteStore {
+    async fn commit(
+        &self,
+        execution: &Execution,
+        steps: &[usize],
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error> {
+        self.write(execution, steps, events, checkpoints, false)
+    }
+
+    async fn create(&self, execution: &Execution) -> Result<(), Error> {
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.write(execution, &all, &[], &[], true)
     }
 
     async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
