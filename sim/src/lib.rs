@@ -1,8 +1,17 @@
-//! The deterministic simulator: a placeholder until its issue lands.
+//! The deterministic simulator: the engine, unchanged, runs inside a turmoil simulation that
+//! injects faults from a seed, and every run is checked against named invariants.
 //!
-//! It will implement the engine's Clock, Network and Storage traits on turmoil, run the engine,
-//! agents and clients as simulated hosts, inject faults from a seed and check the recovery
-//! invariants. For now it only re-exports the engine so that the layering (sim depends on engine,
-//! never the reverse) is fixed from the first commit.
+//! - [`ports`]: the engine's Clock and Network on turmoil (simulated time, simulated TCP).
+//! - [`scenario`]: scenario files (process, agents, workload, faults, expectations).
+//! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
+//! - [`trace`]: the run's trace (one line per event, simulated time first) and its hash.
+//! - [`checker`]: the invariants, one module each.
 
-pub use proctor as engine;
+pub mod checker;
+pub mod ports;
+pub mod runner;
+pub mod scenario;
+pub mod trace;
+
+pub use runner::{run, Outcome};
+pub use scenario::Scenario;

@@ -7,7 +7,10 @@
 //! - `bench <name>`: a benchmark in release mode; `recovery` recovers 10,000 in-flight
 //!   executions from SQLite and prints the time and the per-execution cost.
 //!
-//! Later issues add `chaos`, `repro` and `shrink` here.
+//! - `repro SCENARIO --seed N [--trace]`: replays one simulated run and prints its outcome (and
+//!   trace), in a fresh process so the seed replays exactly.
+//!
+//! Later issues add `chaos` and `shrink` here.
 
 mod tidy;
 
@@ -32,8 +35,9 @@ fn main() -> Result<()> {
             }
         }
         Some("bench") => bench(args.get(1).map(String::as_str)),
-        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench"),
-        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench"),
+        Some("repro") => repro(&args[1..]),
+        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro"),
+        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro"),
     }
 }
 
@@ -56,6 +60,29 @@ fn bench(name: Option<&str>) -> Result<()> {
         .context("running cargo bench")?;
     if !status.success() {
         bail!("bench {bench} failed ({status})");
+    }
+    Ok(())
+}
+
+fn repro(args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "proctor-sim",
+            "--bin",
+            "proctor-sim",
+            "--",
+            "repro",
+        ])
+        .args(args)
+        .current_dir(tidy::workspace_root())
+        .status()
+        .context("running proctor-sim")?;
+    if !status.success() {
+        bail!("repro: the run did not pass ({status})");
     }
     Ok(())
 }

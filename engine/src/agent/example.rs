@@ -90,9 +90,20 @@ pub async fn start(
     name: &str,
     behaviour: Behaviour,
 ) -> std::io::Result<RunningAgent> {
+    start_with_ledger(net, addr, name, behaviour, Arc::default()).await
+}
+
+/// As [`start`], recording into `ledger`, which may outlive the agent (the simulator keeps it
+/// across agent crashes, as a real agent keeps its effects in its own storage).
+pub async fn start_with_ledger(
+    net: &dyn Network,
+    addr: &str,
+    name: &str,
+    behaviour: Behaviour,
+    ledger: Arc<Mutex<Ledger>>,
+) -> std::io::Result<RunningAgent> {
     let listener = net.bind(addr).await?;
     let local = listener.local_addr()?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let task = tokio::spawn(serve(
         listener,
         Arc::new((name.to_string(), behaviour)),

@@ -1,0 +1,58 @@
+//! Invariant 1, `no_lost_execution`: every execution the client saw acknowledged exists in
+//! durable storage and, after the liveness phase, is terminal; and the final statuses are the
+//! ones the scenario expects. Proves that crashes and partitions lose no acknowledged work and
+//! that the system converges once faults stop.
+
+use super::Violation;
+use crate::runner::Outcome;
+use crate::scenario::Scenario;
+
+pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
+    const NAME: &str = "no_lost_execution";
+    if let Some(error) = &outcome.sim_error {
+        out.push(Violation::new(NAME, error.clone()));
+    }
+    if outcome.acknowledged.len() != scenario.workload.executions {
+        out.push(Violation::new(
+            NAME,
+            format!(
+                "{} of {} executions were acknowledged",
+                outcome.acknowledged.len(),
+                scenario.workload.executions
+            ),
+        ));
+    }
+    for id in &outcome.acknowledged {
+        match outcome.executions.iter().find(|(e, _)| &e.id == id) {
+            None => out.push(Violation::new(NAME, "acknowledged but not in storage").at(id, None)),
+            Some((e, _)) if !e.status.is_terminal() => {
+                let active: Vec<String> = e
+                    .process
+                    .steps
+                    .iter()
+                    .zip(&e.steps)
+                    .filter(|(_, s)| !s.status.is_terminal())
+                    .map(|(d, s)| format!("{}={}", d.id, s.status))
+                    .collect();
+                out.push(
+                    Violation::new(
+                        NAME,
+                        format!("stuck {} (steps {})", e.status, active.join(", ")),
+                    )
+                    .at(id, None),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if !scenario.expect.status.is_empty() && outcome.status_counts() != scenario.expect.status {
+        out.push(Violation::new(
+            NAME,
+            format!(
+                "final statuses {:?}, expected {:?}",
+                outcome.status_counts(),
+                scenario.expect.status
+            ),
+        ));
+    }
+}

@@ -1,0 +1,68 @@
+//! The invariants (DESIGN §4), checked after every run, one module each. A violation names
+//! the invariant, the execution and step where it broke, and what was seen.
+//!
+//! Invariant 5 (compensation order) waits for compensation (issue 5); invariant 8
+//! (determinism) compares two runs, so it lives with the scenario tests.
+
+mod dependencies;
+mod durable_state;
+mod history;
+mod liveness;
+mod once;
+mod timers;
+
+use std::fmt;
+
+use crate::runner::Outcome;
+use crate::scenario::Scenario;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub execution: Option<String>,
+    pub step: Option<String>,
+    pub detail: String,
+}
+
+impl Violation {
+    fn new(invariant: &'static str, detail: impl Into<String>) -> Violation {
+        Violation {
+            invariant,
+            execution: None,
+            step: None,
+            detail: detail.into(),
+        }
+    }
+
+    fn at(mut self, execution: &str, step: Option<&str>) -> Violation {
+        self.execution = Some(execution.to_string());
+        self.step = step.map(str::to_string);
+        self
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invariant `{}` violated", self.invariant)?;
+        if let Some(e) = &self.execution {
+            write!(f, " in execution {e}")?;
+        }
+        if let Some(s) = &self.step {
+            write!(f, " at step '{s}'")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// Runs every checker.
+pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
+    let mut out = Vec::new();
+    liveness::check(scenario, outcome, &mut out);
+    once::check(scenario, outcome, &mut out);
+    dependencies::check(scenario, outcome, &mut out);
+    history::check(scenario, outcome, &mut out);
+    durable_state::check(scenario, outcome, &mut out);
+    timers::check(scenario, outcome, &mut out);
+    out
+}

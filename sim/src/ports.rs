@@ -1,0 +1,66 @@
+//! The engine's ports on turmoil. Fault model: these add no faults of their own — time is
+//! turmoil's simulated clock (from a fixed epoch, so runs never see the wall clock), and the
+//! network is turmoil's, which the runner partitions, holds and delays. A crashed host loses
+//! its tasks and sockets; what it committed to storage survives (see `runner`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proctor::clock::Clock;
+use proctor::network::{Conn, Listener, Network};
+
+/// Simulated wall time: turmoil's time since the epoch set on the builder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimClock;
+
+#[async_trait]
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        turmoil::since_epoch()
+            .expect("SimClock is used inside a turmoil host")
+            .as_millis() as u64
+    }
+
+    async fn sleep_until_ms(&self, deadline_ms: u64) {
+        loop {
+            let now = self.now_ms();
+            if now >= deadline_ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline_ms - now)).await;
+        }
+    }
+}
+
+/// turmoil's simulated TCP; addresses are `host-name:port`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimNetwork;
+
+#[async_trait]
+impl Network for SimNetwork {
+    async fn connect(&self, addr: &str) -> io::Result<Box<dyn Conn>> {
+        Ok(Box::new(turmoil::net::TcpStream::connect(addr).await?))
+    }
+
+    async fn bind(&self, addr: &str) -> io::Result<Box<dyn Listener>> {
+        Ok(Box::new(SimListener(
+            turmoil::net::TcpListener::bind(addr).await?,
+        )))
+    }
+}
+
+struct SimListener(turmoil::net::TcpListener);
+
+#[async_trait]
+impl Listener for SimListener {
+    async fn accept(&mut self) -> io::Result<(Box<dyn Conn>, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((Box::new(stream), peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
