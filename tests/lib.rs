@@ -778,3 +778,19 @@ pub fn example_path(name: &str) -> PathBuf {
         .join("../engine/examples")
         .join(name)
 }
+
+/// Two agent steps in a chain, `b` passing on `a`'s text (shared by the pause and recovery
+/// suites).
+pub const PAIR: &str = "
+name: pair
+steps:
+  - id: a
+    type: agent_task
+    agent: worker
+    input: { text: '{{input.text}}' }
+  - id: b
+    type: agent_task
+    agent: worker
+    depends_on: [a]
+    input: { prev: '{{steps.a.output.echo.text}}' }
+";

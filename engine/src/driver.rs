@@ -31,6 +31,9 @@ pub const MAX_CONTROL_REQUESTS_PER_POLL: usize = 256;
 
 /// Inputs queued per execution beyond one per step (cancel requests and the like).
 pub const INBOX_SLACK: usize = 16;
+/// Tries to hand a control input over while the execution flips between driven and stored;
+/// only a burst of concurrent claims exhausts them.
+const MAX_DELIVERY_ATTEMPTS: usize = 3;
 /// An execution's inbox bound: one result or wake-up per step, plus control inputs.
 const INBOX_CAPACITY: usize = crate::definition::MAX_STEPS_PER_PROCESS + INBOX_SLACK;
 
@@ -288,7 +291,7 @@ impl Engine {
         match self.load_existing(id).await {
             Ok(execution) => Ok(self.spawn_claimed(execution, Input::Start, inbox)),
             Err(e) => {
-                self.release(id);
+                self.inner.release(id);
                 Err(e)
             }
         }
@@ -312,17 +315,7 @@ impl Engine {
     /// Cancels an execution (pending, running or paused): a live one through its inbox, a
     /// stored one directly. Calls in flight are abandoned; their late results are ignored.
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), Error> {
-        let input = Input::Cancel {
-            reason: reason.clone(),
-        };
-        if self.send_live(id, input).await != Delivery::NotLive {
-            return Ok(());
-        }
-        let mut execution = self.load_existing(id).await?;
-        self.inner
-            .apply(&mut execution, Input::Cancel { reason })
-            .await?;
-        Ok(())
+        self.deliver(id, Input::Cancel { reason }).await
     }
 
     /// The execution's checkpoints, oldest first (one per completed step, until pruned).
@@ -386,12 +379,33 @@ impl Engine {
     /// Pauses a running execution: no new step starts; steps in flight finish and their
     /// results are kept. The pause is persisted, so it survives a restart.
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
-        if self.send_live(id, Input::Pause).await != Delivery::NotLive {
-            return Ok(());
+        self.deliver(id, Input::Pause).await
+    }
+
+    /// Applies a control input: through the task driving `id` if there is one, else directly
+    /// to the stored execution, claimed for the while, so that no recovery or resume loads it
+    /// meanwhile and drives a stale copy. A claim lost to someone who starts driving it sends
+    /// the input to them instead.
+    async fn deliver(&self, id: &str, input: Input) -> Result<(), Error> {
+        for _ in 0..MAX_DELIVERY_ATTEMPTS {
+            if self.send_live(id, input.clone()).await != Delivery::NotLive {
+                return Ok(());
+            }
+            match self.claim(id) {
+                Ok(_inbox) => {
+                    let applied = async {
+                        let mut execution = self.load_existing(id).await?;
+                        self.inner.apply(&mut execution, input).await
+                    }
+                    .await;
+                    self.inner.release(id);
+                    return applied.map(|_| ());
+                }
+                Err(Error::AlreadyLive(_)) => continue,
+                Err(e) => return Err(e),
+            }
         }
-        let mut execution = self.load_existing(id).await?;
-        self.inner.apply(&mut execution, Input::Pause).await?;
-        Ok(())
+        Err(Error::AlreadyLive(id.to_string()))
     }
 
     /// Resumes a paused execution. One this process is not driving (it was paused before a
@@ -423,13 +437,13 @@ impl Engine {
                 let execution = match self.load_existing(id).await {
                     Ok(execution) => execution,
                     Err(e) => {
-                        self.release(id);
+                        self.inner.release(id);
                         return Err(e);
                     }
                 };
                 let action = execution.recovery_action(self.inner.clock.now_ms(), u64::MAX);
                 if action == RecoveryAction::Skip {
-                    self.release(id);
+                    self.inner.release(id);
                     return Ok(());
                 }
                 let _handle = self.spawn_claimed(execution, Input::Recover { action }, inbox);
@@ -498,12 +512,12 @@ impl Engine {
             let mut execution = match self.inner.store.load(&id).await {
                 Ok(Some(execution)) => execution,
                 Ok(None) => {
-                    self.release(&id);
+                    self.inner.release(&id);
                     report.count(&id, RecoveryAction::Skip);
                     continue;
                 }
                 Err(e) => {
-                    self.release(&id);
+                    self.inner.release(&id);
                     self.recovery_failed(&mut report, &id, e.to_string());
                     continue;
                 }
@@ -512,15 +526,15 @@ impl Engine {
             let action = execution.recovery_action(now_ms, config.max_age_ms());
             report.count(&id, action);
             if config.dry_run {
-                self.release(&id);
+                self.inner.release(&id);
                 continue;
             }
             match action {
-                RecoveryAction::Skip => self.release(&id),
+                RecoveryAction::Skip => self.inner.release(&id),
                 RecoveryAction::MarkFailed => {
                     let input = Input::Recover { action };
                     let result = self.inner.apply(&mut execution, input).await;
-                    self.release(&id);
+                    self.inner.release(&id);
                     if let Err(e) = result {
                         self.recovery_failed(&mut report, &id, e.to_string());
                     }
@@ -706,14 +720,6 @@ impl Engine {
         Ok(Inbox { tx, rx })
     }
 
-    fn release(&self, id: &str) {
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
     /// Starts the task that drives a claimed execution, feeding it `first`.
     fn spawn_claimed(&self, execution: Execution, first: Input, inbox: Inbox) -> ExecutionHandle {
         let id = execution.id.clone();
@@ -725,11 +731,7 @@ impl Engine {
                 .clone()
                 .drive(execution, first, inbox, status_tx)
                 .await;
-            inner
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            inner.release(&id);
             result
         });
         ExecutionHandle { id, task, status }
@@ -737,6 +739,14 @@ impl Engine {
 }
 
 impl Inner {
+    /// Ends this engine's claim on `id` (see [`Engine::claim`]).
+    fn release(&self, id: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     /// Applies one input: core transition, commit, publish. Returns whether anything changed
     /// and the commands to perform.
     async fn apply(

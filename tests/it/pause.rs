@@ -6,21 +6,6 @@ use proctor::RecoveryConfig;
 use proctor_tests::*;
 use serde_json::json;
 
-/// Two agent steps in a chain.
-const PAIR: &str = "
-name: pair
-steps:
-  - id: a
-    type: agent_task
-    agent: worker
-    input: { text: '{{input.text}}' }
-  - id: b
-    type: agent_task
-    agent: worker
-    depends_on: [a]
-    input: { prev: '{{steps.a.output.echo.text}}' }
-";
-
 /// How long the agent takes per request: long enough to pause or cancel while it works.
 const AGENT_DELAY_MS: u64 = 150;
 

@@ -13,21 +13,6 @@ use proctor::RecoveryConfig;
 use proctor_tests::*;
 use serde_json::json;
 
-/// Two agent steps in a chain.
-const PAIR: &str = "
-name: pair
-steps:
-  - id: a
-    type: agent_task
-    agent: worker
-    input: { text: '{{input.text}}' }
-  - id: b
-    type: agent_task
-    agent: worker
-    depends_on: [a]
-    input: { prev: '{{steps.a.output.echo.text}}' }
-";
-
 /// When the dead engine did its work.
 const DIED_AT: u64 = T0;
 /// When the fresh engine starts: half a minute later.
