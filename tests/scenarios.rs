@@ -3,21 +3,33 @@
 //! The first seed runs twice and must give the same trace hash (invariant 8, determinism).
 //!
 //! Each run happens in a fresh child process (this binary, re-executed with
-//! `PROCTOR_SIM_RUN=file:seed`). Found by the fifty-concurrent scenario: two runs of one seed in
-//! one process can differ, because state that outlives a run inside the process (most likely
-//! tokio's process-global task ids, which order how a crashed host's tasks and sockets are
-//! dropped) changes the order turmoil draws message latencies in. A fresh process per run
-//! makes a seed replay exactly, here and in `cargo xtask repro`.
+//! `PROCTOR_SIM_RUN=file:seed`). tokio numbers tasks from one process-wide counter, and those
+//! ids order how a crashed host's sockets are dropped (so the order turmoil draws latencies
+//! in). `proctor_sim::run` realigns the counter before each run, which makes sequential runs in
+//! one process replay exactly; but libtest runs trials on parallel threads that would share the
+//! counter, so each run gets a process of its own.
 //!
 //! `SEED=N cargo test --test scenarios` runs only seed N of every scenario.
+//!
+//! The `harness::*` trials test the checkers themselves, with the scenario files in
+//! tests/harness/ (never ordinary trials: those come from scenarios/*.yaml only). Each plants a
+//! deliberate engine bug (`proctor::planted`, compiled in only because this crate's
+//! dev-dependency enables the engine's test-only `planted-bugs` feature) and asserts that the
+//! invariant meant to catch it fails, with a repro command: the parent asks the child for a bug
+//! with `PROCTOR_PLANT=<name>` (`proctor::planted::Bug::name`), which the child plants before
+//! its run. `harness::unplanted_runs_pass_and_agree` is the control: the same files and seeds
+//! pass, and agree with themselves, with nothing planted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use proctor_sim::Scenario;
+use proctor::planted::{self, Bug};
+use proctor_sim::{Scenario, Summary};
 
 const CHILD_ENV: &str = "PROCTOR_SIM_RUN";
+/// In the child: the planted bug to run with (a [`Bug::name`]); absent for a normal run.
+const PLANT_ENV: &str = "PROCTOR_PLANT";
 
 fn scenario_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
@@ -39,32 +51,39 @@ fn seeds(scenario: &Scenario) -> Result<Vec<u64>, Failed> {
     }
 }
 
-/// In the child: one run, reported on stdout as `hash <hex>` and `violation <text>` lines.
+/// In the child: one run, reported on stdout as one JSON [`Summary`].
 fn child(spec: &str) -> ! {
     let (file, seed) = spec.rsplit_once(':').expect("file:seed");
+    if let Ok(name) = std::env::var(PLANT_ENV) {
+        let Some(bug) = Bug::from_name(&name) else {
+            eprintln!("{PLANT_ENV}={name}: no such planted bug");
+            std::process::exit(2)
+        };
+        planted::plant(Some(bug));
+    }
     let scenario = Scenario::load(Path::new(file)).unwrap_or_else(|e| {
-        println!("violation scenario: {e}");
-        std::process::exit(0)
+        eprintln!("{e}");
+        std::process::exit(2)
     });
     let outcome = proctor_sim::run(&scenario, seed.parse().expect("seed"));
-    println!("hash {:016x}", outcome.trace.hash());
-    for v in &outcome.violations {
-        println!("violation {}", v.to_string().replace('\n', " "));
-    }
-    println!("repro {}", outcome.repro());
+    let summary = Summary::of(&outcome);
+    println!(
+        "{}",
+        serde_json::to_string(&summary).expect("a summary serialises")
+    );
     std::process::exit(0)
 }
 
-struct Report {
-    hash: String,
-    violations: Vec<String>,
-    repro: String,
-}
-
-fn run_in_child(path: &Path, seed: u64) -> Result<Report, Failed> {
-    let out = Command::new(std::env::current_exe()?)
-        .env(CHILD_ENV, format!("{}:{seed}", path.display()))
-        .output()?;
+/// One run of `path` with `seed` in a fresh child process, with `plant` planted (and nothing
+/// planted otherwise, whatever this process's environment says).
+fn run_in_child(path: &Path, seed: u64, plant: Option<Bug>) -> Result<Summary, Failed> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.env(CHILD_ENV, format!("{}:{seed}", path.display()));
+    match plant {
+        Some(bug) => command.env(PLANT_ENV, bug.name()),
+        None => command.env_remove(PLANT_ENV),
+    };
+    let out = command.output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
@@ -74,47 +93,220 @@ fn run_in_child(path: &Path, seed: u64) -> Result<Report, Failed> {
         )
         .into());
     }
-    let mut report = Report {
-        hash: String::new(),
-        violations: Vec::new(),
-        repro: String::new(),
-    };
-    for line in stdout.lines() {
-        if let Some(h) = line.strip_prefix("hash ") {
-            report.hash = h.to_string();
-        } else if let Some(v) = line.strip_prefix("violation ") {
-            report.violations.push(v.to_string());
-        } else if let Some(r) = line.strip_prefix("repro ") {
-            report.repro = r.to_string();
-        }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .map_err(|e| format!("seed {seed}: unreadable summary ({e}): {stdout}").into())
+}
+
+/// The first seed's summary must match `snapshots/<scenario>.snap`: a behaviour change shows
+/// as a reviewable diff (`cargo insta review`, or `INSTA_UPDATE=always` to accept).
+fn check_snapshot(name: &str, summary: &Summary) -> Result<(), Failed> {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let matched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_yaml_snapshot!(name, summary));
+    }));
+    matched.map_err(|_| format!("snapshot snapshots/{name}.snap does not match (see above)").into())
+}
+
+/// Invariant 8, `deterministic`: two runs of one seed, each in its own process, gave the same
+/// trace hash. The scenario trials and `harness::planted_nondeterminism_*` both judge with it.
+fn check_deterministic(first: &Summary, again: &Summary) -> Result<(), String> {
+    if again.trace_hash == first.trace_hash {
+        return Ok(());
     }
-    Ok(report)
+    Err(format!(
+        "invariant `deterministic` violated: seed {} gave trace hashes {} and {}\nreplay: {}",
+        first.seed, first.trace_hash, again.trace_hash, first.repro
+    ))
 }
 
 fn run_file(path: &Path) -> Result<(), Failed> {
     let scenario = Scenario::load(path).map_err(|e| e.to_string())?;
     for (i, seed) in seeds(&scenario)?.into_iter().enumerate() {
-        let report = run_in_child(path, seed)?;
-        if !report.violations.is_empty() {
+        let summary = run_in_child(path, seed, None)?;
+        if !summary.violations.is_empty() {
             return Err(format!(
                 "seed {seed}:\n  {}\nreplay: {}",
-                report.violations.join("\n  "),
-                report.repro
+                summary.violations.join("\n  "),
+                summary.repro
             )
             .into());
         }
         if i == 0 {
-            let again = run_in_child(path, seed)?;
-            if again.hash != report.hash {
-                return Err(format!(
-                    "invariant `deterministic` violated: seed {seed} gave trace hashes {} and {}\nreplay: {}",
-                    report.hash, again.hash, report.repro
-                )
-                .into());
+            let again = run_in_child(path, seed, None)?;
+            check_deterministic(&summary, &again)?;
+            if seed == 0 {
+                check_snapshot(&scenario.name, &summary)?;
             }
         }
     }
     Ok(())
+}
+
+/// Tests of the harness and its checkers: planted engine bugs must be caught.
+mod harness {
+    use super::*;
+
+    pub fn trials() -> Vec<Trial> {
+        vec![
+            Trial::test(
+                "harness::planted_no_redispatch_fails_no_lost_execution",
+                || {
+                    expect_caught(
+                        "recovery-mid-step.yaml",
+                        Bug::NoRedispatchOnRecovery,
+                        "no_lost_execution",
+                        "stuck running",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_complete_twice_fails_effect_at_most_once",
+                || {
+                    expect_caught(
+                        "recovery-mid-step.yaml",
+                        Bug::CompleteTwice,
+                        "effect_at_most_once",
+                        "StepCompleted recorded 2 times",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_fresh_key_fails_effect_at_most_once",
+                || {
+                    expect_caught(
+                        "recovery-mid-step.yaml",
+                        Bug::FreshKeyOnRecovery,
+                        "effect_at_most_once",
+                        "applied the step's effect under 2 keys",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_nondeterminism_fails_deterministic",
+                planted_nondeterminism,
+            ),
+            Trial::test("harness::unplanted_runs_pass_and_agree", unplanted),
+        ]
+    }
+
+    const FILES: &[&str] = &["recovery-mid-step.yaml", "ten-diamonds.yaml"];
+
+    fn file(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("harness")
+            .join(name)
+    }
+
+    /// A file from tests/harness/. Its trials run the file's seeds, `0..seeds`, whatever `SEED`
+    /// says: they test the checkers, not the engine.
+    fn load(name: &str) -> Result<(PathBuf, Scenario), Failed> {
+        let path = file(name);
+        let scenario = Scenario::load(&path).map_err(|e| e.to_string())?;
+        Ok((path, scenario))
+    }
+
+    fn expect_repro(scenario: &Scenario, seed: u64, repro: &str) -> Result<(), Failed> {
+        let want = format!("cargo xtask repro {} --seed {seed}", scenario.name);
+        if repro.contains(&want) {
+            Ok(())
+        } else {
+            Err(format!("seed {seed}: expected the repro command `{want}`, got `{repro}`").into())
+        }
+    }
+
+    /// Every seed of `name`, run with `bug` planted, violates `invariant` with `detail` in the
+    /// message, and its summary names the command that replays it.
+    fn expect_caught(name: &str, bug: Bug, invariant: &str, detail: &str) -> Result<(), Failed> {
+        let (path, scenario) = load(name)?;
+        let wanted = format!("invariant `{invariant}` violated");
+        for seed in 0..scenario.seeds {
+            let summary = run_in_child(&path, seed, Some(bug))?;
+            let caught = summary
+                .violations
+                .iter()
+                .any(|v| v.starts_with(&wanted) && v.contains(detail));
+            if summary.passed || !caught {
+                return Err(format!(
+                    "{name} seed {seed} with {} planted: expected `{invariant}` ({detail}) to \
+                     fail; passed: {}, violations:\n  {}\nthe run alone: {PLANT_ENV}={} \
+                     {CHILD_ENV}={}:{seed} {}",
+                    bug.name(),
+                    summary.passed,
+                    summary.violations.join("\n  "),
+                    bug.name(),
+                    path.display(),
+                    std::env::current_exe()?.display()
+                )
+                .into());
+            }
+            expect_repro(&scenario, seed, &summary.repro)?;
+        }
+        Ok(())
+    }
+
+    /// With the dispatch order drawn from std's per-process random hasher, two processes
+    /// running one seed disagree, and the very check the scenario trials use says so. Ten
+    /// diamonds make ten two-way orders, so two processes agree by chance about once in a
+    /// thousand pairs; three pairs are tried. The planted order is a legal one, so every other
+    /// invariant still holds: only the determinism check can catch this bug.
+    fn planted_nondeterminism() -> Result<(), Failed> {
+        let (path, scenario) = load("ten-diamonds.yaml")?;
+        let seed = 0;
+        let mut agreed = Vec::new();
+        for _ in 0..3 {
+            let first = run_in_child(&path, seed, Some(Bug::UnorderedDispatch))?;
+            let again = run_in_child(&path, seed, Some(Bug::UnorderedDispatch))?;
+            for summary in [&first, &again] {
+                if !summary.violations.is_empty() {
+                    return Err(format!(
+                        "the planted order should break only determinism, got:\n  {}",
+                        summary.violations.join("\n  ")
+                    )
+                    .into());
+                }
+            }
+            match check_deterministic(&first, &again) {
+                Err(message) => {
+                    if !message.starts_with("invariant `deterministic` violated") {
+                        return Err(format!("unexpected determinism message: {message}").into());
+                    }
+                    return expect_repro(&scenario, seed, &message);
+                }
+                Ok(()) => agreed.push(first.trace_hash),
+            }
+        }
+        Err(format!(
+            "three pairs of processes agreed despite the planted order (hashes {agreed:?})"
+        )
+        .into())
+    }
+
+    /// The control: with nothing planted, every harness file passes every seed, and its first
+    /// seed gives the same trace hash in two processes.
+    fn unplanted() -> Result<(), Failed> {
+        for name in FILES {
+            let (path, scenario) = load(name)?;
+            for seed in 0..scenario.seeds {
+                let summary = run_in_child(&path, seed, None)?;
+                if !summary.passed || !summary.violations.is_empty() {
+                    return Err(format!(
+                        "{name} seed {seed} failed with nothing planted:\n  {}",
+                        summary.violations.join("\n  ")
+                    )
+                    .into());
+                }
+                if seed == 0 {
+                    let again = run_in_child(&path, seed, None)?;
+                    check_deterministic(&summary, &again)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn main() {
@@ -122,7 +314,7 @@ fn main() {
         child(&spec);
     }
     let args = Arguments::from_args();
-    let trials = scenario_files()
+    let mut trials: Vec<Trial> = scenario_files()
         .into_iter()
         .map(|path| {
             let name = path
@@ -132,5 +324,6 @@ fn main() {
             Trial::test(name, move || run_file(&path))
         })
         .collect();
+    trials.extend(harness::trials());
     libtest_mimic::run(&args, trials).exit();
 }

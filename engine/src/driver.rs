@@ -6,7 +6,7 @@
 //! calls, wake-ups), whose results come back as inputs. Persist-then-act means an effect is
 //! never requested for a state that was not durable first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -28,6 +28,13 @@ use crate::store::{self, ControlAction, ControlRequest, Storage};
 
 /// Control requests applied per poll; the rest wait for the next one.
 pub const MAX_CONTROL_REQUESTS_PER_POLL: usize = 256;
+
+/// Storage failures in a row an execution's task rides out (reloading its state each time)
+/// before it gives up; the execution then waits in storage for the next recovery.
+const MAX_STORAGE_FAILURES: u32 = 32;
+/// First wait after a storage failure; it doubles per failure in a row, up to the maximum.
+const STORAGE_BACKOFF_MS: u64 = 10;
+const MAX_STORAGE_BACKOFF_MS: u64 = 2_000;
 
 /// Inputs queued per execution beyond one per step (cancel requests and the like).
 pub const INBOX_SLACK: usize = 16;
@@ -68,6 +75,8 @@ pub enum Error {
     Invalid(Diagnostics),
     #[error("no execution with id {0}")]
     UnknownExecution(String),
+    #[error("execution id '{0}' is not 1 to 128 characters of A-Z a-z 0-9 - _ . :")]
+    BadId(String),
     #[error("agent '{0}' has no address: start example agents before building the engine")]
     UnresolvedAgent(String),
     #[error("execution {0} is already being driven by this engine")]
@@ -84,6 +93,22 @@ pub enum Error {
     Fork(#[from] ForkError),
     #[error("execution task for {id} ended abnormally: {problem}")]
     Task { id: String, problem: String },
+}
+
+/// Longest execution id a caller may choose.
+pub const MAX_EXECUTION_ID_BYTES: usize = 128;
+
+fn check_execution_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_EXECUTION_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadId(id.to_string()))
+    }
 }
 
 fn at_seq(seq: Option<u64>) -> String {
@@ -276,13 +301,41 @@ impl Engine {
         input: Value,
         breakpoint: Option<String>,
     ) -> Result<String, Error> {
-        self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
         let id = self.new_execution_id(now);
-        let mut execution = Execution::new(id.clone(), process, input, now);
+        self.create_stored(id.clone(), process, input, breakpoint)
+            .await?;
+        Ok(id)
+    }
+
+    /// Persists a new pending execution under an id the caller chose, so that a caller who
+    /// cannot tell whether its create landed (a timeout, an ambiguous storage error) can simply
+    /// create again: the second attempt fails with [`store::Error::Duplicate`] if the first
+    /// landed, and nothing is ever created twice.
+    pub async fn create_with_id(
+        &self,
+        id: &str,
+        process: Arc<ProcessDef>,
+        input: Value,
+    ) -> Result<(), Error> {
+        check_execution_id(id)?;
+        self.create_stored(id.to_string(), process, input, None)
+            .await
+    }
+
+    async fn create_stored(
+        &self,
+        id: String,
+        process: Arc<ProcessDef>,
+        input: Value,
+        breakpoint: Option<String>,
+    ) -> Result<(), Error> {
+        self.check_agents(&process)?;
+        let now = self.inner.clock.now_ms();
+        let mut execution = Execution::new(id, process, input, now);
         execution.breakpoint = breakpoint;
         self.inner.store.create(&execution).await?;
-        Ok(id)
+        Ok(())
     }
 
     /// Starts driving a stored pending execution (a no-op drive if it is not pending).
@@ -787,12 +840,15 @@ impl Inner {
     ) -> Result<Execution, Error> {
         let Inbox { tx, mut rx } = inbox;
         let mut in_flight: BTreeMap<usize, AbortHandle> = BTreeMap::new();
-        let mut next = Some(Envelope {
+        // Inputs to apply before the inbox: the first one, and after a storage failure the
+        // recovery input and the input whose commit failed.
+        let mut queue = VecDeque::from([Envelope {
             input: first,
             ack: None,
-        });
+        }]);
+        let mut storage_failures: u32 = 0;
         let result = loop {
-            let envelope = match next.take() {
+            let envelope = match queue.pop_front() {
                 Some(envelope) => envelope,
                 None if execution.status.is_terminal() => break Ok(()),
                 None => match rx.recv().await {
@@ -800,10 +856,53 @@ impl Inner {
                     None => break Ok(()),
                 },
             };
+            let retry = match &envelope.input {
+                Input::Recover { .. } => None,
+                input => Some(input.clone()),
+            };
             let (changed, commands) = match self.apply(&mut execution, envelope.input).await {
                 Ok(applied) => applied,
+                Err(Error::Store(e)) if storage_failures < MAX_STORAGE_FAILURES => {
+                    // The write may or may not have landed: memory is no longer the truth.
+                    // Forget it and go on from what storage holds, as a restart would.
+                    storage_failures += 1;
+                    tracing::warn!(
+                        execution = %execution.id,
+                        failures = storage_failures,
+                        "storage write failed, reloading: {e}"
+                    );
+                    for (_, handle) in std::mem::take(&mut in_flight) {
+                        handle.abort();
+                    }
+                    let backoff_ms = STORAGE_BACKOFF_MS
+                        .saturating_mul(1 << storage_failures.min(16))
+                        .min(MAX_STORAGE_BACKOFF_MS);
+                    let wake_at = self.clock.now_ms().saturating_add(backoff_ms);
+                    self.clock.sleep_until_ms(wake_at).await;
+                    execution = match self.store.load(&execution.id).await {
+                        Ok(Some(stored)) => stored,
+                        Ok(None) => break Err(Error::UnknownExecution(execution.id.clone())),
+                        Err(e) => break Err(e.into()),
+                    };
+                    status.send_replace(execution.status);
+                    let action = execution.recovery_action(self.clock.now_ms(), u64::MAX);
+                    if action != RecoveryAction::Skip {
+                        queue.push_front(Envelope {
+                            input: Input::Recover { action },
+                            ack: None,
+                        });
+                    }
+                    if let Some(input) = retry {
+                        queue.push_back(Envelope {
+                            input,
+                            ack: envelope.ack,
+                        });
+                    }
+                    continue;
+                }
                 Err(e) => break Err(e),
             };
+            storage_failures = 0;
             for command in commands {
                 self.perform(&execution, command, &tx, &mut in_flight);
             }

@@ -16,6 +16,7 @@ pub mod driver;
 pub mod event;
 pub mod expr;
 pub mod network;
+pub mod planted;
 pub mod recovery;
 pub mod rng;
 pub mod store;

@@ -3,15 +3,23 @@
 //!
 //! - [`ports`]: the engine's Clock and Network on turmoil (simulated time, simulated TCP).
 //! - [`scenario`]: scenario files (process, agents, workload, faults, expectations).
+//! - [`storage`]: the fault layer over the engine's SQLite store (I/O errors, ambiguous
+//!   commits, crashes before and after a write).
+//! - [`chaos`]: random faults from rates, drawn from the seed (with swarm testing).
 //! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
+//! - [`summary`]: a run's outcome in brief (JSON for sweeps, snapshots for tests).
 //! - [`trace`]: the run's trace (one line per event, simulated time first) and its hash.
 //! - [`checker`]: the invariants, one module each.
 
+pub mod chaos;
 pub mod checker;
 pub mod ports;
 pub mod runner;
 pub mod scenario;
+pub mod storage;
+pub mod summary;
 pub mod trace;
 
 pub use runner::{run, Outcome};
 pub use scenario::Scenario;
+pub use summary::Summary;

@@ -1,69 +1,100 @@
-//! `proctor-sim`: replays one simulated run. `cargo xtask repro SCENARIO --seed N [--trace]`
-//! calls it; SCENARIO is a name under scenarios/ or a path to a scenario file.
+//! `proctor-sim`: runs one simulated run in this (fresh) process.
+//!
+//! - `proctor-sim repro SCENARIO --seed N [--trace]`: the outcome for a human (and the
+//!   trace); `cargo xtask repro` calls it.
+//! - `proctor-sim run SCENARIO --seed N`: the outcome as one JSON line (a [`Summary`]);
+//!   `cargo xtask chaos` calls it, one process per run.
+//!
+//! SCENARIO is a name under scenarios/ or a path to a scenario file. Exit status: 0 when
+//! every invariant holds, 1 when one is violated, 2 for bad usage or a bad scenario file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use proctor_sim::Scenario;
+use clap::{Parser, Subcommand};
+use proctor_sim::{Scenario, Summary};
 
-fn usage() -> ExitCode {
-    eprintln!("usage: proctor-sim repro SCENARIO --seed N [--trace]");
-    ExitCode::from(2)
+#[derive(Parser)]
+#[command(
+    name = "proctor-sim",
+    about = "Replays simulated runs of the Proctor engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("repro") || args.len() < 2 {
-        return usage();
-    }
-    let name = &args[1];
-    let mut seed = None;
-    let mut trace = false;
-    let mut rest = args[2..].iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--seed" => seed = rest.next().and_then(|s| s.parse::<u64>().ok()),
-            "--trace" => trace = true,
-            _ => return usage(),
-        }
-    }
-    let Some(seed) = seed else {
-        return usage();
-    };
+#[derive(Subcommand)]
+enum Command {
+    /// Replays one run and prints its outcome.
+    Repro {
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+        /// Also print the trace, one line per event.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Runs one run and prints its summary as JSON.
+    Run {
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+    },
+}
+
+fn load(name: &str) -> Result<Scenario, ExitCode> {
     let path = if name.ends_with(".yaml") {
         PathBuf::from(name)
     } else {
         PathBuf::from("scenarios").join(format!("{name}.yaml"))
     };
-    let scenario = match Scenario::load(&path) {
+    Scenario::load(&path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, seed, trace, json) = match cli.command {
+        Command::Repro {
+            scenario,
+            seed,
+            trace,
+        } => (scenario, seed, trace, false),
+        Command::Run { scenario, seed } => (scenario, seed, false, true),
+    };
+    let scenario = match load(&name) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let outcome = proctor_sim::run(&scenario, seed);
-    if trace {
-        for line in &outcome.trace.lines {
-            println!("{line}");
+    let summary = Summary::of(&outcome);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("a summary serialises")
+        );
+    } else {
+        if trace {
+            for line in &outcome.trace.lines {
+                println!("{line}");
+            }
+        }
+        println!("{}", summary.line());
+        if summary.passed {
+            println!("all invariants hold");
+        } else {
+            for v in &summary.violations {
+                println!("{v}");
+            }
+            println!("replay: {}", summary.repro);
         }
     }
-    println!(
-        "scenario {} seed {seed}: {} simulated ms, {} engine boots, {} faults, statuses {:?}, trace hash {:016x}",
-        outcome.scenario,
-        outcome.elapsed_ms,
-        outcome.engine_boots,
-        outcome.faults_injected,
-        outcome.status_counts(),
-        outcome.trace.hash()
-    );
-    if outcome.passed() {
-        println!("all invariants hold");
+    if summary.passed {
         ExitCode::SUCCESS
     } else {
-        for v in &outcome.violations {
-            println!("{v}");
-        }
         ExitCode::from(1)
     }
 }

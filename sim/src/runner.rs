@@ -1,19 +1,27 @@
 //! One run = (scenario, seed).
 //!
-//! Hosts: `engine` runs the real driver over the sim ports, recovers on every boot, and
-//! submits the workload (the client half lives in the engine host until the engine has a
-//! network API: issue 6); one host per agent runs the example agent; `client` watches the
-//! durable store until every execution is terminal or the liveness bound passes. The SQLite
-//! store is an in-memory database held outside every host: a crash loses the engine's memory
-//! and tasks, never a committed transaction. Agents' ledgers also live outside their hosts.
+//! Hosts: `engine` runs the real driver over the sim ports and the storage fault layer,
+//! recovers on every boot, and submits the workload under ids the client drew, retrying a
+//! submission until it is acknowledged (the client half lives in the engine host until the
+//! engine has a network API: issue 6); one host per agent runs the example agent; `client`
+//! watches the durable store until every execution is terminal or the liveness bound passes.
+//! The SQLite store is an in-memory database held outside every host: a crash loses the
+//! engine's memory and tasks, never a committed transaction. Agents' ledgers also live
+//! outside their hosts.
 //!
-//! Every random choice derives from the seed: turmoil's (latencies, scheduling), and the
-//! engine's RNG (`seed` mixed with the boot number).
+//! Faults come from the scenario's script and from its chaos rates (drawn from the seed
+//! before the run). The runner applies timed faults between simulation steps, crashes the
+//! engine when the storage layer reports a named point, and stops every fault when the fault
+//! window closes; the liveness phase follows.
+//!
+//! Every random choice derives from the seed: turmoil's (latencies, scheduling), the
+//! engine's RNG (`seed` mixed with the boot number), the agents', the chaos plan's and the
+//! storage layer's, each its own stream.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
@@ -22,12 +30,14 @@ use proctor::agent::example::{self, Ledger};
 use proctor::agent::{AgentEndpoint, AgentRegistry};
 use proctor::core::Execution;
 use proctor::event::EventRecord;
-use proctor::store::{SqliteStore, Storage};
+use proctor::store::{self, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
+use crate::chaos;
 use crate::checker::{self, Violation};
 use crate::ports::{SimClock, SimNetwork};
-use crate::scenario::{Scenario, AGENT_PORT, ENGINE_HOST};
+use crate::scenario::{Point, Scenario, StorageFault, AGENT_PORT, ENGINE_HOST};
+use crate::storage::{Faults, FaultyStore, PointCrash};
 use crate::trace::Trace;
 
 /// The simulated wall clock starts here (2023-11-14T22:13:20Z), never at the real time.
@@ -36,6 +46,17 @@ pub const EPOCH_MS: u64 = 1_700_000_000_000;
 pub const TICK_MS: u64 = 1;
 /// How often the client looks at the store.
 const CLIENT_POLL_MS: u64 = 20;
+/// Message latency on a healthy link.
+pub const MIN_LATENCY_MS: u64 = 1;
+pub const MAX_LATENCY_MS: u64 = 5;
+/// How long the engine host waits before retrying a failed start-up step or submission.
+const RETRY_MS: u64 = 50;
+/// Connections a simulated socket may queue.
+const TCP_CAPACITY: usize = 4_096;
+/// Stuck executions a liveness failure lists.
+const MAX_STUCK_LISTED: usize = 10;
+/// How far past the scripted window a fault at a named point may stretch the run.
+const MAX_LATE_WINDOW_MS: u64 = 600_000;
 
 /// What a run produced; the checkers judge it.
 #[derive(Debug)]
@@ -49,7 +70,19 @@ pub struct Outcome {
     pub executions: Vec<(Execution, Vec<EventRecord>)>,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
-    pub faults_injected: usize,
+    /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
+    pub faults: BTreeMap<String, usize>,
+    /// The fault kinds this seed's chaos enabled (swarm testing).
+    pub chaos_kinds: Vec<String>,
+    /// Storage writes the engine attempted.
+    pub storage_writes: u64,
+    /// Scripted faults at named points that never fired: the run did not test what the
+    /// scenario says it tests.
+    pub unfired: Vec<String>,
+    /// When the last fault ended: the liveness phase began then.
+    pub window_end_ms: u64,
+    /// When the engine host came back after each crash.
+    pub engine_restarts_ms: Vec<u64>,
     pub elapsed_ms: u64,
     /// A host's error, or the liveness bound passing with executions still active.
     pub sim_error: Option<String>,
@@ -79,43 +112,112 @@ impl Outcome {
 /// State that outlives host crashes.
 struct Shared {
     store: SqliteStore,
+    faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
     trace: Mutex<Vec<String>>,
     boots: AtomicU32,
     submitted: AtomicUsize,
+    /// When the last fault ends (grows when a fault at a named point fires late).
+    window_end_ms: AtomicU64,
 }
 
+impl Shared {
+    fn trace(&self, line: String) {
+        self.trace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Link {
+    Partition,
+    Hold,
+    Latency(u64),
+}
+
+#[derive(Clone, Debug)]
 enum Action {
-    Crash(String),
+    Crash {
+        host: String,
+        restart_after_ms: Option<u64>,
+        why: String,
+    },
     Restart(String),
-    Partition(String, String),
-    Repair(String, String),
+    Cut(Link, String, String),
+    Heal(Link, String, String),
+    Storage(StorageFault, u32),
+}
+
+/// Timed actions, by (time, order of scheduling).
+#[derive(Default)]
+struct Schedule {
+    actions: BTreeMap<(u64, u64), Action>,
+    next: u64,
+}
+
+impl Schedule {
+    fn at(&mut self, at_ms: u64, action: Action) {
+        self.actions.insert((at_ms, self.next), action);
+        self.next += 1;
+    }
+
+    fn due(&mut self, now_ms: u64) -> Option<Action> {
+        let entry = self.actions.first_entry()?;
+        (entry.key().0 <= now_ms).then(|| entry.remove())
+    }
 }
 
 /// Runs `scenario` with `seed` and checks every invariant.
 pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
-    let window_ms = scenario.fault_window_ms();
-    let deadline_ms = window_ms + scenario.liveness_ms;
+    align_task_ids();
+    let agent_names: Vec<String> = scenario.agents.keys().cloned().collect();
+    let plan = scenario
+        .chaos
+        .as_ref()
+        .map(|c| chaos::plan(c, &agent_names, seed))
+        .unwrap_or_default();
+    // Chaos outages may outlast the chaos window: the liveness phase starts when they end.
+    let window_ms = plan
+        .faults
+        .iter()
+        .filter_map(|f| {
+            let lasts = f.restart_after_ms.unwrap_or(0).max(f.for_ms.unwrap_or(0));
+            f.at_ms.map(|at| at + lasts)
+        })
+        .fold(scenario.fault_window_ms(), u64::max);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
         .tick_duration(Duration::from_millis(TICK_MS))
-        .simulation_duration(Duration::from_millis(deadline_ms + 10_000))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(5))
+        // The client ends the run when the liveness bound passes; this is only a backstop.
+        .simulation_duration(Duration::from_millis(
+            window_ms + 2 * scenario.liveness_ms + MAX_LATE_WINDOW_MS,
+        ))
+        .min_message_latency(Duration::from_millis(MIN_LATENCY_MS))
+        .max_message_latency(Duration::from_millis(MAX_LATENCY_MS))
+        // Held links and many executions queue connections: turmoil's default backlog (64)
+        // panics the simulation when full, where a real kernel would refuse.
+        .tcp_capacity(TCP_CAPACITY)
         .build();
 
+    let mut faults = Faults::new(seed);
+    faults.io_error_rate = plan.io_error_rate;
+    faults.ambiguous_rate = plan.ambiguous_rate;
     let shared = Arc::new(Shared {
         store: SqliteStore::open_in_memory().expect("in-memory SQLite"),
+        faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
         trace: Mutex::new(Vec::new()),
         boots: AtomicU32::new(0),
         submitted: AtomicUsize::new(0),
+        window_end_ms: AtomicU64::new(window_ms),
     });
 
     let mut ledgers = BTreeMap::new();
     let mut registry = AgentRegistry::new();
-    for (name, behaviour) in &scenario.agents {
+    for (index, (name, behaviour)) in scenario.agents.iter().enumerate() {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         ledgers.insert(name.clone(), ledger.clone());
         registry.insert(
@@ -124,12 +226,16 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         );
         let host = name.clone();
         let (name, behaviour) = (name.clone(), behaviour.clone());
+        let lives = Arc::new(AtomicU64::new(0));
         sim.host(host.as_str(), move || {
             let (name, behaviour, ledger) = (name.clone(), behaviour.clone(), ledger.clone());
+            // Each life of each agent draws from its own stream.
+            let life = lives.fetch_add(1, Ordering::SeqCst);
+            let agent_seed = seed ^ ((index as u64 + 1) << 48) ^ (life << 24);
             async move {
                 let addr = format!("0.0.0.0:{AGENT_PORT}");
                 let _agent =
-                    example::start_with_ledger(&SimNetwork, &addr, &name, behaviour, ledger)
+                    example::start_seeded(&SimNetwork, &addr, &name, behaviour, ledger, agent_seed)
                         .await?;
                 std::future::pending::<()>().await;
                 Ok(())
@@ -145,74 +251,214 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
 
     {
-        let (shared, total) = (shared.clone(), scenario.workload.executions);
+        let (shared, total, liveness_ms) = (
+            shared.clone(),
+            scenario.workload.executions,
+            scenario.liveness_ms,
+        );
         sim.client("client", async move {
             loop {
                 let submitted = shared.submitted.load(Ordering::SeqCst);
-                if submitted == total && shared.store.list_active().await?.is_empty() {
+                let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+                let window_end = shared.window_end_ms.load(Ordering::SeqCst);
+                // Done once all is finished and every scripted fault has had its turn (a
+                // fault scheduled after the work ends still runs, so it is never silently
+                // skipped).
+                if submitted == total
+                    && elapsed >= window_end
+                    && shared.store.list_active().await?.is_empty()
+                {
                     return Ok(());
                 }
-                let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
-                if elapsed > deadline_ms {
-                    return Err(format!(
-                        "liveness: {} of {total} submitted, {} still active {}ms after the fault window",
-                        submitted,
-                        shared.store.list_active().await?.len(),
-                        elapsed.saturating_sub(window_ms)
-                    )
-                    .into());
+                if elapsed > window_end + liveness_ms {
+                    return Err(stuck(&shared, submitted, total, elapsed - window_end)
+                        .await
+                        .into());
                 }
                 tokio::time::sleep(Duration::from_millis(CLIENT_POLL_MS)).await;
             }
         });
     }
 
-    let mut schedule: Vec<(u64, usize, Action)> = Vec::new();
-    for (i, fault) in scenario.faults.iter().enumerate() {
-        if let Some(host) = &fault.crash {
-            schedule.push((fault.at_ms, i, Action::Crash(host.clone())));
-            if let Some(after) = fault.restart_after_ms {
-                schedule.push((fault.at_ms + after, i, Action::Restart(host.clone())));
+    let mut schedule = Schedule::default();
+    let mut step_crashes = Vec::new();
+    let mut unfired = BTreeMap::new();
+    let all_faults = scenario.faults.iter().chain(&plan.faults);
+    for (i, fault) in all_faults.enumerate() {
+        if let Some(point) = fault.point {
+            let crash = PointCrash {
+                fault: i,
+                point,
+                step: fault.step.clone(),
+                nth: fault.nth,
+                seen: 0,
+            };
+            unfired.insert(i, describe_point(&crash));
+            if point == Point::StepRunning {
+                step_crashes.push(crash);
+            } else {
+                shared
+                    .faults
+                    .lock()
+                    .expect("faults lock")
+                    .crashes
+                    .push(crash);
             }
+            continue;
         }
-        if let Some((a, b)) = &fault.partition {
-            schedule.push((fault.at_ms, i, Action::Partition(a.clone(), b.clone())));
-            let until = fault.for_ms.map_or(window_ms, |d| fault.at_ms + d);
-            schedule.push((until, i, Action::Repair(a.clone(), b.clone())));
+        let at = fault
+            .at_ms
+            .expect("checked at load: a fault has at_ms or point");
+        let link = |l: &Option<(String, String)>| l.clone().expect("checked at load");
+        let until = fault.for_ms.map_or(window_ms, |d| at + d);
+        if let Some(host) = &fault.crash {
+            schedule.at(
+                at,
+                Action::Crash {
+                    host: host.clone(),
+                    restart_after_ms: fault.restart_after_ms,
+                    why: format!("at {at}ms"),
+                },
+            );
+        } else if fault.partition.is_some() {
+            let (a, b) = link(&fault.partition);
+            schedule.at(at, Action::Cut(Link::Partition, a.clone(), b.clone()));
+            schedule.at(until, Action::Heal(Link::Partition, a, b));
+        } else if fault.hold.is_some() {
+            let (a, b) = link(&fault.hold);
+            schedule.at(at, Action::Cut(Link::Hold, a.clone(), b.clone()));
+            schedule.at(until, Action::Heal(Link::Hold, a, b));
+        } else if fault.latency.is_some() {
+            let (a, b) = link(&fault.latency);
+            let ms = fault.latency_ms.expect("checked at load");
+            schedule.at(at, Action::Cut(Link::Latency(ms), a.clone(), b.clone()));
+            schedule.at(until, Action::Heal(Link::Latency(ms), a, b));
+        } else if let Some(kind) = fault.storage {
+            schedule.at(at, Action::Storage(kind, fault.commits.unwrap_or(1)));
         }
     }
-    schedule.sort_by_key(|(at, i, _)| (*at, *i));
-    let mut schedule = schedule.into_iter().peekable();
 
-    let mut faults_injected = 0;
+    let mut injected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut count = |kind: &str| *injected.entry(kind.to_string()).or_insert(0) += 1;
+    let storage_chaos = plan.io_error_rate > 0.0 || plan.ambiguous_rate > 0.0;
+    let mut storage_chaos_on = storage_chaos;
+    let mut engine_restarts_ms = Vec::new();
     let sim_error = loop {
         let now_ms = sim.elapsed().as_millis() as u64;
-        while let Some((_, _, action)) = schedule.next_if(|(at, _, _)| *at <= now_ms) {
-            let line = match &action {
-                Action::Crash(h) => {
-                    sim.crash(h.as_str());
-                    faults_injected += 1;
-                    format!("crash {h}")
+        if storage_chaos_on && now_ms >= window_ms {
+            // The liveness phase: faults stop.
+            let mut faults = shared.faults.lock().expect("faults lock");
+            faults.io_error_rate = 0.0;
+            faults.ambiguous_rate = 0.0;
+            storage_chaos_on = false;
+        }
+        let dying = shared.faults.lock().expect("faults lock").dying;
+        if let Some(i) = dying {
+            let fault = scenario.faults.iter().chain(&plan.faults).nth(i);
+            let fault = fault.expect("a fired crash belongs to a fault");
+            schedule.at(
+                now_ms,
+                Action::Crash {
+                    host: ENGINE_HOST.to_string(),
+                    restart_after_ms: fault.restart_after_ms,
+                    why: unfired.remove(&i).unwrap_or_default(),
+                },
+            );
+        }
+        // A step_running crash waits while the engine is down: it must kill a live engine.
+        if !step_crashes.is_empty() && sim.is_host_running(ENGINE_HOST) {
+            let fired = step_running_fired(&mut step_crashes, &ledgers);
+            for crash in fired {
+                let fault = scenario.faults.iter().chain(&plan.faults).nth(crash.fault);
+                let fault = fault.expect("a fired crash belongs to a fault");
+                schedule.at(
+                    now_ms,
+                    Action::Crash {
+                        host: ENGINE_HOST.to_string(),
+                        restart_after_ms: fault.restart_after_ms,
+                        why: unfired.remove(&crash.fault).unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        while let Some(action) = schedule.due(now_ms) {
+            let line = match action {
+                Action::Crash {
+                    host,
+                    restart_after_ms,
+                    why,
+                } => {
+                    if host == ENGINE_HOST {
+                        // The dying host is gone; the next one writes again.
+                        shared.faults.lock().expect("faults lock").dying = None;
+                    }
+                    if sim.is_host_running(host.as_str()) {
+                        sim.crash(host.as_str());
+                        count(if host == ENGINE_HOST {
+                            "engine_crash"
+                        } else {
+                            "agent_crash"
+                        });
+                        if let Some(after) = restart_after_ms {
+                            schedule.at(now_ms + after, Action::Restart(host.clone()));
+                            shared
+                                .window_end_ms
+                                .fetch_max(now_ms + after, Ordering::SeqCst);
+                        }
+                        format!("crash {host} ({why})")
+                    } else {
+                        format!("crash {host} skipped: already down")
+                    }
                 }
-                Action::Restart(h) => {
-                    sim.bounce(h.as_str());
-                    format!("restart {h}")
+                Action::Restart(host) => {
+                    if sim.is_host_running(host.as_str()) {
+                        format!("restart {host} skipped: already up")
+                    } else {
+                        sim.bounce(host.as_str());
+                        if host == ENGINE_HOST {
+                            engine_restarts_ms.push(now_ms);
+                        }
+                        format!("restart {host}")
+                    }
                 }
-                Action::Partition(a, b) => {
-                    sim.partition(a.as_str(), b.as_str());
-                    faults_injected += 1;
-                    format!("partition {a} {b}")
+                Action::Cut(link, a, b) => {
+                    let (a_, b_) = (a.as_str(), b.as_str());
+                    match link {
+                        Link::Partition => {
+                            sim.partition(a_, b_);
+                            count("partition");
+                        }
+                        Link::Hold => {
+                            sim.hold(a_, b_);
+                            count("hold");
+                        }
+                        Link::Latency(ms) => {
+                            sim.set_link_max_message_latency(a_, b_, Duration::from_millis(ms));
+                            count("latency");
+                        }
+                    }
+                    format!("{} {a} {b}", link_name(&link, true))
                 }
-                Action::Repair(a, b) => {
-                    sim.repair(a.as_str(), b.as_str());
-                    format!("repair {a} {b}")
+                Action::Heal(link, a, b) => {
+                    let (a_, b_) = (a.as_str(), b.as_str());
+                    match link {
+                        Link::Partition => sim.repair(a_, b_),
+                        Link::Hold => sim.release(a_, b_),
+                        Link::Latency(_) => sim.set_link_max_message_latency(
+                            a_,
+                            b_,
+                            Duration::from_millis(MAX_LATENCY_MS),
+                        ),
+                    }
+                    format!("{} {a} {b}", link_name(&link, false))
+                }
+                Action::Storage(kind, commits) => {
+                    let mut faults = shared.faults.lock().expect("faults lock");
+                    faults.spoil.push((kind, commits));
+                    format!("storage {} x{commits}", kind.name())
                 }
             };
-            shared
-                .trace
-                .lock()
-                .expect("trace lock")
-                .push(format!("{now_ms:>8} FAULT {line}"));
+            shared.trace(format!("{now_ms:>8} FAULT {line}"));
         }
         match sim.step() {
             Ok(true) => break None,
@@ -223,6 +469,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     let elapsed_ms = sim.elapsed().as_millis() as u64;
     drop(sim);
 
+    let (storage_writes, storage_faults) = {
+        let faults = shared.faults.lock().expect("faults lock");
+        (faults.writes, faults.injected.clone())
+    };
+    for kind in storage_faults {
+        count(kind.name());
+    }
     let acknowledged = shared.acknowledged.lock().expect("ack lock").clone();
     let mut executions = Vec::new();
     for id in &acknowledged {
@@ -254,7 +507,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         executions,
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
-        faults_injected,
+        faults: injected,
+        chaos_kinds: plan.kinds.iter().map(|k| k.to_string()).collect(),
+        storage_writes,
+        unfired: unfired.into_values().collect(),
+        window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
+        engine_restarts_ms,
         elapsed_ms,
         sim_error,
         violations: Vec::new(),
@@ -263,8 +521,115 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     outcome
 }
 
+/// Task ids are a multiple of this plus one when a run starts.
+const TASK_ID_ALIGN: u64 = 64;
+
+/// Makes tokio's next task id `TASK_ID_ALIGN * n + 1`, as in a fresh process.
+///
+/// tokio numbers tasks from one process-wide counter, and a current-thread runtime files its
+/// tasks in 4 lists by `id & 3` (`OwnedTasks::new(1)`, `ShardedList`). A crash drops the host's
+/// runtime, which cancels its tasks list by list (`close_and_shutdown_all`), so the ids decide
+/// the order in which a crashed host's sockets drop; each drop sends a FIN or RST, and each
+/// send draws a latency from turmoil's one RNG. Without this, a second run of a seed in the
+/// same process starts at another id and can draw latencies in another order. The counter is
+/// shared by every thread: runs must not overlap in one process.
+fn align_task_ids() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a throwaway runtime");
+    loop {
+        let id: u64 = rt
+            .spawn(async {})
+            .id()
+            .to_string()
+            .parse()
+            .expect("a task id is a number");
+        if id.is_multiple_of(TASK_ID_ALIGN) {
+            break;
+        }
+    }
+}
+
+fn link_name(link: &Link, cut: bool) -> &'static str {
+    match (link, cut) {
+        (Link::Partition, true) => "partition",
+        (Link::Partition, false) => "repair",
+        (Link::Hold, true) => "hold",
+        (Link::Hold, false) => "release",
+        (Link::Latency(_), true) => "slow",
+        (Link::Latency(_), false) => "unslow",
+    }
+}
+
+fn describe_point(crash: &PointCrash) -> String {
+    let step = crash
+        .step
+        .as_deref()
+        .map(|s| format!(" of step '{s}'"))
+        .unwrap_or_default();
+    format!("at point {} #{}{step}", crash.point.name(), crash.nth)
+}
+
+/// The `step_running` crashes whose agent call has now been applied: an agent recorded the
+/// nth matching request and its reply is on the wire (latency is at least a tick).
+fn step_running_fired(
+    crashes: &mut Vec<PointCrash>,
+    ledgers: &BTreeMap<String, Arc<Mutex<Ledger>>>,
+) -> Vec<PointCrash> {
+    let mut fired = Vec::new();
+    crashes.retain_mut(|crash| {
+        let seen: usize = ledgers
+            .values()
+            .map(|l| {
+                let l = l.lock().unwrap_or_else(|p| p.into_inner());
+                l.requests
+                    .iter()
+                    .filter(|r| crash.step.as_deref().is_none_or(|s| s == r.step_id))
+                    .count()
+            })
+            .sum();
+        crash.seen = seen.min(u32::MAX as usize) as u32;
+        if crash.seen >= crash.nth {
+            fired.push(crash.clone());
+            false
+        } else {
+            true
+        }
+    });
+    fired
+}
+
+/// The liveness failure: which executions are stuck, and in what state.
+async fn stuck(shared: &Shared, submitted: usize, total: usize, after_ms: u64) -> String {
+    let active = shared.store.list_active().await.unwrap_or_default();
+    let mut details = Vec::new();
+    for id in active.iter().take(MAX_STUCK_LISTED) {
+        let state = match shared.store.load(id).await {
+            Ok(Some(e)) => {
+                let steps: Vec<String> = e
+                    .process
+                    .steps
+                    .iter()
+                    .zip(&e.steps)
+                    .filter(|(_, s)| !s.status.is_terminal())
+                    .map(|(d, s)| format!("{}={}", d.id, s.status))
+                    .collect();
+                format!("{} (steps {})", e.status, steps.join(", "))
+            }
+            _ => "unreadable".to_string(),
+        };
+        details.push(format!("{id}: {state}"));
+    }
+    format!(
+        "liveness: {submitted} of {total} submitted, {} still active {after_ms}ms after the fault window: {}",
+        active.len(),
+        details.join("; ")
+    )
+}
+
 /// One life of the engine host: recover, submit what the client has not yet had
-/// acknowledged, then serve until crashed.
+/// acknowledged, then serve until crashed. A storage error on the way is waited out and
+/// retried, as a supervisor would restart a failed start-up.
 async fn boot(
     shared: Arc<Shared>,
     scenario: Scenario,
@@ -272,11 +637,12 @@ async fn boot(
     seed: u64,
 ) -> turmoil::Result {
     let boot = shared.boots.fetch_add(1, Ordering::SeqCst) + 1;
+    let store = FaultyStore::new(shared.store.clone(), shared.faults.clone());
     let engine = Engine::new(
         Ports {
             clock: Arc::new(SimClock),
             net: Arc::new(SimNetwork),
-            store: Arc::new(shared.store.clone()),
+            store: Arc::new(store),
             rng: proctor::rng::seeded(seed ^ (u64::from(boot) << 32)),
         },
         &registry,
@@ -284,26 +650,37 @@ async fn boot(
     )?;
     let trace = shared.clone();
     engine.bus().subscribe(move |e| {
-        let line = format!(
+        trace.trace(format!(
             "{:>8} {} #{} {} {}",
             e.at_ms.saturating_sub(EPOCH_MS),
             short(&e.execution_id),
             e.seq,
             e.event.kind(),
             e.event.step().unwrap_or("-")
-        );
-        trace.trace.lock().expect("trace lock").push(line);
+        ));
     });
-    engine.recover(RecoveryConfig::default()).await?;
-    while shared.submitted.load(Ordering::SeqCst) < scenario.workload.executions {
-        let handle = engine
-            .submit(scenario.process.clone(), scenario.workload.input.clone())
-            .await?;
+    while let Err(e) = engine.recover(RecoveryConfig::default()).await {
+        tracing::warn!("recovery failed, retrying: {e}");
+        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    }
+    loop {
+        let n = shared.submitted.load(Ordering::SeqCst);
+        if n >= scenario.workload.executions {
+            break;
+        }
+        // The client's id for its nth submission: the same in every life of the engine, so a
+        // submission whose fate is unknown is retried, never doubled.
+        let id = format!("{}-{n:04}", scenario.name);
+        if let Err(e) = submit(&engine, &scenario, &id).await {
+            tracing::warn!(execution = %id, "submission failed, retrying: {e}");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            continue;
+        }
         shared
             .acknowledged
             .lock()
             .expect("ack lock")
-            .push(handle.id.clone());
+            .push(id.clone());
         shared.submitted.fetch_add(1, Ordering::SeqCst);
         if scenario.workload.spacing_ms > 0 {
             tokio::time::sleep(Duration::from_millis(scenario.workload.spacing_ms)).await;
@@ -313,9 +690,33 @@ async fn boot(
     Ok(())
 }
 
-/// The random tail of a UUIDv7: short, and still unique within a run.
+/// Creates and starts execution `id`, idempotently: it may already exist (an earlier
+/// attempt landed), and may already be running (recovery started it).
+async fn submit(
+    engine: &Engine,
+    scenario: &Scenario,
+    id: &str,
+) -> Result<(), proctor::driver::Error> {
+    let created = engine
+        .create_with_id(
+            id,
+            scenario.process.clone(),
+            scenario.workload.input.clone(),
+        )
+        .await;
+    match created {
+        Ok(()) | Err(proctor::driver::Error::Store(store::Error::Duplicate(_))) => {}
+        Err(e) => return Err(e),
+    }
+    match engine.start(id).await {
+        Ok(_) | Err(proctor::driver::Error::AlreadyLive(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The client's sequence number at the end of an id: short, and unique within a run.
 fn short(id: &str) -> &str {
-    &id[id.len().saturating_sub(8)..]
+    id.rsplit('-').next().unwrap_or(id)
 }
 
 /// Polls a future that never waits (the SQLite store's methods do their work synchronously)

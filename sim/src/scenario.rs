@@ -48,6 +48,8 @@ struct File {
     workload: Workload,
     #[serde(default)]
     faults: Vec<Fault>,
+    #[serde(default)]
+    chaos: Option<Chaos>,
     #[serde(default = "default_liveness_ms")]
     liveness_ms: u64,
     #[serde(default)]
@@ -75,23 +77,153 @@ pub struct Workload {
     pub spacing_ms: u64,
 }
 
-/// One scripted fault. Times are simulated milliseconds from the start of the run.
+/// One scripted fault: a trigger (`at_ms`, or a named `point`) and one action.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
-    pub at_ms: u64,
+    /// Simulated ms from the start of the run.
+    #[serde(default)]
+    pub at_ms: Option<u64>,
+    /// Or: the engine crashes at a named point in its work (see [`Point`]).
+    #[serde(default)]
+    pub point: Option<Point>,
+    /// With `point: step_running` or `timer_waiting`: only this step counts.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// With `point`: the occurrence that triggers it (1 = the first).
+    #[serde(default = "default_nth")]
+    pub nth: u32,
     /// Crash this host; it restarts `restart_after_ms` later (never, if absent).
     #[serde(default)]
     pub crash: Option<String>,
     #[serde(default)]
     pub restart_after_ms: Option<u64>,
-    /// Cut the link between two hosts for `for_ms` (until the end of the fault window if
-    /// absent); bytes on open connections are dropped, new connections refused.
+    /// Cut the link between two hosts: bytes on open connections are dropped, new
+    /// connections refused.
     #[serde(default)]
     pub partition: Option<(String, String)>,
+    /// Hold the link: messages queue and are delivered, late, on release.
+    #[serde(default)]
+    pub hold: Option<(String, String)>,
+    /// Slow the link: messages take up to `latency_ms`.
+    #[serde(default)]
+    pub latency: Option<(String, String)>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// How long a partition, hold or latency change lasts (until the end of the fault window
+    /// if absent).
     #[serde(default)]
     pub for_ms: Option<u64>,
+    /// The engine's next `commits` storage writes fail this way.
+    #[serde(default)]
+    pub storage: Option<StorageFault>,
+    #[serde(default)]
+    pub commits: Option<u32>,
 }
+
+fn default_nth() -> u32 {
+    1
+}
+
+impl Default for Fault {
+    fn default() -> Fault {
+        Fault {
+            at_ms: None,
+            point: None,
+            step: None,
+            nth: default_nth(),
+            crash: None,
+            restart_after_ms: None,
+            partition: None,
+            hold: None,
+            latency: None,
+            latency_ms: None,
+            for_ms: None,
+            storage: None,
+            commits: None,
+        }
+    }
+}
+
+/// Named points at which the engine host dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    /// Before the nth storage write (commit or create) reaches the disk.
+    BeforeCommit,
+    /// After the nth storage write is durable, before the engine sees the reply (so before it
+    /// acts on it: no agent call, no ack to a caller).
+    AfterCommit,
+    /// When an agent has applied the nth matching step call and its reply is on the wire.
+    StepRunning,
+    /// Right after the nth matching timer step started durably (its wake-up not yet armed).
+    TimerWaiting,
+}
+
+impl Point {
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::BeforeCommit => "before_commit",
+            Point::AfterCommit => "after_commit",
+            Point::StepRunning => "step_running",
+            Point::TimerWaiting => "timer_waiting",
+        }
+    }
+}
+
+/// How a storage write fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageFault {
+    /// Nothing is written; the engine gets an I/O error.
+    IoError,
+    /// The write is durable, but the engine gets an error (it cannot tell which happened).
+    Ambiguous,
+}
+
+impl StorageFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageFault::IoError => "io_error",
+            StorageFault::Ambiguous => "ambiguous_commit",
+        }
+    }
+}
+
+/// Random faults (chaos): rates per simulated second for timed faults, per storage write for
+/// storage faults. With `swarm` (the default), each seed enables a random non-empty subset of
+/// the kinds that have a rate, so a sweep also explores runs dominated by one kind.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chaos {
+    /// Random faults start within this window; the liveness phase follows it.
+    pub window_ms: u64,
+    #[serde(default)]
+    pub crash_rate: f64,
+    #[serde(default)]
+    pub agent_crash_rate: f64,
+    #[serde(default)]
+    pub partition_rate: f64,
+    #[serde(default)]
+    pub hold_rate: f64,
+    #[serde(default)]
+    pub latency_rate: f64,
+    #[serde(default)]
+    pub storage_error_rate: f64,
+    #[serde(default)]
+    pub ambiguous_commit_rate: f64,
+    #[serde(default = "default_true")]
+    pub swarm: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Longest a chaos window may be.
+pub const MAX_CHAOS_WINDOW_MS: u64 = 600_000;
+/// Most storage writes one storage fault may spoil.
+pub const MAX_FAULTY_COMMITS: u32 = 1_000;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +231,14 @@ pub struct Expect {
     /// Executions per final status, e.g. `{ completed: 10 }`.
     #[serde(default)]
     pub status: BTreeMap<String, usize>,
+    /// Every execution ends within this many simulated ms after the fault window closes
+    /// (a tighter bound than `liveness_ms`, which only bounds the run).
+    #[serde(default)]
+    pub finish_within_ms: Option<u64>,
+    /// After each engine restart, every execution that was unfinished records progress (its
+    /// recovery) within this many simulated ms.
+    #[serde(default)]
+    pub resume_within_ms: Option<u64>,
 }
 
 /// A loaded, checked scenario.
@@ -110,6 +250,7 @@ pub struct Scenario {
     pub agents: BTreeMap<String, Behaviour>,
     pub workload: Workload,
     pub faults: Vec<Fault>,
+    pub chaos: Option<Chaos>,
     pub liveness_ms: u64,
     pub expect: Expect,
     pub seeds: u64,
@@ -131,42 +272,28 @@ impl Scenario {
             .unwrap_or_else(|| Path::new("."))
             .join(&file.process);
         let agent_names: Vec<String> = file.agents.keys().cloned().collect();
-        let process = definition::load(&process_path, Some(&agent_names))?;
+        let process = definition::load(&process_path, Some(&agent_names))
+            .map_err(|d| invalid(format!("process: {d}")))?;
         if file.workload.executions == 0 || file.workload.executions > MAX_EXECUTIONS {
             return Err(invalid(format!(
-                "workload.executions must be between 1 and {MAX_EXECUTIONS}"
+                "workload.executions: must be between 1 and {MAX_EXECUTIONS}"
             )));
         }
         let hosts: Vec<&str> = std::iter::once(ENGINE_HOST)
             .chain(agent_names.iter().map(String::as_str))
             .collect();
+        let step_ids: Vec<String> = process.steps.iter().map(|s| s.id.clone()).collect();
         for (i, fault) in file.faults.iter().enumerate() {
-            let at = format!("faults[{i}]");
-            match (&fault.crash, &fault.partition) {
-                (Some(host), None) => {
-                    if !hosts.contains(&host.as_str()) {
-                        return Err(invalid(format!(
-                            "{at}.crash: unknown host '{host}' (hosts: {})",
-                            hosts.join(", ")
-                        )));
-                    }
-                }
-                (None, Some((a, b))) => {
-                    for h in [a, b] {
-                        if !hosts.contains(&h.as_str()) {
-                            return Err(invalid(format!(
-                                "{at}.partition: unknown host '{h}' (hosts: {})",
-                                hosts.join(", ")
-                            )));
-                        }
-                    }
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "{at}: give exactly one of `crash` or `partition`"
-                    )))
-                }
-            }
+            check_fault(fault, &hosts, &step_ids)
+                .map_err(|problem| invalid(format!("faults[{i}].{problem}")))?;
+        }
+        if let Some(chaos) = &file.chaos {
+            check_chaos(chaos).map_err(|problem| invalid(format!("chaos.{problem}")))?;
+        }
+        for (name, behaviour) in &file.agents {
+            behaviour
+                .check()
+                .map_err(|problem| invalid(format!("agents.{name}.{problem}")))?;
         }
         Ok(Scenario {
             name: file.name,
@@ -175,18 +302,144 @@ impl Scenario {
             agents: file.agents,
             workload: file.workload,
             faults: file.faults,
+            chaos: file.chaos,
             liveness_ms: file.liveness_ms,
             expect: file.expect,
             seeds: file.seeds,
         })
     }
 
-    /// When the last scripted fault ends; the liveness phase starts then.
+    /// When the last timed fault (scripted or chaos) ends; the liveness phase starts then,
+    /// or later if a fault at a named point fires after it.
     pub fn fault_window_ms(&self) -> u64 {
-        self.faults
+        let scripted = self
+            .faults
             .iter()
-            .map(|f| f.at_ms + f.restart_after_ms.unwrap_or(0).max(f.for_ms.unwrap_or(0)))
+            .filter_map(|f| {
+                let lasts = f.restart_after_ms.unwrap_or(0).max(f.for_ms.unwrap_or(0));
+                f.at_ms.map(|at| at + lasts)
+            })
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let chaos = self.chaos.as_ref().map_or(0, |c| c.window_ms);
+        scripted.max(chaos)
     }
+}
+
+/// One fault's problem, as `field: problem` (the caller prefixes `faults[i].`).
+fn check_fault(fault: &Fault, hosts: &[&str], steps: &[String]) -> Result<(), String> {
+    let known = |field: &str, h: &String| {
+        if hosts.contains(&h.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field}: unknown host '{h}' (hosts: {})",
+                hosts.join(", ")
+            ))
+        }
+    };
+    let actions = [
+        fault.crash.is_some(),
+        fault.partition.is_some(),
+        fault.hold.is_some(),
+        fault.latency.is_some(),
+        fault.storage.is_some(),
+    ];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        return Err(
+            "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `storage`".into(),
+        );
+    }
+    if fault.storage.is_some() && fault.at_ms.is_none() {
+        return Err("storage: a storage fault needs `at_ms`".into());
+    }
+    match (fault.at_ms, fault.point) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => return Err("at_ms: give exactly one of `at_ms` or `point`".into()),
+    }
+    if fault.at_ms.is_some() && fault.nth != default_nth() {
+        return Err("nth: only with `point` (a timed fault happens once, at `at_ms`)".into());
+    }
+    if let Some(point) = fault.point {
+        if fault.crash.as_deref() != Some(ENGINE_HOST) {
+            return Err(format!(
+                "point: a fault at point `{}` crashes the engine: write `crash: engine`",
+                point.name()
+            ));
+        }
+        if fault.nth == 0 {
+            return Err("nth: counts from 1".into());
+        }
+    }
+    if let Some(step) = &fault.step {
+        if !matches!(fault.point, Some(Point::StepRunning | Point::TimerWaiting)) {
+            return Err("step: only with `point: step_running` or `point: timer_waiting`".into());
+        }
+        if !steps.contains(step) {
+            return Err(format!("step: the process has no step '{step}'"));
+        }
+    }
+    if let Some(host) = &fault.crash {
+        known("crash", host)?;
+    }
+    for (field, link) in [
+        ("partition", &fault.partition),
+        ("hold", &fault.hold),
+        ("latency", &fault.latency),
+    ] {
+        if let Some((a, b)) = link {
+            known(field, a)?;
+            known(field, b)?;
+            if a == b {
+                return Err(format!("{field}: a link joins two different hosts"));
+            }
+        }
+    }
+    if fault.latency.is_some() != fault.latency_ms.is_some() {
+        return Err("latency_ms: `latency: [a, b]` and `latency_ms` go together".into());
+    }
+    if fault.storage.is_some() {
+        if let Some(n) = fault.commits {
+            if n == 0 || n > MAX_FAULTY_COMMITS {
+                return Err(format!(
+                    "commits: must be between 1 and {MAX_FAULTY_COMMITS}"
+                ));
+            }
+        }
+    } else if fault.commits.is_some() {
+        return Err("commits: only with `storage`".into());
+    }
+    if fault.restart_after_ms.is_some() && fault.crash.is_none() {
+        return Err("restart_after_ms: only with `crash`".into());
+    }
+    if fault.for_ms.is_some()
+        && fault.partition.is_none()
+        && fault.hold.is_none()
+        && fault.latency.is_none()
+    {
+        return Err("for_ms: only with `partition`, `hold` or `latency`".into());
+    }
+    Ok(())
+}
+
+fn check_chaos(chaos: &Chaos) -> Result<(), String> {
+    if chaos.window_ms == 0 || chaos.window_ms > MAX_CHAOS_WINDOW_MS {
+        return Err(format!(
+            "window_ms: must be between 1 and {MAX_CHAOS_WINDOW_MS}"
+        ));
+    }
+    for (field, rate, max) in [
+        ("crash_rate", chaos.crash_rate, 100.0),
+        ("agent_crash_rate", chaos.agent_crash_rate, 100.0),
+        ("partition_rate", chaos.partition_rate, 100.0),
+        ("hold_rate", chaos.hold_rate, 100.0),
+        ("latency_rate", chaos.latency_rate, 100.0),
+        ("storage_error_rate", chaos.storage_error_rate, 1.0),
+        ("ambiguous_commit_rate", chaos.ambiguous_commit_rate, 1.0),
+    ] {
+        if !rate.is_finite() || !(0.0..=max).contains(&rate) {
+            return Err(format!("{field}: must be between 0 and {max}, got {rate}"));
+        }
+    }
+    Ok(())
 }

@@ -12,4 +12,5 @@ mod pause;
 mod recovery;
 mod retry;
 mod sequential;
+mod storage_faults;
 mod timer;

@@ -10,8 +10,15 @@
 //! - `repro SCENARIO --seed N [--trace]`: replays one simulated run and prints its outcome (and
 //!   trace), in a fresh process so the seed replays exactly.
 //!
-//! Later issues add `chaos` and `shrink` here.
+//! - `chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J]`: runs every scenario (or one)
+//!   for seeds S..S+N-1 (default 0..100), each run its own release `proctor-sim` process, J at a
+//!   time (default: the available parallelism); prints a table per scenario (runs/s, faults
+//!   injected by kind, invariant checks, failures), then each failure with its `repro` command.
+//!   Fails if any run failed.
+//!
+//! A later issue adds `shrink` here.
 
+mod chaos;
 mod tidy;
 
 use std::process::Command;
@@ -36,8 +43,9 @@ fn main() -> Result<()> {
         }
         Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("repro") => repro(&args[1..]),
-        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro"),
-        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro"),
+        Some("chaos") => chaos::chaos(&args[1..]),
+        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro, chaos"),
+        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro, chaos"),
     }
 }
 

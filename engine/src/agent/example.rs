@@ -1,9 +1,15 @@
 //! The example agent: a small, real HTTP agent server speaking the protocol.
 //!
 //! It echoes its input and counts the effects it applied per idempotency key (an effect is
-//! applied once per key, however many attempts arrive), and can be told to misbehave: fail the
-//! first N attempts of each key, answer with a given status and error type, or respond slowly.
-//! The README's demo, `proctor agent`, and the integration tests use it.
+//! applied once per key, however many attempts arrive), and can be told to misbehave: fail or
+//! hang the first N attempts of each key, fail or hang a random share of attempts, answer with
+//! a given status and error type, or respond after a fixed or random delay.
+//! The README's demo, `proctor agent`, the integration tests and the simulator use it.
+//!
+//! Random behaviours draw from a ChaCha8 generator seeded by whoever starts the agent
+//! ([`start_seeded`]), so a simulated run stays reproducible from its seed. Each request draws
+//! once its body has parsed, in a fixed order (hang, fail, latency), and only for the
+//! behaviours that are set: an agent with no random behaviour draws nothing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +21,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,28 +32,107 @@ use crate::network::{Listener, Network};
 /// Largest request body the example agent reads.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// How the example agent behaves.
+/// How the example agent behaves. [`Behaviour::check`] says whether it makes sense.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Behaviour {
-    /// Fail the first `fail_first` attempts of each idempotency key.
+    /// Fail the first `fail_first` attempts of each idempotency key: exercises retries with a
+    /// known number of failures.
     #[serde(default)]
     pub fail_first: u32,
-    /// Status of those failures (default 503).
+    /// Status of every failure this behaviour causes (default 503, a transient failure).
     #[serde(default)]
     pub fail_status: Option<u16>,
-    /// `error.type` in the failure body (default "unavailable").
+    /// `error.type` in the failure body (default "unavailable"), for error policies that match
+    /// on it.
     #[serde(default)]
     pub error_type: Option<String>,
     /// Fail every attempt of these steps (by step id), with the same status and type.
     #[serde(default)]
     pub fail_steps: Vec<String>,
-    /// Wait this long before answering.
+    /// Probability (0 to 1) that an attempt which would otherwise succeed fails, with the same
+    /// status and type: a flaky agent rather than one that fails a known number of times.
+    #[serde(default)]
+    pub fail_rate: f64,
+    /// Never answer the first `hang_first` attempts of each idempotency key: the agent accepted
+    /// the request and went silent, so only the caller's response timeout ends the attempt.
+    /// The request is recorded in the ledger but no effect is applied.
+    #[serde(default)]
+    pub hang_first: u32,
+    /// Probability (0 to 1) that an attempt is never answered, as for `hang_first`.
+    #[serde(default)]
+    pub hang_rate: f64,
+    /// Wait this long before answering, the same for every request.
     #[serde(default)]
     pub delay_ms: u64,
+    /// `[min, max]`: wait a delay drawn uniformly from `min..=max` before answering, so that
+    /// concurrent attempts complete out of order. Exclusive with `delay_ms`.
+    #[serde(default)]
+    pub latency_ms: Option<[u64; 2]>,
     /// Fixed outputs by step id; other steps get the echo output.
     #[serde(default)]
     pub outputs: BTreeMap<String, Value>,
+}
+
+impl Behaviour {
+    /// Every problem with this behaviour, each naming its field, joined by "; ".
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (field, rate) in [("fail_rate", self.fail_rate), ("hang_rate", self.hang_rate)] {
+            // `contains` is false for NaN, and infinities are out of range.
+            if !(0.0..=1.0).contains(&rate) {
+                problems.push(format!("{field}: must be between 0 and 1, got {rate}"));
+            }
+        }
+        if let Some([min, max]) = self.latency_ms {
+            if min > max {
+                problems.push(format!("latency_ms: min {min} is above max {max}"));
+            }
+            if self.delay_ms > 0 {
+                problems.push("delay_ms and latency_ms: give one, not both".to_string());
+            }
+        }
+        if let Some(status) = self.fail_status {
+            if StatusCode::from_u16(status).is_err() {
+                problems.push(format!(
+                    "fail_status: {status} is not an HTTP status (100 to 999)"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// The random choices for one request, drawn together so that one request's draws are never
+/// interleaved with another's.
+#[derive(Debug, Default, PartialEq)]
+struct Rolls {
+    hang: bool,
+    fail: bool,
+    latency_ms: u64,
+}
+
+impl Rolls {
+    /// Draws in a fixed order, and only for the behaviours that are set, so that adding a
+    /// random behaviour to one agent does not change what another agent's seed produces.
+    fn draw(behaviour: &Behaviour, rng: &mut ChaCha8Rng) -> Rolls {
+        let hang = behaviour.hang_rate > 0.0 && rng.random::<f64>() < behaviour.hang_rate;
+        let fail = behaviour.fail_rate > 0.0 && rng.random::<f64>() < behaviour.fail_rate;
+        let latency_ms = match behaviour.latency_ms {
+            // An unchecked inverted range is read as the range it meant rather than panicking.
+            Some([a, b]) => rng.random_range(a.min(b)..=a.max(b)),
+            None => 0,
+        };
+        Rolls {
+            hang,
+            fail,
+            latency_ms,
+        }
+    }
 }
 
 /// What the agent has seen; shared with whoever started it.
@@ -94,7 +181,8 @@ pub async fn start(
 }
 
 /// As [`start`], recording into `ledger`, which may outlive the agent (the simulator keeps it
-/// across agent crashes, as a real agent keeps its effects in its own storage).
+/// across agent crashes, as a real agent keeps its effects in its own storage). Random
+/// behaviours use seed 0.
 pub async fn start_with_ledger(
     net: &dyn Network,
     addr: &str,
@@ -102,13 +190,33 @@ pub async fn start_with_ledger(
     behaviour: Behaviour,
     ledger: Arc<Mutex<Ledger>>,
 ) -> std::io::Result<RunningAgent> {
+    start_seeded(net, addr, name, behaviour, ledger, 0).await
+}
+
+/// As [`start_with_ledger`], drawing every random choice of the behaviour from `seed`.
+/// A behaviour that fails [`Behaviour::check`] is refused (`InvalidInput`).
+pub async fn start_seeded(
+    net: &dyn Network,
+    addr: &str,
+    name: &str,
+    behaviour: Behaviour,
+    ledger: Arc<Mutex<Ledger>>,
+    seed: u64,
+) -> std::io::Result<RunningAgent> {
+    behaviour.check().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("agent {name}: {e}"),
+        )
+    })?;
     let listener = net.bind(addr).await?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(serve(
-        listener,
-        Arc::new((name.to_string(), behaviour)),
-        ledger.clone(),
-    ));
+    let agent = Arc::new(Agent {
+        name: name.to_string(),
+        behaviour,
+        rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
+    });
+    let task = tokio::spawn(serve(listener, agent, ledger.clone()));
     Ok(RunningAgent {
         addr: local,
         ledger,
@@ -116,18 +224,25 @@ pub async fn start_with_ledger(
     })
 }
 
-async fn serve(
-    mut listener: Box<dyn Listener>,
-    config: Arc<(String, Behaviour)>,
-    ledger: Arc<Mutex<Ledger>>,
-) {
+/// What every handler of one agent shares.
+struct Agent {
+    name: String,
+    behaviour: Behaviour,
+    rng: Arc<Mutex<ChaCha8Rng>>,
+}
+
+async fn serve(mut listener: Box<dyn Listener>, agent: Arc<Agent>, ledger: Arc<Mutex<Ledger>>) {
+    // Connections live in the set so that stopping the server (aborting this task) also ends
+    // them, hung requests included, instead of leaving them waiting forever.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((conn, _peer)) = listener.accept().await else {
             continue;
         };
-        let (config, ledger) = (config.clone(), ledger.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, config.clone(), ledger.clone()));
+        let (agent, ledger) = (agent.clone(), ledger.clone());
+        connections.spawn(async move {
+            let service = service_fn(move |req| handle(req, agent.clone(), ledger.clone()));
             // A client that goes away mid-request is not our problem.
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(conn), service)
@@ -153,12 +268,19 @@ fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<
     )
 }
 
+/// What one attempt gets, decided under the ledger lock.
+enum Outcome {
+    Hang,
+    Fail(u32),
+    Answer,
+}
+
 async fn handle(
     req: Request<Incoming>,
-    config: Arc<(String, Behaviour)>,
+    agent: Arc<Agent>,
     ledger: Arc<Mutex<Ledger>>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (name, behaviour) = &*config;
+    let (name, behaviour) = (&agent.name, &agent.behaviour);
     if req.method() == hyper::Method::GET && req.uri().path() == "/ledger" {
         // For tests in another process (crash tests): what this agent has seen and applied.
         let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,55 +323,79 @@ async fn handle(
             ))
         }
     };
-    if behaviour.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.delay_ms)).await;
+    let rolls = Rolls::draw(
+        behaviour,
+        &mut agent.rng.lock().unwrap_or_else(|p| p.into_inner()),
+    );
+    let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
-    let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-    ledger.requests.push(request.clone());
-    let attempts = {
-        let n = ledger
-            .attempts
-            .entry(request.idempotency_key.clone())
-            .or_insert(0);
-        *n += 1;
-        *n
+    let outcome = {
+        let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.requests.push(request.clone());
+        let attempts = {
+            let n = ledger
+                .attempts
+                .entry(request.idempotency_key.clone())
+                .or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempts <= behaviour.hang_first || rolls.hang {
+            Outcome::Hang
+        } else if attempts <= behaviour.fail_first
+            || behaviour.fail_steps.contains(&request.step_id)
+            || rolls.fail
+        {
+            Outcome::Fail(attempts)
+        } else {
+            // Apply the effect once per key; a repeated key gets the same answer without a new
+            // effect.
+            let effects = ledger
+                .effects
+                .entry(request.idempotency_key.clone())
+                .or_insert(0);
+            if *effects == 0 {
+                *effects = 1;
+            }
+            Outcome::Answer
+        }
     };
-    if attempts <= behaviour.fail_first || behaviour.fail_steps.contains(&request.step_id) {
-        let status = behaviour
-            .fail_status
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let error_type = behaviour.error_type.as_deref().unwrap_or("unavailable");
-        return Ok(error_reply(
-            status,
-            error_type,
-            &format!(
-                "{name} failing attempt {attempts} of {}",
-                request.idempotency_key
-            ),
-        ));
+    match outcome {
+        // Recorded above, so the simulator sees the attempt; only the caller's timeout ends it.
+        Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
+        Outcome::Fail(attempts) => {
+            let status = behaviour
+                .fail_status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let error_type = behaviour.error_type.as_deref().unwrap_or("unavailable");
+            Ok(error_reply(
+                status,
+                error_type,
+                &format!(
+                    "{name} failing attempt {attempts} of {}",
+                    request.idempotency_key
+                ),
+            ))
+        }
+        Outcome::Answer => {
+            let output = behaviour
+                .outputs
+                .get(&request.step_id)
+                .cloned()
+                .unwrap_or_else(|| {
+                    json!({
+                        "agent": name,
+                        "step": request.step_id,
+                        "attempt": request.attempt,
+                        "echo": request.input,
+                    })
+                });
+            Ok(reply(StatusCode::OK, output))
+        }
     }
-    // Apply the effect once per key; a repeated key gets the same answer without a new effect.
-    let effects = ledger
-        .effects
-        .entry(request.idempotency_key.clone())
-        .or_insert(0);
-    if *effects == 0 {
-        *effects = 1;
-    }
-    let output = behaviour
-        .outputs
-        .get(&request.step_id)
-        .cloned()
-        .unwrap_or_else(|| {
-            json!({
-                "agent": name,
-                "step": request.step_id,
-                "attempt": request.attempt,
-                "echo": request.input,
-            })
-        });
-    Ok(reply(StatusCode::OK, output))
 }
 
 /// Starts every example agent in `registry` on a free loopback port and returns the registry
@@ -271,4 +417,289 @@ pub async fn start_all(
         }
     }
     Ok((resolved, running))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{AgentClient, ClientLimits};
+    use crate::network::TokioNetwork;
+
+    fn request(key: &str) -> AgentRequest {
+        AgentRequest {
+            execution_id: "e1".into(),
+            step_id: "s1".into(),
+            attempt: 1,
+            idempotency_key: key.into(),
+            input: json!({"x": 1}),
+        }
+    }
+
+    fn client() -> AgentClient {
+        AgentClient::new(Arc::new(TokioNetwork), ClientLimits::default())
+    }
+
+    /// The status each of 20 requests (distinct keys, one at a time) gets from a fresh agent.
+    async fn statuses(behaviour: &Behaviour, seed: u64) -> Vec<u16> {
+        let agent = start_seeded(
+            &TokioNetwork,
+            "127.0.0.1:0",
+            "flaky",
+            behaviour.clone(),
+            Arc::default(),
+            seed,
+        )
+        .await
+        .unwrap();
+        let client = client();
+        let mut statuses = Vec::new();
+        for i in 0..20 {
+            let status = match client
+                .call(&agent.address(), &request(&format!("k{i}")), 5_000)
+                .await
+            {
+                Ok(_) => 200,
+                Err(e) => e.status.expect("the agent answered"),
+            };
+            statuses.push(status);
+        }
+        statuses
+    }
+
+    #[test]
+    fn check_names_the_field() {
+        assert_eq!(Behaviour::default().check(), Ok(()));
+        let ok = Behaviour {
+            fail_rate: 1.0,
+            hang_rate: 0.0,
+            latency_ms: Some([10, 10]),
+            fail_status: Some(422),
+            ..Behaviour::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let cases = [
+            (
+                Behaviour {
+                    fail_rate: 1.5,
+                    ..Behaviour::default()
+                },
+                "fail_rate: must be between 0 and 1, got 1.5",
+            ),
+            (
+                Behaviour {
+                    hang_rate: -0.1,
+                    ..Behaviour::default()
+                },
+                "hang_rate: must be between 0 and 1, got -0.1",
+            ),
+            (
+                Behaviour {
+                    fail_rate: f64::NAN,
+                    ..Behaviour::default()
+                },
+                "fail_rate: must be between 0 and 1, got NaN",
+            ),
+            (
+                Behaviour {
+                    hang_rate: f64::INFINITY,
+                    ..Behaviour::default()
+                },
+                "hang_rate: must be between 0 and 1, got inf",
+            ),
+            (
+                Behaviour {
+                    latency_ms: Some([50, 10]),
+                    ..Behaviour::default()
+                },
+                "latency_ms: min 50 is above max 10",
+            ),
+            (
+                Behaviour {
+                    delay_ms: 5,
+                    latency_ms: Some([1, 2]),
+                    ..Behaviour::default()
+                },
+                "delay_ms and latency_ms: give one, not both",
+            ),
+            (
+                Behaviour {
+                    fail_status: Some(42),
+                    ..Behaviour::default()
+                },
+                "fail_status: 42 is not an HTTP status (100 to 999)",
+            ),
+        ];
+        for (behaviour, want) in cases {
+            assert_eq!(behaviour.check(), Err(want.to_string()), "{behaviour:?}");
+        }
+        let both = Behaviour {
+            fail_rate: 2.0,
+            latency_ms: Some([3, 1]),
+            ..Behaviour::default()
+        };
+        assert_eq!(
+            both.check(),
+            Err(
+                "fail_rate: must be between 0 and 1, got 2; latency_ms: min 3 is above max 1"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn new_fields_default_and_unknown_fields_are_refused() {
+        let b: Behaviour = serde_json::from_value(
+            json!({"fail_rate": 0.25, "latency_ms": [5, 9], "hang_first": 2}),
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            Behaviour {
+                fail_rate: 0.25,
+                latency_ms: Some([5, 9]),
+                hang_first: 2,
+                ..Behaviour::default()
+            }
+        );
+        assert!(serde_json::from_value::<Behaviour>(json!({"fail_rat": 0.5})).is_err());
+    }
+
+    #[test]
+    fn rolls_draw_only_for_random_behaviours() {
+        let fresh = ChaCha8Rng::seed_from_u64(7);
+        let mut rng = fresh.clone();
+        let plain = Behaviour {
+            fail_first: 3,
+            hang_first: 1,
+            delay_ms: 10,
+            ..Behaviour::default()
+        };
+        for _ in 0..10 {
+            assert_eq!(Rolls::draw(&plain, &mut rng), Rolls::default());
+        }
+        assert_eq!(rng, fresh, "a behaviour with nothing random draws nothing");
+
+        let random = Behaviour {
+            hang_rate: 0.5,
+            fail_rate: 0.5,
+            latency_ms: Some([10, 20]),
+            ..Behaviour::default()
+        };
+        let (mut a, mut b) = (fresh.clone(), fresh.clone());
+        let mut seen = (false, false);
+        for _ in 0..50 {
+            let roll = Rolls::draw(&random, &mut a);
+            assert_eq!(roll, Rolls::draw(&random, &mut b));
+            assert!((10..=20).contains(&roll.latency_ms), "{roll:?}");
+            seen = (seen.0 || roll.hang, seen.1 || roll.fail);
+        }
+        assert_eq!(seen, (true, true));
+        let certain = Behaviour {
+            hang_rate: 1.0,
+            fail_rate: 1.0,
+            latency_ms: Some([4, 4]),
+            ..Behaviour::default()
+        };
+        let roll = Rolls::draw(&certain, &mut a);
+        assert_eq!(
+            roll,
+            Rolls {
+                hang: true,
+                fail: true,
+                latency_ms: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn fail_rate_is_reproducible_from_the_seed() {
+        let flaky = Behaviour {
+            fail_rate: 0.5,
+            fail_status: Some(502),
+            ..Behaviour::default()
+        };
+        let first = statuses(&flaky, 1).await;
+        assert_eq!(first, statuses(&flaky, 1).await);
+        assert!(first.iter().all(|s| [200, 502].contains(s)), "{first:?}");
+        assert!(first.contains(&200) && first.contains(&502), "{first:?}");
+        assert_ne!(first, statuses(&flaky, 2).await);
+    }
+
+    #[tokio::test]
+    async fn invalid_behaviour_is_refused_at_start() {
+        let bad = Behaviour {
+            fail_rate: 1.5,
+            ..Behaviour::default()
+        };
+        let err = start_seeded(&TokioNetwork, "127.0.0.1:0", "bad", bad, Arc::default(), 0)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("fail_rate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hang_first_records_the_attempt_and_never_answers() {
+        let agent = start(
+            &TokioNetwork,
+            "127.0.0.1:0",
+            "silent",
+            Behaviour {
+                hang_first: 1,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+        let client = client();
+        let req = request("e1:s1");
+        let first = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.call(&agent.address(), &req, 10_000),
+        )
+        .await;
+        assert!(first.is_err(), "the first attempt got an answer: {first:?}");
+        {
+            let ledger = agent.ledger();
+            assert_eq!(ledger.requests, vec![req.clone()]);
+            assert_eq!(ledger.attempts.get("e1:s1"), Some(&1));
+            assert_eq!(ledger.effects.get("e1:s1").copied().unwrap_or(0), 0);
+        }
+        let second = client.call(&agent.address(), &req, 5_000).await;
+        assert!(second.is_ok(), "{second:?}");
+        let ledger = agent.ledger();
+        assert_eq!(ledger.attempts.get("e1:s1"), Some(&2));
+        assert_eq!(ledger.effects.get("e1:s1"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn latency_delays_within_the_range() {
+        let agent = start_seeded(
+            &TokioNetwork,
+            "127.0.0.1:0",
+            "slow",
+            Behaviour {
+                latency_ms: Some([300, 400]),
+                ..Behaviour::default()
+            },
+            Arc::default(),
+            5,
+        )
+        .await
+        .unwrap();
+        let client = client();
+        let early = tokio::time::timeout(
+            Duration::from_millis(50),
+            client.call(&agent.address(), &request("a"), 5_000),
+        )
+        .await;
+        assert!(early.is_err(), "answered before the minimum latency");
+        let late = tokio::time::timeout(
+            Duration::from_millis(2_000),
+            client.call(&agent.address(), &request("b"), 5_000),
+        )
+        .await;
+        assert!(matches!(late, Ok(Ok(_))), "{late:?}");
+    }
 }

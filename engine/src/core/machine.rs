@@ -18,6 +18,7 @@ use super::state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState,
 use crate::definition::{OnError, ProcessDef, StepKind};
 use crate::event::{DomainEvent, EventRecord};
 use crate::expr;
+use crate::planted::Bug;
 
 /// What the core reacts to.
 #[derive(Clone, Debug, PartialEq)]
@@ -304,7 +305,18 @@ impl Execution {
             let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
             match (status, &self.process.steps[step].kind) {
                 (StepStatus::Running, StepKind::AgentTask(_)) if calls => {
-                    cx.tx.commands.push(self.call_command(step, attempt));
+                    if crate::planted::planted(Bug::NoRedispatchOnRecovery) {
+                        // Planted bug (test-only, see `planted`): the call is forgotten.
+                        continue;
+                    }
+                    let mut command = self.call_command(step, attempt);
+                    if crate::planted::planted(Bug::FreshKeyOnRecovery) {
+                        // Planted bug (test-only, see `planted`): a new key for the same call.
+                        if let Command::CallAgent(call) = &mut command {
+                            call.idempotency_key.push_str(":r");
+                        }
+                    }
+                    cx.tx.commands.push(command);
                 }
                 (StepStatus::Running, StepKind::Timer(_)) if calls => {
                     cx.tx.commands.push(Command::Wake {
@@ -412,6 +424,9 @@ impl Execution {
         let mut progressed = true;
         while progressed && !self.is_failing() && self.status == ExecutionStatus::Running {
             progressed = false;
+            if crate::planted::planted(Bug::UnorderedDispatch) {
+                self.planted_unordered_start(cx);
+            }
             for step in 0..self.steps.len() {
                 if self.steps[step].status != StepStatus::Pending {
                     continue;
@@ -443,6 +458,24 @@ impl Execution {
             }
         }
         self.finish_if_done(cx);
+    }
+
+    /// Planted bug (test-only, see `planted`): starts the steps that are ready now in the
+    /// iteration order of a std `HashSet`, whose `RandomState` is seeded differently in every
+    /// process, instead of definition order. The one place the engine may use a random hasher.
+    fn planted_unordered_start(&mut self, cx: &mut Ctx<'_>) {
+        let ready: std::collections::HashSet<usize> = (0..self.steps.len())
+            .filter(|&s| {
+                self.steps[s].status == StepStatus::Pending
+                    && matches!(self.readiness(s), Some(Ok(())))
+            })
+            .collect();
+        for step in ready {
+            if self.is_failing() || self.status != ExecutionStatus::Running {
+                break;
+            }
+            self.start_step(cx, step);
+        }
     }
 
     /// `None`: not decidable yet (or never: blocked). `Some(Ok)`: start it. `Some(Err)`: skip.
@@ -661,6 +694,15 @@ impl Execution {
         st.output = Some(output.clone());
         let attempt = st.attempt;
         let id = self.process.steps[step].id.clone();
+        if crate::planted::planted(Bug::CompleteTwice) {
+            // Planted bug (test-only, see `planted`): the completion is recorded twice.
+            let event = DomainEvent::StepCompleted {
+                step: id.clone(),
+                attempt,
+                output: output.clone(),
+            };
+            self.emit(cx, event);
+        }
         self.emit(
             cx,
             DomainEvent::StepCompleted {

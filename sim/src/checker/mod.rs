@@ -9,6 +9,7 @@ mod durable_state;
 mod history;
 mod liveness;
 mod once;
+mod recovery_time;
 mod timers;
 
 use std::fmt;
@@ -55,6 +56,18 @@ impl fmt::Display for Violation {
     }
 }
 
+/// The invariants every run is checked against, by name.
+pub const NAMES: &[&str] = &[
+    "no_lost_execution",
+    "effect_at_most_once",
+    "dependencies_respected",
+    "history_well_formed",
+    "state_matches_history",
+    "timers_not_early",
+    "recovered_in_time",
+    "scripted_faults_fired",
+];
+
 /// Runs every checker.
 pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -64,5 +77,13 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     history::check(scenario, outcome, &mut out);
     durable_state::check(scenario, outcome, &mut out);
     timers::check(scenario, outcome, &mut out);
+    recovery_time::check(scenario, outcome, &mut out);
+    for fault in &outcome.unfired {
+        // Not an engine invariant: the run proves less than the scenario claims.
+        out.push(Violation::new(
+            "scripted_faults_fired",
+            format!("the crash {fault} never fired: lower `nth` or lengthen the workload"),
+        ));
+    }
     out
 }

@@ -1,9 +1,10 @@
 //! Invariant 2, `effect_at_most_once`: a step is recorded completed at most once per
-//! execution, and an agent applies each idempotency key's effect at most once. Proves that
+//! execution, an agent applies each idempotency key's effect at most once, and no step's
+//! effect is applied under two keys. Proves that
 //! re-dispatching a step after a crash (same key) never doubles its effect, and that a late
 //! result never completes a step twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proctor::event::DomainEvent;
 
@@ -30,6 +31,34 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
         }
     }
     for (agent, ledger) in &outcome.ledgers {
+        // The agent applies a key's effect once, however often it is sent; what the engine
+        // must guarantee is that one step never reaches an agent under two keys (a fresh key
+        // on a retry or after a crash would apply the step's effect twice).
+        let mut keys_per_step: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+        for request in &ledger.requests {
+            if ledger.effects.get(&request.idempotency_key).copied() > Some(0) {
+                keys_per_step
+                    .entry((&request.execution_id, &request.step_id))
+                    .or_default()
+                    .insert(&request.idempotency_key);
+            }
+        }
+        for ((execution, step), keys) in keys_per_step {
+            if keys.len() > 1 {
+                let keys: Vec<&str> = keys.into_iter().collect();
+                out.push(
+                    Violation::new(
+                        NAME,
+                        format!(
+                            "agent {agent} applied the step's effect under {} keys: {}",
+                            keys.len(),
+                            keys.join(", ")
+                        ),
+                    )
+                    .at(execution, Some(step)),
+                );
+            }
+        }
         for (key, n) in &ledger.effects {
             if *n > 1 {
                 out.push(Violation::new(

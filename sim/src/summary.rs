@@ -1,0 +1,79 @@
+//! A run's outcome in brief, as one serialisable value: what `proctor-sim run --json` prints,
+//! what `cargo xtask chaos` aggregates, and what the scenario tests snapshot (every field is a
+//! function of the seed, never of the wall clock, and maps are ordered).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker;
+use crate::runner::Outcome;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub passed: bool,
+    pub simulated_ms: u64,
+    pub engine_boots: u32,
+    pub acknowledged: usize,
+    /// Final statuses of the acknowledged executions, counted.
+    pub statuses: BTreeMap<String, usize>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, usize>,
+    /// Fault kinds the seed's chaos enabled (empty without chaos).
+    pub chaos_kinds: Vec<String>,
+    pub storage_writes: u64,
+    /// Requests each agent received (attempts included).
+    pub agent_requests: BTreeMap<String, usize>,
+    pub events: usize,
+    /// Invariants checked (each over every execution of the run).
+    pub invariants_checked: usize,
+    pub trace_lines: usize,
+    /// FNV-1a of the trace, hex.
+    pub trace_hash: String,
+    pub violations: Vec<String>,
+    pub repro: String,
+}
+
+impl Summary {
+    pub fn of(outcome: &Outcome) -> Summary {
+        Summary {
+            scenario: outcome.scenario.clone(),
+            seed: outcome.seed,
+            passed: outcome.passed(),
+            simulated_ms: outcome.elapsed_ms,
+            engine_boots: outcome.engine_boots,
+            acknowledged: outcome.acknowledged.len(),
+            statuses: outcome.status_counts(),
+            faults: outcome.faults.clone(),
+            chaos_kinds: outcome.chaos_kinds.clone(),
+            storage_writes: outcome.storage_writes,
+            agent_requests: outcome
+                .ledgers
+                .iter()
+                .map(|(name, l)| (name.clone(), l.requests.len()))
+                .collect(),
+            events: outcome.executions.iter().map(|(_, e)| e.len()).sum(),
+            invariants_checked: checker::NAMES.len(),
+            trace_lines: outcome.trace.lines.len(),
+            trace_hash: format!("{:016x}", outcome.trace.hash()),
+            violations: outcome.violations.iter().map(|v| v.to_string()).collect(),
+            repro: outcome.repro(),
+        }
+    }
+
+    /// One line for a human.
+    pub fn line(&self) -> String {
+        format!(
+            "scenario {} seed {}: {} simulated ms, {} engine boots, faults {:?}, statuses {:?}, trace hash {}",
+            self.scenario,
+            self.seed,
+            self.simulated_ms,
+            self.engine_boots,
+            self.faults,
+            self.statuses,
+            self.trace_hash
+        )
+    }
+}
