@@ -36,7 +36,7 @@ use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 use crate::chaos;
 use crate::checker::{self, Violation};
 use crate::ports::{SimClock, SimNetwork};
-use crate::scenario::{Point, Scenario, StorageFault, AGENT_PORT, ENGINE_HOST};
+use crate::scenario::{Fault, Point, Scenario, StorageFault, AGENT_PORT, ENGINE_HOST};
 use crate::storage::{Faults, FaultyStore, PointCrash};
 use crate::trace::Trace;
 
@@ -182,10 +182,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     let window_ms = plan
         .faults
         .iter()
-        .filter_map(|f| {
-            let lasts = f.restart_after_ms.unwrap_or(0).max(f.for_ms.unwrap_or(0));
-            f.at_ms.map(|at| at + lasts)
-        })
+        .filter_map(Fault::ends_at_ms)
         .fold(scenario.fault_window_ms(), u64::max);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -283,8 +280,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     let mut schedule = Schedule::default();
     let mut step_crashes = Vec::new();
     let mut unfired = BTreeMap::new();
-    let all_faults = scenario.faults.iter().chain(&plan.faults);
-    for (i, fault) in all_faults.enumerate() {
+    let all_faults: Vec<&Fault> = scenario.faults.iter().chain(&plan.faults).collect();
+    for (i, fault) in all_faults.iter().enumerate() {
         if let Some(point) = fault.point {
             let crash = PointCrash {
                 fault: i,
@@ -352,34 +349,28 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             faults.ambiguous_rate = 0.0;
             storage_chaos_on = false;
         }
-        let dying = shared.faults.lock().expect("faults lock").dying;
-        if let Some(i) = dying {
-            let fault = scenario.faults.iter().chain(&plan.faults).nth(i);
-            let fault = fault.expect("a fired crash belongs to a fault");
+        // Crashes at named points that fired: in a storage write, or (checked here, and only
+        // while the engine is up, since it must kill a live engine) at a running step.
+        let mut fired: Vec<usize> = shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .dying
+            .into_iter()
+            .collect();
+        if !step_crashes.is_empty() && sim.is_host_running(ENGINE_HOST) {
+            let running = step_running_fired(&mut step_crashes, &ledgers);
+            fired.extend(running.into_iter().map(|crash| crash.fault));
+        }
+        for i in fired {
             schedule.at(
                 now_ms,
                 Action::Crash {
                     host: ENGINE_HOST.to_string(),
-                    restart_after_ms: fault.restart_after_ms,
+                    restart_after_ms: all_faults[i].restart_after_ms,
                     why: unfired.remove(&i).unwrap_or_default(),
                 },
             );
-        }
-        // A step_running crash waits while the engine is down: it must kill a live engine.
-        if !step_crashes.is_empty() && sim.is_host_running(ENGINE_HOST) {
-            let fired = step_running_fired(&mut step_crashes, &ledgers);
-            for crash in fired {
-                let fault = scenario.faults.iter().chain(&plan.faults).nth(crash.fault);
-                let fault = fault.expect("a fired crash belongs to a fault");
-                schedule.at(
-                    now_ms,
-                    Action::Crash {
-                        host: ENGINE_HOST.to_string(),
-                        restart_after_ms: fault.restart_after_ms,
-                        why: unfired.remove(&crash.fault).unwrap_or_default(),
-                    },
-                );
-            }
         }
         while let Some(action) = schedule.due(now_ms) {
             let line = match action {
@@ -605,17 +596,7 @@ async fn stuck(shared: &Shared, submitted: usize, total: usize, after_ms: u64) -
     let mut details = Vec::new();
     for id in active.iter().take(MAX_STUCK_LISTED) {
         let state = match shared.store.load(id).await {
-            Ok(Some(e)) => {
-                let steps: Vec<String> = e
-                    .process
-                    .steps
-                    .iter()
-                    .zip(&e.steps)
-                    .filter(|(_, s)| !s.status.is_terminal())
-                    .map(|(d, s)| format!("{}={}", d.id, s.status))
-                    .collect();
-                format!("{} (steps {})", e.status, steps.join(", "))
-            }
+            Ok(Some(e)) => format!("{} (steps {})", e.status, checker::unfinished_steps(&e)),
             _ => "unreadable".to_string(),
         };
         details.push(format!("{id}: {state}"));

@@ -125,6 +125,18 @@ fn default_nth() -> u32 {
     1
 }
 
+impl Fault {
+    /// When a timed fault is over (its host back, its link healed); `None` for a fault at a
+    /// named point, whose time is known only once it fires.
+    pub fn ends_at_ms(&self) -> Option<u64> {
+        let lasts = self
+            .restart_after_ms
+            .unwrap_or(0)
+            .max(self.for_ms.unwrap_or(0));
+        self.at_ms.map(|at| at + lasts)
+    }
+}
+
 impl Default for Fault {
     fn default() -> Fault {
         Fault {
@@ -315,10 +327,7 @@ impl Scenario {
         let scripted = self
             .faults
             .iter()
-            .filter_map(|f| {
-                let lasts = f.restart_after_ms.unwrap_or(0).max(f.for_ms.unwrap_or(0));
-                f.at_ms.map(|at| at + lasts)
-            })
+            .filter_map(Fault::ends_at_ms)
             .max()
             .unwrap_or(0);
         let chaos = self.chaos.as_ref().map_or(0, |c| c.window_ms);

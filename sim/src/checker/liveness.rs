@@ -3,6 +3,8 @@
 //! ones the scenario expects. Proves that crashes and partitions lose no acknowledged work and
 //! that the system converges once faults stop.
 
+use proctor::core::Execution;
+
 use super::Violation;
 use crate::runner::Outcome;
 use crate::scenario::Scenario;
@@ -26,18 +28,10 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
         match outcome.executions.iter().find(|(e, _)| &e.id == id) {
             None => out.push(Violation::new(NAME, "acknowledged but not in storage").at(id, None)),
             Some((e, _)) if !e.status.is_terminal() => {
-                let active: Vec<String> = e
-                    .process
-                    .steps
-                    .iter()
-                    .zip(&e.steps)
-                    .filter(|(_, s)| !s.status.is_terminal())
-                    .map(|(d, s)| format!("{}={}", d.id, s.status))
-                    .collect();
                 out.push(
                     Violation::new(
                         NAME,
-                        format!("stuck {} (steps {})", e.status, active.join(", ")),
+                        format!("stuck {} (steps {})", e.status, unfinished_steps(e)),
                     )
                     .at(id, None),
                 );
@@ -55,4 +49,17 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
             ),
         ));
     }
+}
+
+/// The steps of `e` that have not ended, as `id=status, ...`: where a stuck execution waits.
+pub(crate) fn unfinished_steps(e: &Execution) -> String {
+    let steps: Vec<String> = e
+        .process
+        .steps
+        .iter()
+        .zip(&e.steps)
+        .filter(|(_, s)| !s.status.is_terminal())
+        .map(|(d, s)| format!("{}={}", d.id, s.status))
+        .collect();
+    steps.join(", ")
 }

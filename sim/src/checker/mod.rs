@@ -14,6 +14,8 @@ mod timers;
 
 use std::fmt;
 
+pub(crate) use liveness::unfinished_steps;
+
 use crate::runner::Outcome;
 use crate::scenario::Scenario;
 
