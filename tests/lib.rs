@@ -11,7 +11,7 @@ use std::time::Duration;
 use proctor::agent::example::{self, Behaviour, RunningAgent};
 use proctor::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
 use proctor::clock::{Clock, ManualClock};
-use proctor::core::{Command, Execution, Input, RecoveryAction, StepState};
+use proctor::core::{Command, Execution, Input, Lane, RecoveryAction, StepState};
 use proctor::definition::{self, Format, ProcessDef};
 use proctor::event::{DomainEvent, EventRecord, SystemEvent};
 use proctor::network::TokioNetwork;
@@ -403,6 +403,7 @@ impl DeadEngine {
                 .await
                 .expect("agent answered within the limit");
         Input::AgentReturned {
+            lane: Lane::Main,
             step: call.step,
             attempt: call.attempt,
             result,

@@ -186,6 +186,17 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_compensation_order_fails_compensation_in_reverse_order",
+                || {
+                    expect_caught(
+                        "saga-order.yaml",
+                        Bug::CompensateInCompletionOrder,
+                        "compensation_in_reverse_order",
+                        "compensation order [\"flight\", \"hotel\", \"car\"]",
+                    )
+                },
+            ),
+            Trial::test(
                 "harness::planted_nondeterminism_fails_deterministic",
                 planted_nondeterminism,
             ),
@@ -193,7 +204,11 @@ mod harness {
         ]
     }
 
-    const FILES: &[&str] = &["recovery-mid-step.yaml", "ten-diamonds.yaml"];
+    const FILES: &[&str] = &[
+        "recovery-mid-step.yaml",
+        "saga-order.yaml",
+        "ten-diamonds.yaml",
+    ];
 
     fn file(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,7 +12,7 @@ use std::time::Instant;
 use proctor::agent::example::{self, Behaviour};
 use proctor::agent::{AgentEndpoint, AgentRegistry};
 use proctor::clock::{Clock, SystemClock};
-use proctor::core::{Execution, Input};
+use proctor::core::{Execution, Input, Lane};
 use proctor::definition::{parse, Format};
 use proctor::network::TokioNetwork;
 use proctor::rng::seeded;
@@ -51,6 +51,7 @@ async fn main() {
             for input in [
                 Input::Start,
                 Input::AgentReturned {
+                    lane: Lane::Main,
                     step: 0,
                     attempt: 1,
                     result: Ok(json!({"ok": true})),

@@ -17,7 +17,7 @@ use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, Clie
 use crate::bus::EventBus;
 use crate::clock::Clock;
 use crate::core::{
-    fork, Checkpoint, Command, Execution, ExecutionStatus, ForkError, Input, RecoveryAction,
+    fork, Checkpoint, Command, Execution, ExecutionStatus, ForkError, Input, Lane, RecoveryAction,
 };
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
 use crate::event::SystemEvent;
@@ -839,7 +839,7 @@ impl Inner {
         status: watch::Sender<ExecutionStatus>,
     ) -> Result<Execution, Error> {
         let Inbox { tx, mut rx } = inbox;
-        let mut in_flight: BTreeMap<usize, AbortHandle> = BTreeMap::new();
+        let mut in_flight: BTreeMap<(usize, Lane), AbortHandle> = BTreeMap::new();
         // Inputs to apply before the inbox: the first one, and after a storage failure the
         // recovery input and the input whose commit failed.
         let mut queue = VecDeque::from([Envelope {
@@ -922,7 +922,7 @@ impl Inner {
         execution: &Execution,
         command: Command,
         tx: &mpsc::Sender<Envelope>,
-        in_flight: &mut BTreeMap<usize, AbortHandle>,
+        in_flight: &mut BTreeMap<(usize, Lane), AbortHandle>,
     ) {
         let tx = tx.clone();
         let (step, handle) = match command {
@@ -944,29 +944,41 @@ impl Inner {
                     let result = client.call(&addr, &request, call.timeout_ms).await;
                     let input = Input::AgentReturned {
                         step: call.step,
+                        lane: call.lane,
                         attempt: call.attempt,
                         result,
                     };
                     let _ = tx.send(Envelope { input, ack: None }).await;
                 });
-                (call.step, task.abort_handle())
+                ((call.step, call.lane), task.abort_handle())
             }
             Command::Wake {
                 step,
+                lane,
                 attempt,
                 at_ms,
             } => {
                 let clock = self.clock.clone();
                 let task = tokio::spawn(async move {
                     clock.sleep_until_ms(at_ms).await;
-                    let input = Input::Wake { step, attempt };
+                    let input = Input::Wake {
+                        step,
+                        lane,
+                        attempt,
+                    };
                     let _ = tx.send(Envelope { input, ack: None }).await;
                 });
-                (step, task.abort_handle())
+                ((step, lane), task.abort_handle())
             }
             Command::Abandon { step } => {
-                if let Some(handle) = in_flight.remove(&step) {
-                    handle.abort();
+                let lanes: Vec<(usize, Lane)> = in_flight
+                    .range((step, Lane::Main)..(step + 1, Lane::Main))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in lanes {
+                    if let Some(handle) = in_flight.remove(&key) {
+                        handle.abort();
+                    }
                 }
                 return;
             }

@@ -76,6 +76,45 @@ pub enum DomainEvent {
     ExecutionRecovered {
         action: RecoveryAction,
     },
+    /// A fatal failure started a compensation: `steps` are undone one by one, in this order
+    /// (reverse completion order).
+    CompensationStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause_step: Option<String>,
+        steps: Vec<String>,
+    },
+    /// An attempt of a step's compensating action was dispatched.
+    CompensationStepStarted {
+        step: String,
+        attempt: u32,
+    },
+    /// A step's compensating action succeeded: the step is now `compensated`.
+    StepCompensated {
+        step: String,
+        attempt: u32,
+        output: Value,
+    },
+    CompensationRetrying {
+        step: String,
+        next_attempt: u32,
+        delay_ms: u64,
+        error: StepError,
+    },
+    /// A step's compensating action failed for good; the compensation stops there.
+    CompensationFailed {
+        step: String,
+        attempt: u32,
+        error: StepError,
+    },
+    /// A compensating action in flight was abandoned (the execution was cancelled).
+    CompensationCancelled {
+        step: String,
+        attempt: u32,
+    },
+    /// Every step in the compensation's order was compensated.
+    CompensationCompleted {
+        steps: Vec<String>,
+    },
 }
 
 impl DomainEvent {
@@ -97,6 +136,13 @@ impl DomainEvent {
             DomainEvent::BreakpointReached { .. } => "BreakpointReached",
             DomainEvent::ExecutionResumed => "ExecutionResumed",
             DomainEvent::ExecutionRecovered { .. } => "ExecutionRecovered",
+            DomainEvent::CompensationStarted { .. } => "CompensationStarted",
+            DomainEvent::CompensationStepStarted { .. } => "CompensationStepStarted",
+            DomainEvent::StepCompensated { .. } => "StepCompensated",
+            DomainEvent::CompensationRetrying { .. } => "CompensationRetrying",
+            DomainEvent::CompensationFailed { .. } => "CompensationFailed",
+            DomainEvent::CompensationCancelled { .. } => "CompensationCancelled",
+            DomainEvent::CompensationCompleted { .. } => "CompensationCompleted",
         }
     }
 
@@ -109,6 +155,11 @@ impl DomainEvent {
             | DomainEvent::StepRetrying { step, .. }
             | DomainEvent::StepSkipped { step, .. }
             | DomainEvent::StepCancelled { step, .. }
+            | DomainEvent::CompensationStepStarted { step, .. }
+            | DomainEvent::StepCompensated { step, .. }
+            | DomainEvent::CompensationRetrying { step, .. }
+            | DomainEvent::CompensationFailed { step, .. }
+            | DomainEvent::CompensationCancelled { step, .. }
             | DomainEvent::BreakpointReached { step } => Some(step),
             _ => None,
         }

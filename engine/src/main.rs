@@ -594,6 +594,18 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         DomainEvent::ExecutionRecovered { action } => {
             serde_json::to_value(action).map_or_else(|_| String::new(), |v| v.to_string())
         }
+        DomainEvent::CompensationStarted { steps, .. } => format!("undo: {}", steps.join(", ")),
+        DomainEvent::CompensationStepStarted { attempt, .. }
+        | DomainEvent::CompensationCancelled { attempt, .. } => format!("attempt {attempt}"),
+        DomainEvent::StepCompensated { output, .. } => output.to_string(),
+        DomainEvent::CompensationRetrying {
+            next_attempt,
+            delay_ms,
+            error,
+            ..
+        } => format!("attempt {next_attempt} in {delay_ms}ms after {error}"),
+        DomainEvent::CompensationFailed { error, .. } => error.to_string(),
+        DomainEvent::CompensationCompleted { steps } => steps.join(", "),
     };
     format!(
         "{:>3} {:>6}ms {:<19} {:<10} {}",

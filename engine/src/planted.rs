@@ -27,6 +27,8 @@
 //! - [`Bug::UnorderedDispatch`] (`Execution::schedule`): steps that become ready together start
 //!   in the iteration order of a std `HashSet` (a random hasher per process) instead of
 //!   definition order, so one seed's trace differs between processes (`deterministic`).
+//! - [`Bug::CompensateInCompletionOrder`] (`Execution::begin_compensation`): a saga undoes its
+//!   steps in the order they completed instead of the reverse (`compensation_in_reverse_order`).
 
 /// One deliberate defect. Names (for `PROCTOR_PLANT`) are the snake_case variant names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,14 +42,17 @@ pub enum Bug {
     FreshKeyOnRecovery = 3,
     /// Steps made ready by one transition start in a random (per-process) order.
     UnorderedDispatch = 4,
+    /// Compensations run oldest completion first.
+    CompensateInCompletionOrder = 5,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::NoRedispatchOnRecovery,
         Bug::CompleteTwice,
         Bug::FreshKeyOnRecovery,
         Bug::UnorderedDispatch,
+        Bug::CompensateInCompletionOrder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Bug {
             Bug::CompleteTwice => "complete_twice",
             Bug::FreshKeyOnRecovery => "fresh_key_on_recovery",
             Bug::UnorderedDispatch => "unordered_dispatch",
+            Bug::CompensateInCompletionOrder => "compensate_in_completion_order",
         }
     }
 

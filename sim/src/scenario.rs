@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proctor::agent::example::Behaviour;
-use proctor::definition::{self, ProcessDef};
+use proctor::core::StepStatus;
+use proctor::definition::{self, ProcessDef, StepKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -243,6 +244,10 @@ pub struct Expect {
     /// Executions per final status, e.g. `{ completed: 10 }`.
     #[serde(default)]
     pub status: BTreeMap<String, usize>,
+    /// Final step statuses, counted over all executions, for the steps named:
+    /// `{ hotel: { compensated: 10 } }`. Statuses not listed are not checked.
+    #[serde(default)]
+    pub steps: BTreeMap<String, BTreeMap<StepStatus, usize>>,
     /// Every execution ends within this many simulated ms after the fault window closes
     /// (a tighter bound than `liveness_ms`, which only bounds the run).
     #[serde(default)]
@@ -294,10 +299,27 @@ impl Scenario {
         let hosts: Vec<&str> = std::iter::once(ENGINE_HOST)
             .chain(agent_names.iter().map(String::as_str))
             .collect();
-        let step_ids: Vec<String> = process.steps.iter().map(|s| s.id.clone()).collect();
+        // A step's compensating action is called as `<step>#compensate`, and a crash point
+        // may name it.
+        let step_ids: Vec<String> = process
+            .steps
+            .iter()
+            .flat_map(|s| {
+                let undo = matches!(&s.kind, StepKind::AgentTask(t) if t.compensate.is_some())
+                    .then(|| format!("{}#compensate", s.id));
+                std::iter::once(s.id.clone()).chain(undo)
+            })
+            .collect();
         for (i, fault) in file.faults.iter().enumerate() {
             check_fault(fault, &hosts, &step_ids)
                 .map_err(|problem| invalid(format!("faults[{i}].{problem}")))?;
+        }
+        for step in file.expect.steps.keys() {
+            if process.position(step).is_none() {
+                return Err(invalid(format!(
+                    "expect.steps: the process has no step '{step}'"
+                )));
+            }
         }
         if let Some(chaos) = &file.chaos {
             check_chaos(chaos).map_err(|problem| invalid(format!("chaos.{problem}")))?;

@@ -367,3 +367,26 @@ fn nth_on_a_timed_fault_is_refused() {
     let message = error_of(&with_faults(&["{ at_ms: 5, nth: 2, crash: engine }"]));
     assert_mentions(&message, &["faults[0].nth", "only with `point`"]);
 }
+
+#[test]
+fn an_expectation_for_an_unknown_step_is_named() {
+    let message = error_of(&with_line(
+        "expect:",
+        "expect: { steps: { third: { completed: 2 } } }",
+    ));
+    assert_mentions(&message, &["expect.steps", "no step 'third'"]);
+    let message = error_of(&with_line(
+        "expect:",
+        "expect: { steps: { first: { undone: 2 } } }",
+    ));
+    assert_mentions(&message, &["expect", "undone"]);
+}
+
+#[test]
+fn a_crash_point_on_a_compensation_needs_a_compensating_action() {
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
+        "  - { point: step_running, step: 'first#compensate', crash: engine, restart_after_ms: 50 }",
+    ));
+    assert_mentions(&message, &["faults[0].step", "no step 'first#compensate'"]);
+}

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use proctor::core::{Execution, ExecutionStatus, Input, RecoveryAction, StepStatus};
+use proctor::core::{Execution, ExecutionStatus, Input, Lane, RecoveryAction, StepStatus};
 use proctor::event::{DomainEvent, SystemEvent};
 use proctor::RecoveryConfig;
 use proctor_tests::*;
@@ -306,7 +306,11 @@ steps:
     let answer = dead.call(&e, call_of(&commands, "a")).await;
     assert!(matches!(
         &answer,
-        Input::AgentReturned { result: Err(_), .. }
+        Input::AgentReturned {
+            lane: Lane::Main,
+            result: Err(_),
+            ..
+        }
     ));
     let commands = dead.apply(&mut e, answer, DIED_AT + 10).await;
     assert_eq!(step(&e, "a").status, StepStatus::Retrying);
@@ -315,6 +319,7 @@ steps:
         .apply(
             &mut e,
             Input::Wake {
+                lane: Lane::Main,
                 step: 0,
                 attempt: 1,
             },

@@ -97,6 +97,8 @@ pub fn fork(
             if let Some(output) = outputs.get(&execution.process.steps[i].id) {
                 state.output = Some(output.clone());
             }
+            // The fork has compensated nothing yet; completion order is kept.
+            state.detail.compensation = None;
             execution.steps[i] = state;
         }
     }

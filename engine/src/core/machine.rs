@@ -14,8 +14,11 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoint::{Checkpoint, ForkOrigin};
 use super::retry::retry_delay_ms;
-use super::state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
-use crate::definition::{OnError, ProcessDef, StepKind};
+use super::state::{
+    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, SkipReason,
+    StepError, StepState, StepStatus,
+};
+use crate::definition::{FailurePolicy, OnError, ProcessDef, RetryPolicy, StepKind};
 use crate::event::{DomainEvent, EventRecord};
 use crate::expr;
 use crate::planted::Bug;
@@ -29,11 +32,16 @@ pub enum Input {
     /// longer current (late, after a cancel or a retry) are ignored.
     AgentReturned {
         step: usize,
+        lane: Lane,
         attempt: u32,
         result: Result<Value, StepError>,
     },
     /// A wake-up armed by [`Command::Wake`] is due: a timer step's deadline or a retry backoff.
-    Wake { step: usize, attempt: u32 },
+    Wake {
+        step: usize,
+        lane: Lane,
+        attempt: u32,
+    },
     /// Cancel the execution; a no-op once it is terminal.
     Cancel { reason: Option<String> },
     /// Stop starting new steps. Steps in flight finish and their results are kept; retry
@@ -63,10 +71,34 @@ pub enum RecoveryAction {
     Skip,
 }
 
+/// Which of a step's calls (or wake-ups) an input or command is about: a step may have its
+/// own call and, later, its compensating action's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    /// The step itself.
+    #[default]
+    Main,
+    /// The step's compensating action.
+    Compensation,
+}
+
+impl Lane {
+    /// The suffix of this lane's step id on the wire (`reserve#compensate`): each lane is its
+    /// own effect, with its own idempotency key. Step ids cannot hold `#`.
+    fn suffix(self) -> &'static str {
+        match self {
+            Lane::Main => "",
+            Lane::Compensation => "#compensate",
+        }
+    }
+}
+
 /// One agent call to perform.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentCall {
     pub step: usize,
+    pub lane: Lane,
+    /// The step's id, with the lane's suffix.
     pub step_id: String,
     pub agent: String,
     pub attempt: u32,
@@ -83,10 +115,12 @@ pub enum Command {
     /// Deliver [`Input::Wake`] at `at_ms` (Clock time), or at once if that has passed.
     Wake {
         step: usize,
+        lane: Lane,
         attempt: u32,
         at_ms: u64,
     },
-    /// Stop waiting for the step's call or wake-up; a late result would be ignored anyway.
+    /// Stop waiting for the step's calls and wake-ups, in every lane; a late result would be
+    /// ignored anyway.
     Abandon {
         step: usize,
     },
@@ -124,6 +158,8 @@ pub struct Execution {
     pub breakpoint: Option<String>,
     /// Set when this execution was forked from another's checkpoint.
     pub origin: Option<ForkOrigin>,
+    /// Set once a fatal failure started compensating the completed steps.
+    pub compensation: Option<CompensationRun>,
 }
 
 /// How one dependency stands for one dependant.
@@ -160,6 +196,7 @@ impl Execution {
             next_seq: 1,
             breakpoint: None,
             origin: None,
+            compensation: None,
         }
     }
 
@@ -191,6 +228,34 @@ impl Execution {
             }
             Input::AgentReturned {
                 step,
+                lane: Lane::Compensation,
+                attempt,
+                result,
+            } => {
+                if !self.is_compensating(step, attempt, CompensationStatus::Running) {
+                    return cx.tx;
+                }
+                match result {
+                    Ok(output) => self.compensation_completed(&mut cx, step, output),
+                    Err(error) => self.compensation_attempt_failed(&mut cx, step, error),
+                }
+            }
+            Input::Wake {
+                step,
+                lane: Lane::Compensation,
+                attempt,
+            } => {
+                if !self.is_compensating(step, attempt, CompensationStatus::Retrying)
+                    || self.status == ExecutionStatus::Paused
+                {
+                    // Paused: held until resume, which re-arms it.
+                    return cx.tx;
+                }
+                self.start_compensation_attempt(&mut cx, step, attempt + 1);
+            }
+            Input::AgentReturned {
+                step,
+                lane: Lane::Main,
                 attempt,
                 result,
             } => {
@@ -205,7 +270,11 @@ impl Execution {
                     Err(error) => self.attempt_failed(&mut cx, step, error),
                 }
             }
-            Input::Wake { step, attempt } => {
+            Input::Wake {
+                step,
+                lane: Lane::Main,
+                attempt,
+            } => {
                 if self.is_current(step, attempt, StepStatus::Retrying) {
                     if self.status == ExecutionStatus::Paused {
                         // Held until resume, which re-arms it.
@@ -288,7 +357,9 @@ impl Execution {
         } else if now_ms.saturating_sub(self.created_at_ms) > max_age_ms {
             RecoveryAction::MarkFailed
         } else if self.process.steps.iter().zip(&self.steps).any(|(d, s)| {
-            s.status == StepStatus::Running && matches!(d.kind, StepKind::AgentTask(_))
+            (s.status == StepStatus::Running && matches!(d.kind, StepKind::AgentTask(_)))
+                || s.detail.compensation.as_ref().map(|c| c.status)
+                    == Some(CompensationStatus::Running)
         }) {
             RecoveryAction::RetryStep
         } else {
@@ -321,6 +392,7 @@ impl Execution {
                 (StepStatus::Running, StepKind::Timer(_)) if calls => {
                     cx.tx.commands.push(Command::Wake {
                         step,
+                        lane: Lane::Main,
                         attempt,
                         at_ms: wake_at.expect("a running timer has a deadline"),
                     });
@@ -328,8 +400,28 @@ impl Execution {
                 (StepStatus::Retrying, _) if self.status == ExecutionStatus::Running => {
                     cx.tx.commands.push(Command::Wake {
                         step,
+                        lane: Lane::Main,
                         attempt,
                         at_ms: wake_at.expect("a retrying step has a deadline"),
+                    });
+                }
+                _ => {}
+            }
+            let Some(undo) = &self.steps[step].detail.compensation else {
+                continue;
+            };
+            match undo.status {
+                CompensationStatus::Running if calls => {
+                    cx.tx.commands.push(self.compensation_call(step));
+                }
+                CompensationStatus::Retrying if self.status == ExecutionStatus::Running => {
+                    cx.tx.commands.push(Command::Wake {
+                        step,
+                        lane: Lane::Compensation,
+                        attempt: undo.attempt,
+                        at_ms: undo
+                            .wake_at_ms
+                            .expect("a retrying compensation has a deadline"),
                     });
                 }
                 _ => {}
@@ -419,6 +511,9 @@ impl Execution {
     fn schedule(&mut self, cx: &mut Ctx<'_>) {
         if self.status != ExecutionStatus::Running {
             return;
+        }
+        if self.compensation.is_some() {
+            return self.advance_compensation(cx);
         }
         // Each pass decides at least one step or stops, so this ends within steps.len() passes.
         let mut progressed = true;
@@ -611,6 +706,7 @@ impl Execution {
                 self.mark_started(cx, step, 1, Some(deadline));
                 cx.tx.commands.push(Command::Wake {
                     step,
+                    lane: Lane::Main,
                     attempt: 1,
                     at_ms: deadline,
                 });
@@ -679,6 +775,7 @@ impl Execution {
             .expect("an agent task's input is rendered before its first call");
         Command::CallAgent(AgentCall {
             step,
+            lane: Lane::Main,
             step_id: def.id.clone(),
             agent: task.agent.clone(),
             attempt,
@@ -690,8 +787,15 @@ impl Execution {
 
     fn complete_step(&mut self, cx: &mut Ctx<'_>, step: usize, output: Value) {
         self.set_step_status(cx, step, StepStatus::Completed);
+        let order = 1 + self
+            .steps
+            .iter()
+            .filter_map(|s| s.detail.completed_order)
+            .max()
+            .unwrap_or(0);
         let st = &mut self.steps[step];
         st.output = Some(output.clone());
+        st.detail.completed_order = Some(order);
         let attempt = st.attempt;
         let id = self.process.steps[step].id.clone();
         if crate::planted::planted(Bug::CompleteTwice) {
@@ -731,12 +835,7 @@ impl Execution {
         self.steps[step].last_error = Some(error.clone());
         cx.tx.dirty_steps.insert(step);
         if let StepKind::AgentTask(task) = &def.kind {
-            let retryable = error.kind.is_transient()
-                && !error
-                    .error_type
-                    .as_ref()
-                    .is_some_and(|t| task.retry.non_retryable.contains(t));
-            if retryable && attempt < task.retry.max_attempts {
+            if retryable(&task.retry, &error) && attempt < task.retry.max_attempts {
                 let delay_ms = retry_delay_ms(&task.retry, attempt, cx.rng);
                 let at_ms = cx.now_ms.saturating_add(delay_ms);
                 self.set_step_status(cx, step, StepStatus::Retrying);
@@ -752,6 +851,7 @@ impl Execution {
                 );
                 cx.tx.commands.push(Command::Wake {
                     step,
+                    lane: Lane::Main,
                     attempt,
                     at_ms,
                 });
@@ -782,7 +882,7 @@ impl Execution {
                     },
                 );
             }
-            OnError::Fail => {
+            OnError::Fail | OnError::Compensate => {
                 self.set_step_status(cx, step, StepStatus::Failed);
                 self.emit(
                     cx,
@@ -809,6 +909,16 @@ impl Execution {
                 let id = self.process.steps[step].id.clone();
                 self.emit(cx, DomainEvent::StepCancelled { step: id, attempt });
             }
+            let undo = self.steps[step].detail.compensation.as_mut();
+            if let Some(undo) = undo.filter(|u| u.status.is_active()) {
+                undo.status = CompensationStatus::Cancelled;
+                undo.wake_at_ms = None;
+                let attempt = undo.attempt;
+                cx.tx.dirty_steps.insert(step);
+                cx.tx.commands.push(Command::Abandon { step });
+                let id = self.process.steps[step].id.clone();
+                self.emit(cx, DomainEvent::CompensationCancelled { step: id, attempt });
+            }
         }
     }
 
@@ -825,6 +935,9 @@ impl Execution {
                 .as_ref()
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "step failed".to_string());
+            if self.compensates(failed) {
+                return self.begin_compensation(cx, Some(step), error);
+            }
             self.fail(cx, Some(step), error);
             return;
         }
@@ -858,6 +971,292 @@ impl Execution {
         self.error = Some(error.clone());
         self.emit(cx, DomainEvent::ExecutionFailed { step, error });
     }
+
+    /// Whether the fatal failure of `failed` compensates before failing the execution.
+    fn compensates(&self, failed: usize) -> bool {
+        def_on_error(&self.process.steps[failed].kind) == OnError::Compensate
+            || self.process.on_failure == FailurePolicy::Compensate
+    }
+
+    /// Freezes the compensation order (completed steps with a compensating action, latest
+    /// completion first) and starts undoing them. Only completed steps are compensated: a step
+    /// cancelled in flight has an unknown effect (use `stop_on_failure: false` to let running
+    /// siblings finish, and so be compensated too).
+    fn begin_compensation(&mut self, cx: &mut Ctx<'_>, cause_step: Option<String>, cause: String) {
+        assert!(
+            self.compensation.is_none(),
+            "execution {}: compensation starts at most once",
+            self.id
+        );
+        let mut done: Vec<(u64, usize)> = (0..self.steps.len())
+            .filter(|&i| {
+                self.steps[i].status == StepStatus::Completed
+                    && matches!(&self.process.steps[i].kind,
+                        StepKind::AgentTask(t) if t.compensate.is_some())
+            })
+            .map(|i| {
+                let order = self.steps[i].detail.completed_order;
+                (order.expect("a completed step has a completion order"), i)
+            })
+            .collect();
+        done.sort_unstable_by(|a, b| b.cmp(a));
+        if crate::planted::planted(Bug::CompensateInCompletionOrder) {
+            // Planted bug (test-only, see `planted`): the oldest completion is undone first.
+            done.reverse();
+        }
+        let order: Vec<String> = done
+            .iter()
+            .map(|&(_, i)| self.process.steps[i].id.clone())
+            .collect();
+        let event = DomainEvent::CompensationStarted {
+            cause_step: cause_step.clone(),
+            steps: order.clone(),
+        };
+        self.emit(cx, event);
+        self.compensation = Some(CompensationRun {
+            cause_step,
+            cause,
+            order,
+        });
+        self.advance_compensation(cx);
+    }
+
+    /// Starts the next compensating action in order, or ends the execution once every step is
+    /// compensated or one compensation failed for good. Starts nothing while paused.
+    fn advance_compensation(&mut self, cx: &mut Ctx<'_>) {
+        if self.status != ExecutionStatus::Running {
+            return;
+        }
+        let run = self
+            .compensation
+            .clone()
+            .expect("only called while compensating");
+        for id in &run.order {
+            let step = self
+                .process
+                .position(id)
+                .expect("the compensation order names steps of the process");
+            if self.steps[step].detail.compensation.is_none() {
+                self.start_compensation_attempt(cx, step, 1);
+            }
+            let undo = self.steps[step]
+                .detail
+                .compensation
+                .as_ref()
+                .expect("started above");
+            match undo.status {
+                CompensationStatus::Completed => continue,
+                CompensationStatus::Running | CompensationStatus::Retrying => return,
+                CompensationStatus::Failed | CompensationStatus::Cancelled => {
+                    let why = undo
+                        .last_error
+                        .as_ref()
+                        .map_or_else(|| "abandoned".to_string(), |e| e.to_string());
+                    let left = self.uncompensated(&run.order).join(", ");
+                    let error = format!(
+                        "{}; compensation of '{id}' failed: {why} (not compensated: {left})",
+                        run.cause
+                    );
+                    return self.fail(cx, run.cause_step.clone(), error);
+                }
+            }
+        }
+        let steps = run.order.clone();
+        let error = if steps.is_empty() {
+            format!("{} (nothing to compensate)", run.cause)
+        } else {
+            format!("{} (compensated: {})", run.cause, steps.join(", "))
+        };
+        self.emit(cx, DomainEvent::CompensationCompleted { steps });
+        self.fail(cx, run.cause_step, error);
+    }
+
+    fn uncompensated<'a>(&self, order: &'a [String]) -> Vec<&'a str> {
+        order
+            .iter()
+            .filter(|id| {
+                let step = self.process.position(id).expect("order names steps");
+                self.steps[step].status != StepStatus::Compensated
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Dispatches attempt `attempt` of `step`'s compensating action. Its input is rendered at
+    /// the first attempt and kept, like a step's: one idempotency key, one input.
+    fn start_compensation_attempt(&mut self, cx: &mut Ctx<'_>, step: usize, attempt: u32) {
+        let id = self.process.steps[step].id.clone();
+        if attempt == 1 {
+            let rendered = match &self.compensate_def(step).input {
+                None => Ok(json!({})),
+                Some(template) => expr::render(template, &self.scope())
+                    .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
+            };
+            let failed = rendered.as_ref().err().cloned();
+            self.steps[step].detail.compensation = Some(CompensationState {
+                status: CompensationStatus::Running,
+                attempt,
+                input: rendered.unwrap_or(Value::Null),
+                output: None,
+                last_error: None,
+                wake_at_ms: None,
+            });
+            cx.tx.dirty_steps.insert(step);
+            if let Some(error) = failed {
+                // A template that cannot render never will: no call, no retry.
+                return self.compensation_gave_up(cx, step, error);
+            }
+        } else {
+            let undo = self.steps[step]
+                .detail
+                .compensation
+                .as_mut()
+                .expect("a retry follows a first attempt");
+            assert_eq!(undo.status, CompensationStatus::Retrying);
+            undo.status = CompensationStatus::Running;
+            undo.attempt = attempt;
+            undo.wake_at_ms = None;
+            cx.tx.dirty_steps.insert(step);
+        }
+        self.emit(
+            cx,
+            DomainEvent::CompensationStepStarted { step: id, attempt },
+        );
+        cx.tx.commands.push(self.compensation_call(step));
+    }
+
+    fn compensate_def(&self, step: usize) -> &crate::definition::Compensate {
+        match &self.process.steps[step].kind {
+            StepKind::AgentTask(task) => task
+                .compensate
+                .as_ref()
+                .expect("only steps with a compensating action are compensated"),
+            _ => unreachable!("only agent tasks have compensating actions"),
+        }
+    }
+
+    fn compensation_call(&self, step: usize) -> Command {
+        let id = &self.process.steps[step].id;
+        let def = self.compensate_def(step);
+        let undo = self.steps[step]
+            .detail
+            .compensation
+            .as_ref()
+            .expect("a compensation call has its state");
+        let step_id = format!("{id}{}", Lane::Compensation.suffix());
+        Command::CallAgent(AgentCall {
+            step,
+            lane: Lane::Compensation,
+            idempotency_key: format!("{}:{step_id}", self.id),
+            step_id,
+            agent: def.agent.clone(),
+            attempt: undo.attempt,
+            input: undo.input.clone(),
+            timeout_ms: def.timeout.as_millis(),
+        })
+    }
+
+    /// Whether `step`'s compensating action is waiting, as `status`, on exactly `attempt`.
+    fn is_compensating(&self, step: usize, attempt: u32, status: CompensationStatus) -> bool {
+        matches!(
+            self.status,
+            ExecutionStatus::Running | ExecutionStatus::Paused
+        ) && self.compensation.is_some()
+            && self
+                .steps
+                .get(step)
+                .and_then(|s| s.detail.compensation.as_ref())
+                .is_some_and(|u| u.status == status && u.attempt == attempt)
+    }
+
+    fn compensation_completed(&mut self, cx: &mut Ctx<'_>, step: usize, output: Value) {
+        let undo = self.steps[step]
+            .detail
+            .compensation
+            .as_mut()
+            .expect("checked by is_compensating");
+        undo.status = CompensationStatus::Completed;
+        undo.output = Some(output.clone());
+        let attempt = undo.attempt;
+        self.set_step_status(cx, step, StepStatus::Compensated);
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::StepCompensated {
+                step: id,
+                attempt,
+                output,
+            },
+        );
+    }
+
+    fn compensation_attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
+        let policy = self.compensate_def(step).retry.clone();
+        let undo = self.steps[step]
+            .detail
+            .compensation
+            .as_mut()
+            .expect("checked by is_compensating");
+        let attempt = undo.attempt;
+        if !(retryable(&policy, &error) && attempt < policy.max_attempts) {
+            return self.compensation_gave_up(cx, step, error);
+        }
+        let delay_ms = retry_delay_ms(&policy, attempt, cx.rng);
+        let at_ms = cx.now_ms.saturating_add(delay_ms);
+        undo.status = CompensationStatus::Retrying;
+        undo.wake_at_ms = Some(at_ms);
+        undo.last_error = Some(error.clone());
+        cx.tx.dirty_steps.insert(step);
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::CompensationRetrying {
+                step: id,
+                next_attempt: attempt + 1,
+                delay_ms,
+                error,
+            },
+        );
+        cx.tx.commands.push(Command::Wake {
+            step,
+            lane: Lane::Compensation,
+            attempt,
+            at_ms,
+        });
+    }
+
+    /// The compensating action failed for good; [`Self::advance_compensation`] then fails the
+    /// execution, naming what was left uncompensated. It is never tried again.
+    fn compensation_gave_up(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
+        let undo = self.steps[step]
+            .detail
+            .compensation
+            .as_mut()
+            .expect("a compensation that fails has started");
+        undo.status = CompensationStatus::Failed;
+        undo.last_error = Some(error.clone());
+        let attempt = undo.attempt;
+        cx.tx.dirty_steps.insert(step);
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::CompensationFailed {
+                step: id,
+                attempt,
+                error,
+            },
+        );
+    }
+}
+
+/// Whether an attempt that failed with `error` may be tried again under `policy` (attempts
+/// left aside): transient kinds, unless the agent's error type is listed non-retryable.
+fn retryable(policy: &RetryPolicy, error: &StepError) -> bool {
+    error.kind.is_transient()
+        && !error
+            .error_type
+            .as_ref()
+            .is_some_and(|t| policy.non_retryable.contains(t))
 }
 
 fn def_on_error(kind: &StepKind) -> OnError {

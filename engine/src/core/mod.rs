@@ -12,9 +12,12 @@ mod retry;
 mod state;
 
 pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
-pub use machine::{AgentCall, Command, Execution, Input, RecoveryAction, Transition};
+pub use machine::{AgentCall, Command, Execution, Input, Lane, RecoveryAction, Transition};
 pub use retry::retry_delay_ms;
-pub use state::{ErrorKind, ExecutionStatus, SkipReason, StepError, StepState, StepStatus};
+pub use state::{
+    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, SkipReason,
+    StepDetail, StepError, StepState, StepStatus,
+};
 
 #[cfg(test)]
 mod tests;

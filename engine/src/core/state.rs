@@ -239,6 +239,78 @@ pub struct StepState {
     /// re-arm it at the original time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at_ms: Option<u64>,
+    /// What only some steps need; stored as one JSON column.
+    #[serde(default, skip_serializing_if = "StepDetail::is_empty")]
+    pub detail: StepDetail,
+}
+
+/// The parts of a step's state that most steps never use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepDetail {
+    /// Completion order: 1 + the largest order among the execution's steps when this one
+    /// completed. Not the event `seq`, so that a fork, whose history starts again at 1, keeps
+    /// the order of the steps it inherited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_order: Option<u64>,
+    /// This step's compensating action, once the execution started compensating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationState>,
+}
+
+impl StepDetail {
+    pub fn is_empty(&self) -> bool {
+        *self == StepDetail::default()
+    }
+}
+
+/// Where one step's compensating action stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationStatus {
+    Running,
+    Retrying,
+    Completed,
+    /// Failed for good: the execution stops compensating and fails.
+    Failed,
+    /// Abandoned by a cancel (or by recovery giving up on the execution).
+    Cancelled,
+}
+
+impl CompensationStatus {
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            CompensationStatus::Running | CompensationStatus::Retrying
+        )
+    }
+}
+
+/// One step's compensating action: its own attempts, rendered input and result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompensationState {
+    pub status: CompensationStatus,
+    pub attempt: u32,
+    /// Rendered once, at the first attempt, like a step's input.
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<StepError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at_ms: Option<u64>,
+}
+
+/// An execution's compensation: why it began and which steps it undoes, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompensationRun {
+    /// The step whose failure started it, if a step did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause_step: Option<String>,
+    /// The failure, as the execution's error would have said without compensation.
+    pub cause: String,
+    /// Step ids in reverse completion order; each is compensated after the one before it
+    /// completed its compensation.
+    pub order: Vec<String>,
 }
 
 impl StepState {
@@ -253,6 +325,7 @@ impl StepState {
             started_at_ms: None,
             finished_at_ms: None,
             wake_at_ms: None,
+            detail: StepDetail::default(),
         }
     }
 

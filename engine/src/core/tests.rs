@@ -7,11 +7,13 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use super::{
-    AgentCall, Command, ErrorKind, Execution, ExecutionStatus, Input, RecoveryAction, SkipReason,
-    StepError, StepState, StepStatus, Transition,
+    AgentCall, Command, ErrorKind, Execution, ExecutionStatus, Input, Lane, RecoveryAction,
+    SkipReason, StepError, StepState, StepStatus, Transition,
 };
 use crate::definition::{self, Format, ProcessDef};
 use crate::event::{DomainEvent, EventRecord};
+
+mod compensation;
 
 const EXEC_ID: &str = "ex-1";
 const T0: u64 = 1_000;
@@ -82,6 +84,7 @@ impl Harness {
         let step = self.idx(step_id);
         let attempt = self.exec.steps[step].attempt;
         self.apply(Input::AgentReturned {
+            lane: Lane::Main,
             step,
             attempt,
             result,
@@ -100,7 +103,11 @@ impl Harness {
     fn wake(&mut self, step_id: &str) -> Transition {
         let step = self.idx(step_id);
         let attempt = self.exec.steps[step].attempt;
-        self.apply(Input::Wake { step, attempt })
+        self.apply(Input::Wake {
+            lane: Lane::Main,
+            step,
+            attempt,
+        })
     }
 
     fn cancel(&mut self, reason: Option<&str>) -> Transition {
@@ -215,6 +222,7 @@ fn wakes(tx: &Transition) -> Vec<(usize, u32, u64)> {
         .iter()
         .filter_map(|c| match c {
             Command::Wake {
+                lane: Lane::Main,
                 step,
                 attempt,
                 at_ms,
@@ -305,6 +313,7 @@ fn single_step_runs_and_completes() {
     assert_eq!(
         tx.commands,
         vec![Command::CallAgent(AgentCall {
+            lane: Lane::Main,
             step: 0,
             step_id: "a".into(),
             agent: "echo".into(),
@@ -567,6 +576,7 @@ fn failure_cancels_running_siblings_by_default() {
     // c's call comes back late: ignored.
     let c = h.idx("c");
     let tx = h.apply(Input::AgentReturned {
+        lane: Lane::Main,
         step: c,
         attempt: 1,
         result: Ok(json!("late")),
@@ -678,6 +688,7 @@ fn retries_with_backoff_then_succeeds() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
             at_ms: T0 + 100
@@ -708,11 +719,13 @@ fn retries_with_backoff_then_succeeds() {
 
     // A late answer from attempt 1 and a stale wake-up are ignored.
     assert_noop(&h.apply(Input::AgentReturned {
+        lane: Lane::Main,
         step: 0,
         attempt: 1,
         result: Ok(json!("stale")),
     }));
     assert_noop(&h.apply(Input::Wake {
+        lane: Lane::Main,
         step: 0,
         attempt: 1,
     }));
@@ -732,6 +745,7 @@ fn retries_with_backoff_then_succeeds() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 2,
             at_ms: h.now + 200
@@ -1255,6 +1269,7 @@ fn timer_arms_a_wake_and_completes_on_it() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
             at_ms: deadline
@@ -1286,6 +1301,7 @@ fn timer_arms_a_wake_and_completes_on_it() {
 
     // A second delivery of the same wake-up is ignored.
     assert_noop(&h.apply(Input::Wake {
+        lane: Lane::Main,
         step: 0,
         attempt: 1,
     }));
@@ -1302,6 +1318,7 @@ fn agent_result_for_a_timer_step_is_ignored() {
     let mut h = Harness::new(TIMER, json!({}));
     h.start();
     assert_noop(&h.apply(Input::AgentReturned {
+        lane: Lane::Main,
         step: 0,
         attempt: 1,
         result: Ok(json!(1)),
@@ -1328,6 +1345,7 @@ fn timer_until_uses_the_absolute_deadline() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
             at_ms: deadline
@@ -1526,7 +1544,11 @@ fn same_inputs_and_seed_give_identical_transitions() {
         .iter()
         .flat_map(|t| t.commands.iter())
         .filter_map(|c| match c {
-            Command::Wake { at_ms, .. } => Some(*at_ms),
+            Command::Wake {
+                lane: Lane::Main,
+                at_ms,
+                ..
+            } => Some(*at_ms),
             _ => None,
         })
         .collect();
@@ -1628,12 +1650,14 @@ fn inputs_for_unknown_steps_are_ignored() {
     let mut h = Harness::new(SINGLE, json!({"x": 1}));
     h.start();
     assert_noop(&h.apply(Input::AgentReturned {
+        lane: Lane::Main,
         step: 99,
         attempt: 1,
         result: Ok(json!(1)),
     }));
     // Regression: `Input::Wake` once indexed the steps before checking bounds, and panicked.
     assert_noop(&h.apply(Input::Wake {
+        lane: Lane::Main,
         step: 99,
         attempt: 1,
     }));
@@ -1870,6 +1894,7 @@ fn retry_backoff_ending_while_paused_waits_for_resume() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
             at_ms: wake_at
@@ -1892,6 +1917,7 @@ fn retry_backoff_ending_while_paused_waits_for_resume() {
     assert_eq!(
         tx.commands,
         vec![Command::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
             at_ms: wake_at
@@ -2161,6 +2187,7 @@ fn recover_retry_step_redispatches_the_same_call() {
     assert_eq!(
         tx.commands,
         vec![Command::CallAgent(AgentCall {
+            lane: Lane::Main,
             step: 1,
             step_id: "b".into(),
             agent: "echo".into(),
@@ -2183,6 +2210,7 @@ fn recover_retry_step_redispatches_the_same_call() {
     assert_eq!(kinds(&tx.events), vec!["StepCompleted:b", "StepStarted:c"]);
     // A duplicate answer for the same attempt is ignored.
     assert_noop(&h.apply(Input::AgentReturned {
+        lane: Lane::Main,
         step: 1,
         attempt: 1,
         result: Ok(json!("dup")),
@@ -2259,6 +2287,7 @@ fn recover_resume_rearms_a_timer_at_its_stored_deadline() {
         assert_eq!(
             tx.commands,
             vec![Command::Wake {
+                lane: Lane::Main,
                 step: 0,
                 attempt: 1,
                 at_ms: deadline
@@ -2293,6 +2322,7 @@ fn recover_resume_rearms_a_timer_at_its_stored_deadline() {
         // The original wake-up (armed before the crash) arriving too: the timer fires once.
         h.advance(1);
         assert_noop(&h.apply(Input::Wake {
+            lane: Lane::Main,
             step: 0,
             attempt: 1,
         }));
@@ -2512,6 +2542,7 @@ fn recover_while_paused_redispatches_calls_but_holds_retries() {
         vec![
             Command::CallAgent(call_a),
             Command::Wake {
+                lane: Lane::Main,
                 step: 2,
                 attempt: 1,
                 at_ms: deadline

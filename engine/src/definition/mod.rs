@@ -34,6 +34,10 @@ pub struct ProcessDef {
     /// at once; `false` lets the running siblings finish, starts nothing new, then fails.
     #[serde(default = "default_true")]
     pub stop_on_failure: bool,
+    /// What a fatal step failure does to the execution: fail at once, or first compensate
+    /// every completed step that declares a compensating action (a saga).
+    #[serde(default, skip_serializing_if = "FailurePolicy::is_fail")]
+    pub on_failure: FailurePolicy,
     /// Optional execution output: templates over `input` and `steps`. Without it the output is
     /// an object of every completed step's output, keyed by step id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +98,41 @@ pub struct AgentTask {
     pub retry: RetryPolicy,
     #[serde(default)]
     pub on_error: OnError,
+    /// The call that undoes this step's effect, run if the execution is compensated after
+    /// this step completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Box<Compensate>>,
+}
+
+/// A compensating action (DESIGN §2): an agent call with its own input, timeout and retries.
+/// Its input templates see the same scope as the step's, including the step's own output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compensate {
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: DurationMs,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// The execution-level reaction to a fatal step failure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Fail the execution.
+    #[default]
+    Fail,
+    /// Compensate the completed steps in reverse completion order, then fail.
+    Compensate,
+}
+
+impl FailurePolicy {
+    fn is_fail(&self) -> bool {
+        *self == FailurePolicy::Fail
+    }
 }
 
 fn default_step_timeout() -> DurationMs {
@@ -187,6 +226,9 @@ pub enum OnError {
     /// The step is recorded failed but the execution goes on; dependants run and can inspect
     /// `steps.<id>.status` and `steps.<id>.error`.
     Continue,
+    /// The step is failed, and the execution compensates its completed steps (in reverse
+    /// completion order) before failing, whatever the process's `on_failure` says.
+    Compensate,
 }
 
 /// The source format of a definition file.
@@ -217,6 +259,8 @@ struct RawProcess {
     description: Option<String>,
     #[serde(default = "default_true")]
     stop_on_failure: bool,
+    #[serde(default)]
+    on_failure: FailurePolicy,
     #[serde(default)]
     output: Option<Value>,
     steps: Vec<Value>,
@@ -261,6 +305,7 @@ pub fn parse(origin: &str, text: &str, format: Format) -> Result<ProcessDef, Dia
         version: raw.version,
         description: raw.description,
         stop_on_failure: raw.stop_on_failure,
+        on_failure: raw.on_failure,
         output: raw.output,
         steps,
     })

@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::{ProcessDef, StepKind, MAX_ATTEMPTS_PER_STEP, MAX_STEPS_PER_PROCESS};
+use super::{
+    DurationMs, FailurePolicy, OnError, ProcessDef, RetryPolicy, StepKind, MAX_ATTEMPTS_PER_STEP,
+    MAX_STEPS_PER_PROCESS,
+};
 use crate::expr;
 
 /// One problem in a definition.
@@ -83,6 +86,16 @@ pub fn validate(
     }
 
     let ids: BTreeSet<&str> = def.steps.iter().map(|s| s.id.as_str()).collect();
+    let compensable = def
+        .steps
+        .iter()
+        .any(|s| matches!(&s.kind, StepKind::AgentTask(t) if t.compensate.is_some()));
+    if def.on_failure == FailurePolicy::Compensate && !compensable {
+        problem(
+            None,
+            "on_failure is compensate but no step declares a `compensate` action".into(),
+        );
+    }
     for step in &def.steps {
         let id = Some(step.id.as_str());
         for dep in &step.depends_on {
@@ -92,60 +105,27 @@ pub fn validate(
         }
         match &step.kind {
             StepKind::AgentTask(task) => {
-                if let Some(agents) = agents {
-                    if !agents.iter().any(|a| a == &task.agent) {
-                        problem(
-                            id,
-                            format!(
-                                "unknown agent '{}' (known: {})",
-                                task.agent,
-                                if agents.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    agents.join(", ")
-                                }
-                            ),
-                        );
-                    }
+                let call = Call {
+                    agent: &task.agent,
+                    input: task.input.as_ref(),
+                    timeout: task.timeout,
+                    retry: &task.retry,
+                };
+                check_call("", &call, agents, &mut |p| problem(id, p));
+                if let Some(undo) = &task.compensate {
+                    let call = Call {
+                        agent: &undo.agent,
+                        input: undo.input.as_ref(),
+                        timeout: undo.timeout,
+                        retry: &undo.retry,
+                    };
+                    check_call("compensate.", &call, agents, &mut |p| problem(id, p));
                 }
-                if let Some(input) = &task.input {
-                    if let Err(e) = expr::check_template(input) {
-                        problem(id, format!("input: {e}"));
-                    }
-                }
-                let retry = &task.retry;
-                if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS_PER_STEP {
+                if task.on_error == OnError::Compensate && !compensable {
                     problem(
                         id,
-                        format!(
-                            "retry.max_attempts must be between 1 and {MAX_ATTEMPTS_PER_STEP}, got {}",
-                            retry.max_attempts
-                        ),
+                        "on_error is compensate but no step declares a `compensate` action".into(),
                     );
-                }
-                if !(retry.backoff.is_finite() && retry.backoff >= 1.0) {
-                    problem(
-                        id,
-                        format!("retry.backoff must be at least 1.0, got {}", retry.backoff),
-                    );
-                }
-                if !(0.0..=1.0).contains(&retry.jitter) {
-                    problem(
-                        id,
-                        format!("retry.jitter must be between 0 and 1, got {}", retry.jitter),
-                    );
-                }
-                if retry.max_delay < retry.initial_delay {
-                    problem(
-                        id,
-                        format!(
-                            "retry.max_delay ({}) is shorter than retry.initial_delay ({})",
-                            retry.max_delay, retry.initial_delay
-                        ),
-                    );
-                }
-                if task.timeout.as_millis() == 0 {
-                    problem(id, "timeout must be greater than zero".into());
                 }
             }
             StepKind::Gateway(gateway) => {
@@ -213,6 +193,74 @@ pub fn validate(
             file: file.to_string(),
             items: out,
         })
+    }
+}
+
+/// The parts of an agent call that a step and its compensating action share.
+struct Call<'a> {
+    agent: &'a str,
+    input: Option<&'a serde_json::Value>,
+    timeout: DurationMs,
+    retry: &'a RetryPolicy,
+}
+
+/// Checks one agent call; `field` prefixes each problem's field name (`compensate.`).
+fn check_call(
+    field: &str,
+    call: &Call<'_>,
+    agents: Option<&[String]>,
+    problem: &mut dyn FnMut(String),
+) {
+    if let Some(agents) = agents {
+        if !agents.iter().any(|a| a == call.agent) {
+            let known = if agents.is_empty() {
+                "none".to_string()
+            } else {
+                agents.join(", ")
+            };
+            let at = if field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}agent: ")
+            };
+            problem(format!(
+                "{at}unknown agent '{}' (known: {known})",
+                call.agent
+            ));
+        }
+    }
+    if let Some(input) = call.input {
+        if let Err(e) = expr::check_template(input) {
+            problem(format!("{field}input: {e}"));
+        }
+    }
+    let retry = call.retry;
+    if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS_PER_STEP {
+        problem(format!(
+            "{field}retry.max_attempts must be between 1 and {MAX_ATTEMPTS_PER_STEP}, got {}",
+            retry.max_attempts
+        ));
+    }
+    if !(retry.backoff.is_finite() && retry.backoff >= 1.0) {
+        problem(format!(
+            "{field}retry.backoff must be at least 1.0, got {}",
+            retry.backoff
+        ));
+    }
+    if !(0.0..=1.0).contains(&retry.jitter) {
+        problem(format!(
+            "{field}retry.jitter must be between 0 and 1, got {}",
+            retry.jitter
+        ));
+    }
+    if retry.max_delay < retry.initial_delay {
+        problem(format!(
+            "{field}retry.max_delay ({}) is shorter than retry.initial_delay ({})",
+            retry.max_delay, retry.initial_delay
+        ));
+    }
+    if call.timeout.as_millis() == 0 {
+        problem(format!("{field}timeout must be greater than zero"));
     }
 }
 

@@ -10,11 +10,18 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{ControlAction, ControlRequest, Error, Storage};
-use crate::core::{Checkpoint, Execution, ForkOrigin, StepState};
+use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `executions.detail` and `steps.detail` (compensation state, completion order).
+const SCHEMA_VERSION: i64 = 2;
+
+/// From each older version to the next; applied in order inside one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;",
+)];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS executions (
@@ -31,7 +38,8 @@ CREATE TABLE IF NOT EXISTS executions (
     next_seq        INTEGER NOT NULL,
     breakpoint      TEXT,
     origin_id       TEXT,
-    origin_seq      INTEGER
+    origin_seq      INTEGER,
+    detail          TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_origin ON executions (origin_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -59,6 +67,7 @@ CREATE TABLE IF NOT EXISTS steps (
     started_at_ms  INTEGER,
     finished_at_ms INTEGER,
     wake_at_ms     INTEGER,
+    detail         TEXT,
     PRIMARY KEY (execution_id, step_id)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -124,9 +133,15 @@ impl SqliteStore {
                 "database schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(backend)?;
+        let mut upgrade = String::from("BEGIN;");
+        for (from, sql) in MIGRATIONS {
+            if version > 0 && version <= *from {
+                upgrade.push_str(sql);
+            }
+        }
+        upgrade.push_str(SCHEMA);
+        upgrade.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+        conn.execute_batch(&upgrade).map_err(backend)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             definitions: Arc::new(Mutex::new(BTreeMap::new())),
@@ -180,11 +195,12 @@ impl SqliteStore {
         tx.execute(
             "INSERT INTO executions (id, process_name, process_version, definition, input, status,
                  output, error, created_at_ms, updated_at_ms, next_seq, breakpoint, origin_id,
-                 origin_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 origin_seq, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
                  error = excluded.error, updated_at_ms = excluded.updated_at_ms,
-                 next_seq = excluded.next_seq, breakpoint = excluded.breakpoint",
+                 next_seq = excluded.next_seq, breakpoint = excluded.breakpoint,
+                 detail = excluded.detail",
             params![
                 execution.id,
                 execution.process.name,
@@ -200,6 +216,7 @@ impl SqliteStore {
                 execution.breakpoint,
                 execution.origin.as_ref().map(|o| o.execution_id.clone()),
                 execution.origin.as_ref().map(|o| o.checkpoint_seq as i64),
+                ExecutionDetail::of(execution).to_column(),
             ],
         )
         .map_err(backend)?;
@@ -208,15 +225,15 @@ impl SqliteStore {
                 .prepare_cached(
                     "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
                          retry_count, input, output, last_error, skip_reason, started_at_ms,
-                         finished_at_ms, wake_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         finished_at_ms, wake_at_ms, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
                          attempt = excluded.attempt, retry_count = excluded.retry_count,
                          input = excluded.input, output = excluded.output, last_error = excluded.last_error,
                          skip_reason = excluded.skip_reason,
                          started_at_ms = excluded.started_at_ms,
                          finished_at_ms = excluded.finished_at_ms,
-                         wake_at_ms = excluded.wake_at_ms",
+                         wake_at_ms = excluded.wake_at_ms, detail = excluded.detail",
                 )
                 .map_err(backend)?;
             for &i in steps {
@@ -238,6 +255,7 @@ impl SqliteStore {
                         st.started_at_ms.map(|v| v as i64),
                         st.finished_at_ms.map(|v| v as i64),
                         st.wake_at_ms.map(|v| v as i64),
+                        (!st.detail.is_empty()).then(|| to_json(&st.detail)),
                     ])
                     .map_err(backend)?;
             }
@@ -286,6 +304,25 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
         // rolls back an unfinished one), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The execution row's `detail` column: execution state that most executions never use.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct ExecutionDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compensation: Option<CompensationRun>,
+}
+
+impl ExecutionDetail {
+    fn of(execution: &Execution) -> ExecutionDetail {
+        ExecutionDetail {
+            compensation: execution.compensation.clone(),
+        }
+    }
+
+    fn to_column(&self) -> Option<String> {
+        self.compensation.as_ref().map(|_| to_json(self))
     }
 }
 
@@ -403,11 +440,12 @@ impl Storage for SqliteStore {
             Option<String>,
             Option<String>,
             Option<i64>,
+            Option<String>,
         );
         let row: Option<Row> = conn
             .query_row(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
-                        next_seq, breakpoint, origin_id, origin_seq
+                        next_seq, breakpoint, origin_id, origin_seq, detail
                  FROM executions WHERE id = ?1",
                 [id],
                 |r| {
@@ -423,6 +461,7 @@ impl Storage for SqliteStore {
                         r.get(8)?,
                         r.get(9)?,
                         r.get(10)?,
+                        r.get(11)?,
                     ))
                 },
             )
@@ -440,6 +479,7 @@ impl Storage for SqliteStore {
             breakpoint,
             origin_id,
             origin_seq,
+            detail,
         )) = row
         else {
             return Ok(None);
@@ -466,11 +506,17 @@ impl Storage for SqliteStore {
             execution_id: id,
             checkpoint_seq: seq as u64,
         });
+        let detail: ExecutionDetail = detail
+            .map(|d| serde_json::from_str(&d))
+            .transpose()
+            .map_err(|e| corrupt(format!("detail: {e}")))?
+            .unwrap_or_default();
+        execution.compensation = detail.compensation;
 
         let mut stmt = conn
             .prepare_cached(
                 "SELECT position, step_id, status, attempt, output, last_error, skip_reason,
-                        started_at_ms, finished_at_ms, wake_at_ms, input
+                        started_at_ms, finished_at_ms, wake_at_ms, input, detail
                  FROM steps WHERE execution_id = ?1 ORDER BY position",
             )
             .map_err(backend)?;
@@ -523,6 +569,11 @@ impl Storage for SqliteStore {
                     .get::<_, Option<i64>>(9)
                     .map_err(backend)?
                     .map(|v| v as u64),
+                detail: json_col(11)?
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| corrupt(format!("step {step_id} detail: {e}")))?
+                    .unwrap_or_default(),
             };
         }
         Ok(Some(execution))
@@ -665,6 +716,7 @@ mod tests {
             .unwrap();
         let t2 = exec.apply(
             Input::AgentReturned {
+                lane: crate::core::Lane::Main,
                 step: 0,
                 attempt: 1,
                 result: Ok(json!({"y": 2})),
@@ -719,6 +771,105 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Backend(_)), "{err}");
         assert_eq!(store.load("e3").await.unwrap(), before);
+    }
+
+    /// `a` completed, `b` failed, and `a`'s compensation is retrying: the state that only
+    /// lives in the `detail` columns.
+    async fn compensating(store: &SqliteStore) -> Execution {
+        let def = parse(
+            "p.yaml",
+            "name: p\non_failure: compensate\nsteps:\n  - {id: a, type: agent_task, agent: e, compensate: {agent: e, retry: {max_attempts: 2}}}\n  - {id: b, type: agent_task, agent: e, depends_on: [a]}\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        let mut exec = Execution::new("c1".into(), Arc::new(def), json!({}), 1_000);
+        store.create(&exec).await.unwrap();
+        let mut rng = seeded(1);
+        let fail = |step| Input::AgentReturned {
+            lane: crate::core::Lane::Main,
+            step,
+            attempt: 1,
+            result: Err(crate::core::StepError::new(
+                crate::core::ErrorKind::Server,
+                "x",
+            )),
+        };
+        let inputs = [
+            Input::Start,
+            Input::AgentReturned {
+                lane: crate::core::Lane::Main,
+                step: 0,
+                attempt: 1,
+                result: Ok(json!({"id": 7})),
+            },
+            fail(1),
+            Input::AgentReturned {
+                lane: crate::core::Lane::Compensation,
+                step: 0,
+                attempt: 1,
+                result: Err(crate::core::StepError::new(
+                    crate::core::ErrorKind::Server,
+                    "y",
+                )),
+            },
+        ];
+        for (i, input) in inputs.into_iter().enumerate() {
+            let t = exec.apply(input, 2_000 + i as u64, &mut *rng);
+            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+            store
+                .commit(&exec, &dirty, &t.events, &t.checkpoints)
+                .await
+                .unwrap();
+        }
+        let undo = exec.steps[0].detail.compensation.as_ref().unwrap();
+        assert_eq!(undo.status, crate::core::CompensationStatus::Retrying);
+        exec
+    }
+
+    #[tokio::test]
+    async fn compensation_state_round_trips() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let exec = compensating(&store).await;
+        assert!(exec.compensation.is_some());
+        assert_eq!(store.load("c1").await.unwrap().unwrap(), exec);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let mut exec = execution("old");
+        store.create(&exec).await.unwrap();
+        let t = exec.apply(Input::Start, 2_000, &mut *seeded(1));
+        store
+            .commit(&exec, &[0], &t.events, &t.checkpoints)
+            .await
+            .unwrap();
+        // Turn the file back into what version 1 wrote: no `detail` columns.
+        store
+            .conn()
+            .execute_batch(
+                "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load("old").await.unwrap().unwrap(), exec);
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        compensating(&store).await;
+        assert!(store
+            .load("c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .compensation
+            .is_some());
     }
 }
 

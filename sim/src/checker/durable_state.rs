@@ -35,6 +35,9 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
                     DomainEvent::StepCancelled { step, .. } if *step == def.id => {
                         Some(StepStatus::Cancelled)
                     }
+                    DomainEvent::StepCompensated { step, .. } if *step == def.id => {
+                        Some(StepStatus::Compensated)
+                    }
                     _ => None,
                 })
                 .unwrap_or(StepStatus::Pending);

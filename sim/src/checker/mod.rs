@@ -1,11 +1,12 @@
 //! The invariants (DESIGN §4), checked after every run, one module each. A violation names
 //! the invariant, the execution and step where it broke, and what was seen.
 //!
-//! Invariant 5 (compensation order) waits for compensation (issue 5); invariant 8
-//! (determinism) compares two runs, so it lives with the scenario tests.
+//! Invariant 8 (determinism) compares two runs, so it lives with the scenario tests.
 
+mod compensation;
 mod dependencies;
 mod durable_state;
+mod expected;
 mod history;
 mod liveness;
 mod once;
@@ -64,10 +65,12 @@ pub const NAMES: &[&str] = &[
     "effect_at_most_once",
     "dependencies_respected",
     "history_well_formed",
+    "compensation_in_reverse_order",
     "state_matches_history",
     "timers_not_early",
     "recovered_in_time",
     "scripted_faults_fired",
+    "expected_outcome",
 ];
 
 /// Runs every checker.
@@ -77,9 +80,11 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     once::check(scenario, outcome, &mut out);
     dependencies::check(scenario, outcome, &mut out);
     history::check(scenario, outcome, &mut out);
+    compensation::check(scenario, outcome, &mut out);
     durable_state::check(scenario, outcome, &mut out);
     timers::check(scenario, outcome, &mut out);
     recovery_time::check(scenario, outcome, &mut out);
+    expected::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(

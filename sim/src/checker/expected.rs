@@ -1,0 +1,50 @@
+//! `expected_outcome`: the run ended as the scenario says it must (`expect.status`, final
+//! execution statuses counted; `expect.steps`, final statuses of named steps counted over all
+//! executions). Not one of DESIGN §4's invariants: the scenario's own claim, such as "every
+//! booking was compensated".
+
+use std::collections::BTreeMap;
+
+use proctor::core::StepStatus;
+
+use super::Violation;
+use crate::runner::Outcome;
+use crate::scenario::Scenario;
+
+const NAME: &str = "expected_outcome";
+
+pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
+    let expect = &scenario.expect;
+    if !expect.status.is_empty() && outcome.status_counts() != expect.status {
+        out.push(Violation::new(
+            NAME,
+            format!(
+                "final statuses {:?}, expected {:?}",
+                outcome.status_counts(),
+                expect.status
+            ),
+        ));
+    }
+    for (step, wanted) in &expect.steps {
+        let Some(index) = scenario.process.position(step) else {
+            continue;
+        };
+        let mut seen: BTreeMap<StepStatus, usize> = BTreeMap::new();
+        for (execution, _) in &outcome.executions {
+            *seen.entry(execution.steps[index].status).or_insert(0) += 1;
+        }
+        for (status, n) in wanted {
+            let got = seen.get(status).copied().unwrap_or(0);
+            if got != *n {
+                let mut v = Violation::new(
+                    NAME,
+                    format!(
+                        "{got} executions ended with it {status}, expected {n} (all: {seen:?})"
+                    ),
+                );
+                v.step = Some(step.clone());
+                out.push(v);
+            }
+        }
+    }
+}
