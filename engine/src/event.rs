@@ -115,6 +115,37 @@ pub enum DomainEvent {
     CompensationCompleted {
         steps: Vec<String>,
     },
+    /// An attempt of a `foreach` item's call was dispatched.
+    ItemStarted {
+        step: String,
+        index: u32,
+        attempt: u32,
+    },
+    ItemCompleted {
+        step: String,
+        index: u32,
+        attempt: u32,
+        output: Value,
+    },
+    ItemRetrying {
+        step: String,
+        index: u32,
+        next_attempt: u32,
+        delay_ms: u64,
+        error: StepError,
+    },
+    /// The item failed for good; `on_item_error` decides what the loop does.
+    ItemFailed {
+        step: String,
+        index: u32,
+        attempt: u32,
+        error: StepError,
+    },
+    /// The break condition held after this item: no further item starts.
+    LoopBroken {
+        step: String,
+        index: u32,
+    },
 }
 
 impl DomainEvent {
@@ -143,6 +174,11 @@ impl DomainEvent {
             DomainEvent::CompensationFailed { .. } => "CompensationFailed",
             DomainEvent::CompensationCancelled { .. } => "CompensationCancelled",
             DomainEvent::CompensationCompleted { .. } => "CompensationCompleted",
+            DomainEvent::ItemStarted { .. } => "ItemStarted",
+            DomainEvent::ItemCompleted { .. } => "ItemCompleted",
+            DomainEvent::ItemRetrying { .. } => "ItemRetrying",
+            DomainEvent::ItemFailed { .. } => "ItemFailed",
+            DomainEvent::LoopBroken { .. } => "LoopBroken",
         }
     }
 
@@ -160,6 +196,11 @@ impl DomainEvent {
             | DomainEvent::CompensationRetrying { step, .. }
             | DomainEvent::CompensationFailed { step, .. }
             | DomainEvent::CompensationCancelled { step, .. }
+            | DomainEvent::ItemStarted { step, .. }
+            | DomainEvent::ItemCompleted { step, .. }
+            | DomainEvent::ItemRetrying { step, .. }
+            | DomainEvent::ItemFailed { step, .. }
+            | DomainEvent::LoopBroken { step, .. }
             | DomainEvent::BreakpointReached { step } => Some(step),
             _ => None,
         }

@@ -11,6 +11,10 @@ use serde_json::Value;
 
 /// Variables an expression may reference at its root.
 pub const ROOT_VARIABLES: &[&str] = &["input", "steps"];
+/// In a `foreach` item's input: also the item and its 0-based position.
+pub const ITEM_VARIABLES: &[&str] = &["input", "steps", "item", "index"];
+/// In a `foreach` break condition: also the item's output.
+pub const BREAK_VARIABLES: &[&str] = &["input", "steps", "item", "index", "output"];
 /// Upper bound on one template string, so a definition cannot smuggle in huge expressions.
 pub const MAX_TEMPLATE_LEN: usize = 16 * 1024;
 
@@ -39,21 +43,27 @@ pub enum Error {
 pub struct Scope {
     pub input: Value,
     pub steps: Value,
+    /// Further variables, such as a loop's `item` and `index`.
+    pub locals: Vec<(&'static str, Value)>,
 }
 
 fn compile(source: &str) -> Result<Program, Error> {
+    compile_with(source, ROOT_VARIABLES)
+}
+
+fn compile_with(source: &str, roots: &[&str]) -> Result<Program, Error> {
     let program = Program::compile(source).map_err(|e| Error::Parse {
         source_text: source.to_string(),
         message: e.to_string().trim().replace('\n', " "),
     })?;
     let references = program.references();
     for name in references.variables() {
-        if !ROOT_VARIABLES.contains(&name) {
+        if !roots.contains(&name) {
             return Err(Error::Parse {
                 source_text: source.to_string(),
                 message: format!(
                     "unknown variable `{name}` (expressions see {})",
-                    ROOT_VARIABLES.join(", ")
+                    roots.join(", ")
                 ),
             });
         }
@@ -96,7 +106,7 @@ impl serde::Serialize for CelJson<'_> {
 }
 
 fn evaluate(source: &str, scope: &Scope) -> Result<Value, Error> {
-    let program = compile(source)?;
+    let program = compile_with(source, BREAK_VARIABLES)?;
     let eval_err = |message: String| Error::Eval {
         source_text: source.to_string(),
         message,
@@ -108,6 +118,11 @@ fn evaluate(source: &str, scope: &Scope) -> Result<Value, Error> {
     context
         .add_variable("steps", CelJson(&scope.steps))
         .map_err(|e| eval_err(e.to_string()))?;
+    for (name, value) in &scope.locals {
+        context
+            .add_variable(*name, CelJson(value))
+            .map_err(|e| eval_err(e.to_string()))?;
+    }
     let value = program
         .execute(&context)
         .map_err(|e| eval_err(e.to_string()))?;
@@ -145,19 +160,25 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, Error> {
     Ok(out)
 }
 
-/// Checks that every expression in every string of `value` compiles.
+/// Checks that every expression in every string of `value` compiles and references only
+/// [`ROOT_VARIABLES`].
 pub fn check_template(value: &Value) -> Result<(), Error> {
+    check_template_with(value, ROOT_VARIABLES)
+}
+
+/// As [`check_template`], with the root variables `roots`.
+pub fn check_template_with(value: &Value, roots: &[&str]) -> Result<(), Error> {
     match value {
         Value::String(s) => {
             for piece in pieces(s)? {
                 if let Piece::Expr(source) = piece {
-                    compile(source)?;
+                    compile_with(source, roots)?;
                 }
             }
             Ok(())
         }
-        Value::Array(items) => items.iter().try_for_each(check_template),
-        Value::Object(map) => map.values().try_for_each(check_template),
+        Value::Array(items) => items.iter().try_for_each(|v| check_template_with(v, roots)),
+        Value::Object(map) => map.values().try_for_each(|v| check_template_with(v, roots)),
         _ => Ok(()),
     }
 }
@@ -165,6 +186,11 @@ pub fn check_template(value: &Value) -> Result<(), Error> {
 /// Checks that a condition compiles.
 pub fn check_condition(source: &str) -> Result<(), Error> {
     compile(source).map(|_| ())
+}
+
+/// As [`check_condition`], with the root variables `roots`.
+pub fn check_condition_with(source: &str, roots: &[&str]) -> Result<(), Error> {
+    compile_with(source, roots).map(|_| ())
 }
 
 /// Renders templates in every string of `value`. A string that is exactly one `{{ expr }}`
@@ -225,6 +251,7 @@ mod tests {
         Scope {
             input: json!({"text": "hi", "n": 3, "vip": true}),
             steps: json!({"a": {"status": "completed", "output": {"score": 0.9, "id": 7, "tags": ["x"]}}}),
+            locals: Vec::new(),
         }
     }
 

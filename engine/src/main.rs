@@ -606,6 +606,19 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         } => format!("attempt {next_attempt} in {delay_ms}ms after {error}"),
         DomainEvent::CompensationFailed { error, .. } => error.to_string(),
         DomainEvent::CompensationCompleted { steps } => steps.join(", "),
+        DomainEvent::ItemStarted { index, attempt, .. } => {
+            format!("item {index} attempt {attempt}")
+        }
+        DomainEvent::ItemCompleted { index, output, .. } => format!("item {index}: {output}"),
+        DomainEvent::ItemRetrying {
+            index,
+            next_attempt,
+            delay_ms,
+            error,
+            ..
+        } => format!("item {index} attempt {next_attempt} in {delay_ms}ms after {error}"),
+        DomainEvent::ItemFailed { index, error, .. } => format!("item {index}: {error}"),
+        DomainEvent::LoopBroken { index, .. } => format!("after item {index}"),
     };
     format!(
         "{:>3} {:>6}ms {:<19} {:<10} {}",

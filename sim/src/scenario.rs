@@ -299,8 +299,8 @@ impl Scenario {
         let hosts: Vec<&str> = std::iter::once(ENGINE_HOST)
             .chain(agent_names.iter().map(String::as_str))
             .collect();
-        // A step's compensating action is called as `<step>#compensate`, and a crash point
-        // may name it.
+        // A step's compensating action is called as `<step>#compensate`, and a `foreach`
+        // item as `<step>#<index>`; a crash point may name them.
         let step_ids: Vec<String> = process
             .steps
             .iter()
@@ -311,7 +311,7 @@ impl Scenario {
             })
             .collect();
         for (i, fault) in file.faults.iter().enumerate() {
-            check_fault(fault, &hosts, &step_ids)
+            check_fault(fault, &hosts, &step_ids, &process)
                 .map_err(|problem| invalid(format!("faults[{i}].{problem}")))?;
         }
         for step in file.expect.steps.keys() {
@@ -358,7 +358,12 @@ impl Scenario {
 }
 
 /// One fault's problem, as `field: problem` (the caller prefixes `faults[i].`).
-fn check_fault(fault: &Fault, hosts: &[&str], steps: &[String]) -> Result<(), String> {
+fn check_fault(
+    fault: &Fault,
+    hosts: &[&str],
+    steps: &[String],
+    process: &ProcessDef,
+) -> Result<(), String> {
     let known = |field: &str, h: &String| {
         if hosts.contains(&h.as_str()) {
             Ok(())
@@ -406,7 +411,14 @@ fn check_fault(fault: &Fault, hosts: &[&str], steps: &[String]) -> Result<(), St
         if !matches!(fault.point, Some(Point::StepRunning | Point::TimerWaiting)) {
             return Err("step: only with `point: step_running` or `point: timer_waiting`".into());
         }
-        if !steps.contains(step) {
+        let loop_item = step.split_once('#').is_some_and(|(id, index)| {
+            index.parse::<u32>().is_ok()
+                && process
+                    .steps
+                    .iter()
+                    .any(|s| s.id == id && matches!(s.kind, StepKind::Foreach(_)))
+        });
+        if !steps.contains(step) && !loop_item {
             return Err(format!("step: the process has no step '{step}'"));
         }
     }

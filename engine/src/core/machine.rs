@@ -15,10 +15,13 @@ use serde_json::{json, Map, Value};
 use super::checkpoint::{Checkpoint, ForkOrigin};
 use super::retry::retry_delay_ms;
 use super::state::{
-    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, SkipReason,
-    StepError, StepState, StepStatus,
+    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
+    ItemStatus, SkipReason, StepError, StepState, StepStatus,
 };
-use crate::definition::{FailurePolicy, OnError, ProcessDef, RetryPolicy, StepKind};
+use crate::definition::{
+    FailurePolicy, Foreach, ItemErrorPolicy, OnError, ProcessDef, RetryPolicy, StepKind,
+    MAX_FOREACH_ITEMS,
+};
 use crate::event::{DomainEvent, EventRecord};
 use crate::expr;
 use crate::planted::Bug;
@@ -78,17 +81,20 @@ pub enum Lane {
     /// The step itself.
     #[default]
     Main,
+    /// One item of a `foreach` step, by 0-based index.
+    Item(u32),
     /// The step's compensating action.
     Compensation,
 }
 
 impl Lane {
-    /// The suffix of this lane's step id on the wire (`reserve#compensate`): each lane is its
+    /// This lane's step id on the wire (`reserve#compensate`, `charge#3`): each lane is its
     /// own effect, with its own idempotency key. Step ids cannot hold `#`.
-    fn suffix(self) -> &'static str {
+    pub fn wire_id(self, step_id: &str) -> String {
         match self {
-            Lane::Main => "",
-            Lane::Compensation => "#compensate",
+            Lane::Main => step_id.to_string(),
+            Lane::Item(index) => format!("{step_id}#{index}"),
+            Lane::Compensation => format!("{step_id}#compensate"),
         }
     }
 }
@@ -255,6 +261,33 @@ impl Execution {
             }
             Input::AgentReturned {
                 step,
+                lane: Lane::Item(index),
+                attempt,
+                result,
+            } => {
+                if !self.is_item(step, index, attempt, ItemStatus::Running) {
+                    return cx.tx;
+                }
+                match result {
+                    Ok(output) => self.item_completed(&mut cx, step, index, output),
+                    Err(error) => self.item_attempt_failed(&mut cx, step, index, error),
+                }
+            }
+            Input::Wake {
+                step,
+                lane: Lane::Item(index),
+                attempt,
+            } => {
+                if !self.is_item(step, index, attempt, ItemStatus::Retrying)
+                    || self.status == ExecutionStatus::Paused
+                {
+                    // Paused: held until resume, which re-arms it.
+                    return cx.tx;
+                }
+                self.start_item_attempt(&mut cx, step, index, attempt + 1);
+            }
+            Input::AgentReturned {
+                step,
                 lane: Lane::Main,
                 attempt,
                 result,
@@ -360,6 +393,10 @@ impl Execution {
             (s.status == StepStatus::Running && matches!(d.kind, StepKind::AgentTask(_)))
                 || s.detail.compensation.as_ref().map(|c| c.status)
                     == Some(CompensationStatus::Running)
+                || s.detail
+                    .items
+                    .iter()
+                    .any(|i| i.status == ItemStatus::Running)
         }) {
             RecoveryAction::RetryStep
         } else {
@@ -406,6 +443,25 @@ impl Execution {
                     });
                 }
                 _ => {}
+            }
+            if status == StepStatus::Running {
+                for (index, item) in self.steps[step].detail.items.iter().enumerate() {
+                    let index = index as u32;
+                    match item.status {
+                        ItemStatus::Running if calls => {
+                            cx.tx.commands.push(self.item_call(step, index));
+                        }
+                        ItemStatus::Retrying if self.status == ExecutionStatus::Running => {
+                            cx.tx.commands.push(Command::Wake {
+                                step,
+                                lane: Lane::Item(index),
+                                attempt: item.attempt,
+                                at_ms: item.wake_at_ms.expect("a retrying item has a deadline"),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
             }
             let Some(undo) = &self.steps[step].detail.compensation else {
                 continue;
@@ -503,6 +559,7 @@ impl Execution {
         expr::Scope {
             input: self.input.clone(),
             steps: Value::Object(steps),
+            locals: Vec::new(),
         }
     }
 
@@ -514,6 +571,13 @@ impl Execution {
         }
         if self.compensation.is_some() {
             return self.advance_compensation(cx);
+        }
+        for step in 0..self.steps.len() {
+            if self.steps[step].status == StepStatus::Running
+                && matches!(self.process.steps[step].kind, StepKind::Foreach(_))
+            {
+                self.pump_items(cx, step);
+            }
         }
         // Each pass decides at least one step or stops, so this ends within steps.len() passes.
         let mut progressed = true;
@@ -659,6 +723,32 @@ impl Execution {
         let def = self.process.steps[step].clone();
         match &def.kind {
             StepKind::AgentTask(_) => self.start_attempt(cx, step, 1),
+            StepKind::Foreach(each) => {
+                self.mark_started(cx, step, 1, None);
+                let template = Value::String(each.items.clone());
+                let list = match expr::render(&template, &self.scope()) {
+                    Ok(Value::Array(list)) if list.len() <= MAX_FOREACH_ITEMS => Ok(list),
+                    Ok(Value::Array(list)) => Err(StepError::new(
+                        ErrorKind::Limit,
+                        format!(
+                            "items: {} items, over the limit of {MAX_FOREACH_ITEMS}",
+                            list.len()
+                        ),
+                    )),
+                    Ok(other) => Err(StepError::new(
+                        ErrorKind::Expression,
+                        format!("items: gave {other}, not a list"),
+                    )),
+                    Err(e) => Err(StepError::new(ErrorKind::Expression, format!("items: {e}"))),
+                };
+                match list {
+                    Ok(list) => {
+                        self.steps[step].input = Some(Value::Array(list));
+                        self.pump_items(cx, step);
+                    }
+                    Err(error) => self.attempt_failed(cx, step, error),
+                }
+            }
             StepKind::Gateway(gateway) => {
                 self.mark_started(cx, step, 1, None);
                 let scope = self.scope();
@@ -903,6 +993,12 @@ impl Execution {
     fn abandon_active(&mut self, cx: &mut Ctx<'_>) {
         for step in 0..self.steps.len() {
             if self.steps[step].status.is_active() {
+                for item in &mut self.steps[step].detail.items {
+                    if item.status.is_active() {
+                        item.status = ItemStatus::Cancelled;
+                        item.wake_at_ms = None;
+                    }
+                }
                 self.set_step_status(cx, step, StepStatus::Cancelled);
                 cx.tx.commands.push(Command::Abandon { step });
                 let attempt = self.steps[step].attempt;
@@ -1143,7 +1239,7 @@ impl Execution {
             .compensation
             .as_ref()
             .expect("a compensation call has its state");
-        let step_id = format!("{id}{}", Lane::Compensation.suffix());
+        let step_id = Lane::Compensation.wire_id(id);
         Command::CallAgent(AgentCall {
             step,
             lane: Lane::Compensation,
@@ -1249,6 +1345,270 @@ impl Execution {
     }
 }
 
+impl Execution {
+    fn foreach_def(&self, step: usize) -> &Foreach {
+        match &self.process.steps[step].kind {
+            StepKind::Foreach(each) => each,
+            _ => unreachable!("only foreach steps have items"),
+        }
+    }
+
+    /// The list a running `foreach` step iterates, fixed when it started.
+    fn item_list(&self, step: usize) -> &[Value] {
+        match &self.steps[step].input {
+            Some(Value::Array(list)) => list,
+            _ => unreachable!("a running foreach step has its list"),
+        }
+    }
+
+    /// Whether item `index` of `step` is waiting, as `status`, on exactly `attempt`.
+    fn is_item(&self, step: usize, index: u32, attempt: u32, status: ItemStatus) -> bool {
+        matches!(
+            self.status,
+            ExecutionStatus::Running | ExecutionStatus::Paused
+        ) && self
+            .steps
+            .get(step)
+            .filter(|s| s.status == StepStatus::Running)
+            .and_then(|s| s.detail.items.get(index as usize))
+            .is_some_and(|i| i.status == status && i.attempt == attempt)
+    }
+
+    /// Starts items in order while fewer than `max_concurrency` are in flight (not while
+    /// paused, not after a break), and completes the loop once nothing is left to run.
+    fn pump_items(&mut self, cx: &mut Ctx<'_>, step: usize) {
+        let max_concurrency = self.foreach_def(step).max_concurrency as usize;
+        while self.steps[step].status == StepStatus::Running {
+            let total = self.item_list(step).len();
+            let st = &self.steps[step];
+            let active = st
+                .detail
+                .items
+                .iter()
+                .filter(|i| i.status.is_active())
+                .count();
+            let next = st.detail.items.len();
+            let open = st.detail.broken_at.is_none() && next < total;
+            if open && active < max_concurrency && self.status == ExecutionStatus::Running {
+                self.start_item_attempt(cx, step, next as u32, 1);
+                continue;
+            }
+            if !open && active == 0 {
+                self.finish_loop(cx, step);
+            }
+            return;
+        }
+    }
+
+    fn start_item_attempt(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, attempt: u32) {
+        let id = self.process.steps[step].id.clone();
+        if attempt == 1 {
+            assert_eq!(
+                self.steps[step].detail.items.len(),
+                index as usize,
+                "items start in order"
+            );
+            let item = self.item_list(step)[index as usize].clone();
+            let mut scope = self.scope();
+            scope.locals = vec![("item", item.clone()), ("index", json!(index))];
+            let rendered = match &self.foreach_def(step).input {
+                None => Ok(json!({"item": item, "index": index})),
+                Some(template) => expr::render(template, &scope)
+                    .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
+            };
+            let failed = rendered.as_ref().err().cloned();
+            self.steps[step].detail.items.push(ItemState {
+                status: ItemStatus::Running,
+                attempt,
+                input: rendered.unwrap_or(Value::Null),
+                output: None,
+                last_error: None,
+                wake_at_ms: None,
+            });
+            cx.tx.dirty_steps.insert(step);
+            if let Some(error) = failed {
+                return self.item_gave_up(cx, step, index, error);
+            }
+        } else {
+            let item = &mut self.steps[step].detail.items[index as usize];
+            assert_eq!(item.status, ItemStatus::Retrying);
+            item.status = ItemStatus::Running;
+            item.attempt = attempt;
+            item.wake_at_ms = None;
+            cx.tx.dirty_steps.insert(step);
+        }
+        self.emit(
+            cx,
+            DomainEvent::ItemStarted {
+                step: id,
+                index,
+                attempt,
+            },
+        );
+        cx.tx.commands.push(self.item_call(step, index));
+    }
+
+    fn item_call(&self, step: usize, index: u32) -> Command {
+        let each = self.foreach_def(step);
+        let item = &self.steps[step].detail.items[index as usize];
+        let lane = Lane::Item(index);
+        let step_id = lane.wire_id(&self.process.steps[step].id);
+        Command::CallAgent(AgentCall {
+            step,
+            lane,
+            idempotency_key: format!("{}:{step_id}", self.id),
+            step_id,
+            agent: each.agent.clone(),
+            attempt: item.attempt,
+            input: item.input.clone(),
+            timeout_ms: each.timeout.as_millis(),
+        })
+    }
+
+    fn item_completed(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, output: Value) {
+        let id = self.process.steps[step].id.clone();
+        let item = &mut self.steps[step].detail.items[index as usize];
+        item.status = ItemStatus::Completed;
+        item.output = Some(output.clone());
+        let attempt = item.attempt;
+        cx.tx.dirty_steps.insert(step);
+        self.emit(
+            cx,
+            DomainEvent::ItemCompleted {
+                step: id.clone(),
+                index,
+                attempt,
+                output: output.clone(),
+            },
+        );
+        let Some(when) = self.foreach_def(step).break_when.clone() else {
+            return;
+        };
+        if self.steps[step].detail.broken_at.is_some() {
+            return;
+        }
+        let mut scope = self.scope();
+        let item = self.item_list(step)[index as usize].clone();
+        scope.locals = vec![("item", item), ("index", json!(index)), ("output", output)];
+        match expr::condition(&when, &scope) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.steps[step].detail.broken_at = Some(index);
+                self.emit(cx, DomainEvent::LoopBroken { step: id, index });
+            }
+            Err(e) => {
+                let error = StepError::new(ErrorKind::Expression, format!("break_when: {e}"));
+                self.fail_loop(cx, step, error);
+            }
+        }
+    }
+
+    fn item_attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, error: StepError) {
+        let policy = self.foreach_def(step).retry.clone();
+        let attempt = self.steps[step].detail.items[index as usize].attempt;
+        if !(retryable(&policy, &error) && attempt < policy.max_attempts) {
+            return self.item_gave_up(cx, step, index, error);
+        }
+        let delay_ms = retry_delay_ms(&policy, attempt, cx.rng);
+        let at_ms = cx.now_ms.saturating_add(delay_ms);
+        let item = &mut self.steps[step].detail.items[index as usize];
+        item.status = ItemStatus::Retrying;
+        item.wake_at_ms = Some(at_ms);
+        item.last_error = Some(error.clone());
+        cx.tx.dirty_steps.insert(step);
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::ItemRetrying {
+                step: id,
+                index,
+                next_attempt: attempt + 1,
+                delay_ms,
+                error,
+            },
+        );
+        cx.tx.commands.push(Command::Wake {
+            step,
+            lane: Lane::Item(index),
+            attempt,
+            at_ms,
+        });
+    }
+
+    /// An item failed for good: kept (continue), left out (skip), or the loop fails.
+    fn item_gave_up(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, error: StepError) {
+        let policy = self.foreach_def(step).on_item_error;
+        let item = &mut self.steps[step].detail.items[index as usize];
+        item.status = match policy {
+            ItemErrorPolicy::Skip => ItemStatus::Skipped,
+            ItemErrorPolicy::Continue | ItemErrorPolicy::Fail => ItemStatus::Failed,
+        };
+        item.last_error = Some(error.clone());
+        let attempt = item.attempt;
+        cx.tx.dirty_steps.insert(step);
+        let id = self.process.steps[step].id.clone();
+        self.emit(
+            cx,
+            DomainEvent::ItemFailed {
+                step: id,
+                index,
+                attempt,
+                error: error.clone(),
+            },
+        );
+        if policy == ItemErrorPolicy::Fail {
+            let mut error = error;
+            error.message = format!("item {index}: {}", error.message);
+            self.fail_loop(cx, step, error);
+        }
+    }
+
+    /// The loop step fails: items in flight are abandoned, then the step's `on_error` applies.
+    fn fail_loop(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
+        let mut abandoned = false;
+        for item in &mut self.steps[step].detail.items {
+            if item.status.is_active() {
+                item.status = ItemStatus::Cancelled;
+                item.wake_at_ms = None;
+                abandoned = true;
+            }
+        }
+        if abandoned {
+            cx.tx.commands.push(Command::Abandon { step });
+        }
+        self.attempt_failed(cx, step, error);
+    }
+
+    /// Every item is done (or the loop broke and the items in flight finished): the step
+    /// completes with the outputs in item order.
+    fn finish_loop(&mut self, cx: &mut Ctx<'_>, step: usize) {
+        let st = &self.steps[step];
+        let mut outputs = Vec::with_capacity(st.detail.items.len());
+        let mut skipped = Vec::new();
+        let mut errors = Map::new();
+        for (index, item) in st.detail.items.iter().enumerate() {
+            match item.status {
+                ItemStatus::Completed => outputs.push(item.output.clone().unwrap_or(Value::Null)),
+                ItemStatus::Skipped => skipped.push(index),
+                ItemStatus::Failed => {
+                    outputs.push(Value::Null);
+                    let error = serde_json::to_value(&item.last_error).expect("serializes");
+                    errors.insert(index.to_string(), error);
+                }
+                other => unreachable!("a finished loop has no {other:?} item"),
+            }
+        }
+        let output = json!({
+            "count": outputs.len(),
+            "items": outputs,
+            "skipped": skipped,
+            "errors": errors,
+            "broken_at": st.detail.broken_at,
+        });
+        self.complete_step(cx, step, output);
+    }
+}
+
 /// Whether an attempt that failed with `error` may be tried again under `policy` (attempts
 /// left aside): transient kinds, unless the agent's error type is listed non-retryable.
 fn retryable(policy: &RetryPolicy, error: &StepError) -> bool {
@@ -1262,6 +1622,7 @@ fn retryable(policy: &RetryPolicy, error: &StepError) -> bool {
 fn def_on_error(kind: &StepKind) -> OnError {
     match kind {
         StepKind::AgentTask(task) => task.on_error,
+        StepKind::Foreach(each) => each.on_error,
         StepKind::Gateway(_) | StepKind::Timer(_) => OnError::Fail,
     }
 }

@@ -15,8 +15,8 @@ pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
 pub use machine::{AgentCall, Command, Execution, Input, Lane, RecoveryAction, Transition};
 pub use retry::retry_delay_ms;
 pub use state::{
-    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, SkipReason,
-    StepDetail, StepError, StepState, StepStatus,
+    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
+    ItemStatus, SkipReason, StepDetail, StepError, StepState, StepStatus,
 };
 
 #[cfg(test)]

@@ -166,6 +166,8 @@ pub enum ErrorKind {
     Expression,
     /// A gateway matched no route and has no default.
     NoRoute,
+    /// A documented limit was exceeded (a `foreach` list too long).
+    Limit,
 }
 
 impl ErrorKind {
@@ -255,6 +257,47 @@ pub struct StepDetail {
     /// This step's compensating action, once the execution started compensating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompensationState>,
+    /// A `foreach` step's items that have started, in item order (the rest are pending).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemState>,
+    /// A `foreach` step whose break condition held at this item: no further item starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u32>,
+}
+
+/// Where one `foreach` item stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Running,
+    Retrying,
+    Completed,
+    /// Failed for good (kept under `on_item_error: continue`, or failing the loop).
+    Failed,
+    /// Failed for good under `on_item_error: skip`.
+    Skipped,
+    /// Abandoned: the loop failed or the execution was cancelled.
+    Cancelled,
+}
+
+impl ItemStatus {
+    pub fn is_active(self) -> bool {
+        matches!(self, ItemStatus::Running | ItemStatus::Retrying)
+    }
+}
+
+/// One `foreach` item's call: attempts, rendered input and result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemState {
+    pub status: ItemStatus,
+    pub attempt: u32,
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<StepError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at_ms: Option<u64>,
 }
 
 impl StepDetail {

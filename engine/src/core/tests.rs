@@ -14,6 +14,7 @@ use crate::definition::{self, Format, ProcessDef};
 use crate::event::{DomainEvent, EventRecord};
 
 mod compensation;
+mod foreach;
 
 const EXEC_ID: &str = "ex-1";
 const T0: u64 = 1_000;

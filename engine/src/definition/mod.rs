@@ -20,6 +20,11 @@ pub use validate::{validate, Diagnostic, Diagnostics};
 pub const MAX_STEPS_PER_PROCESS: usize = 1_000;
 /// Upper bound on attempts of one step, whatever the retry policy says.
 pub const MAX_ATTEMPTS_PER_STEP: u32 = 100;
+/// Upper bound on the items of one `foreach` step: its item states live in the step's row.
+/// A longer list fails the step with an error naming both numbers.
+pub const MAX_FOREACH_ITEMS: usize = 1_000;
+/// Upper bound on a `foreach` step's `max_concurrency`.
+pub const MAX_FOREACH_CONCURRENCY: u32 = 100;
 
 /// A whole process definition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +76,7 @@ pub enum StepKind {
     AgentTask(AgentTask),
     Gateway(Gateway),
     Timer(Timer),
+    Foreach(Box<Foreach>),
 }
 
 impl StepKind {
@@ -79,6 +85,7 @@ impl StepKind {
             StepKind::AgentTask(_) => "agent_task",
             StepKind::Gateway(_) => "gateway",
             StepKind::Timer(_) => "timer",
+            StepKind::Foreach(_) => "foreach",
         }
     }
 }
@@ -137,6 +144,53 @@ impl FailurePolicy {
 
 fn default_step_timeout() -> DurationMs {
     DurationMs(30_000)
+}
+
+/// A loop: one agent call per item of a list, in order, up to `max_concurrency` at a time.
+/// The step completes with `{items: [...], count, skipped, errors, broken_at}`: `items` holds
+/// the outputs in item order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Foreach {
+    /// A `{{ expr }}` template that gives the list (over `input` and `steps`).
+    pub items: String,
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: u32,
+    /// A CEL condition checked after each item completes (sees `item`, `index`, `output`):
+    /// when it holds, no further item starts; items in flight finish and are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_when: Option<String>,
+    /// What an item that failed for good does to the loop.
+    #[serde(default)]
+    pub on_item_error: ItemErrorPolicy,
+    /// The per-item call. `input` templates also see `item` and `index`.
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: DurationMs,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// What the step failing (an item under `on_item_error: fail`, a bad list) does.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_concurrency() -> u32 {
+    1
+}
+
+/// A `foreach` item that failed for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemErrorPolicy {
+    /// The loop step fails (items in flight are abandoned).
+    #[default]
+    Fail,
+    /// The item is left out of `items` and listed in `skipped`.
+    Skip,
+    /// The item's slot in `items` is null and its error is in `errors`.
+    Continue,
 }
 
 /// Exclusive gateway: the first route whose `when` holds is taken, else `default`.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::{
     DurationMs, FailurePolicy, OnError, ProcessDef, RetryPolicy, StepKind, MAX_ATTEMPTS_PER_STEP,
-    MAX_STEPS_PER_PROCESS,
+    MAX_FOREACH_CONCURRENCY, MAX_STEPS_PER_PROCESS,
 };
 use crate::expr;
 
@@ -157,6 +157,46 @@ pub fn validate(
                         ),
                         Some(_) => {}
                     }
+                }
+            }
+            StepKind::Foreach(each) => {
+                let call = Call {
+                    agent: &each.agent,
+                    input: None,
+                    timeout: each.timeout,
+                    retry: &each.retry,
+                };
+                check_call("", &call, agents, &mut |p| problem(id, p));
+                if let Some(input) = &each.input {
+                    if let Err(e) = expr::check_template_with(input, expr::ITEM_VARIABLES) {
+                        problem(id, format!("input: {e}"));
+                    }
+                }
+                let items = serde_json::Value::String(each.items.clone());
+                if !each.items.trim_start().starts_with("{{") {
+                    problem(id, "items: must be a `{{ expr }}` that gives a list".into());
+                } else if let Err(e) = expr::check_template(&items) {
+                    problem(id, format!("items: {e}"));
+                }
+                if let Some(when) = &each.break_when {
+                    if let Err(e) = expr::check_condition_with(when, expr::BREAK_VARIABLES) {
+                        problem(id, format!("break_when: {e}"));
+                    }
+                }
+                if each.max_concurrency == 0 || each.max_concurrency > MAX_FOREACH_CONCURRENCY {
+                    problem(
+                        id,
+                        format!(
+                            "max_concurrency must be between 1 and {MAX_FOREACH_CONCURRENCY}, got {}",
+                            each.max_concurrency
+                        ),
+                    );
+                }
+                if each.on_error == OnError::Compensate && !compensable {
+                    problem(
+                        id,
+                        "on_error is compensate but no step declares a `compensate` action".into(),
+                    );
                 }
             }
             StepKind::Timer(timer) => match (&timer.duration, &timer.until) {
