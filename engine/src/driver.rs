@@ -24,7 +24,7 @@ use crate::event::SystemEvent;
 use crate::network::Network;
 use crate::recovery::{RecoveryConfig, RecoveryError, RecoveryReport};
 use crate::rng::{new_id, Rng};
-use crate::store::{self, ControlAction, ControlRequest, Storage};
+use crate::store::{self, ControlAction, ControlRequest, SignalRequest, Storage};
 
 /// Control requests applied per poll; the rest wait for the next one.
 pub const MAX_CONTROL_REQUESTS_PER_POLL: usize = 256;
@@ -93,7 +93,12 @@ pub enum Error {
     Fork(#[from] ForkError),
     #[error("execution task for {id} ended abnormally: {problem}")]
     Task { id: String, problem: String },
+    #[error("bad signal: {0}")]
+    BadSignal(String),
 }
+
+/// Largest signal payload, as JSON: signals are kept in the execution's row.
+pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Longest execution id a caller may choose.
 pub const MAX_EXECUTION_ID_BYTES: usize = 128;
@@ -429,6 +434,32 @@ impl Engine {
         new_id(now_ms, &mut **rng)
     }
 
+    /// Sends a signal to an execution (pending, running or paused): a `wait_signal` step for
+    /// its name consumes it, now or once reached. The sender's id makes it idempotent: the
+    /// same id again changes nothing. Payloads over [`MAX_SIGNAL_PAYLOAD_BYTES`] are refused.
+    pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(&signal.payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if bytes > MAX_SIGNAL_PAYLOAD_BYTES || signal.id.is_empty() || signal.name.is_empty() {
+            return Err(Error::BadSignal(format!(
+                "a signal needs an id and a name, and a payload of at most \
+                 {MAX_SIGNAL_PAYLOAD_BYTES} bytes (got {bytes})"
+            )));
+        }
+        let SignalRequest {
+            id: signal_id,
+            name,
+            payload,
+        } = signal;
+        let input = Input::Signal {
+            id: signal_id,
+            name,
+            payload,
+        };
+        self.deliver(id, input).await
+    }
+
     /// Pauses a running execution: no new step starts; steps in flight finish and their
     /// results are kept. The pause is persisted, so it survives a restart.
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
@@ -530,7 +561,12 @@ impl Engine {
                 .take_control_requests(MAX_CONTROL_REQUESTS_PER_POLL)
                 .await?;
             for request in requests {
-                last.insert(request.execution_id.clone(), request);
+                if request.action == ControlAction::Signal {
+                    // Every signal counts, in order; only pause/resume/cancel collapse.
+                    self.apply_control(request).await;
+                } else {
+                    last.insert(request.execution_id.clone(), request);
+                }
             }
             for request in last.into_values() {
                 if request.action == ControlAction::Resume {
@@ -640,12 +676,18 @@ impl Engine {
             execution_id: id,
             action,
             reason,
+            signal,
             ..
         } = request;
-        let result = match action {
-            ControlAction::Pause => self.pause(&id).await,
-            ControlAction::Resume => self.resume(&id).await,
-            ControlAction::Cancel => self.cancel(&id, reason).await,
+        let result = match (action, signal) {
+            (ControlAction::Pause, _) => self.pause(&id).await,
+            (ControlAction::Resume, _) => self.resume(&id).await,
+            (ControlAction::Cancel, _) => self.cancel(&id, reason).await,
+            (ControlAction::Signal, Some(s)) => self.signal(&id, s).await,
+            (ControlAction::Signal, None) => Err(Error::Store(store::Error::Corrupt {
+                id: id.clone(),
+                problem: "a signal request without its signal".into(),
+            })),
         };
         match result {
             Ok(()) => true,

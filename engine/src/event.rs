@@ -146,6 +146,12 @@ pub enum DomainEvent {
         step: String,
         index: u32,
     },
+    /// A signal arrived and is kept until a `wait_signal` step consumes it.
+    SignalReceived {
+        signal_id: String,
+        name: String,
+        payload: Value,
+    },
 }
 
 impl DomainEvent {
@@ -179,6 +185,7 @@ impl DomainEvent {
             DomainEvent::ItemRetrying { .. } => "ItemRetrying",
             DomainEvent::ItemFailed { .. } => "ItemFailed",
             DomainEvent::LoopBroken { .. } => "LoopBroken",
+            DomainEvent::SignalReceived { .. } => "SignalReceived",
         }
     }
 

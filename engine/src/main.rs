@@ -16,7 +16,7 @@ use proctor::core::ExecutionStatus;
 use proctor::definition;
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::network::TokioNetwork;
-use proctor::store::{ControlAction, ControlRequest, SqliteStore, Storage};
+use proctor::store::{ControlAction, ControlRequest, SignalRequest, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 #[derive(Parser)]
@@ -102,6 +102,20 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Send a named signal (with an optional JSON payload) to an execution; a `wait_signal`
+    /// step for that name consumes it, now or when the execution reaches it.
+    Signal {
+        id: String,
+        name: String,
+        /// JSON, or `@file.json`.
+        #[arg(long)]
+        payload: Option<String>,
+        /// The signal's id: sending the same id again is a no-op (default: a fresh one).
+        #[arg(long = "signal-id")]
+        signal_id: Option<String>,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
     },
     /// Ask for an execution to pause: no new step starts; steps in flight finish.
     Pause {
@@ -297,9 +311,38 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Pause { id, db } => control(&db, id, ControlAction::Pause, None).await,
-        Command::Resume { id, db } => control(&db, id, ControlAction::Resume, None).await,
-        Command::Cancel { id, db, reason } => control(&db, id, ControlAction::Cancel, reason).await,
+        Command::Pause { id, db } => control(&db, id, ControlAction::Pause, None, None).await,
+        Command::Resume { id, db } => control(&db, id, ControlAction::Resume, None, None).await,
+        Command::Cancel { id, db, reason } => {
+            control(&db, id, ControlAction::Cancel, reason, None).await
+        }
+        Command::Signal {
+            id,
+            name,
+            payload,
+            signal_id,
+            db,
+        } => {
+            let payload = match payload {
+                None => Value::Null,
+                Some(text) => json_arg(&text, "--payload")?,
+            };
+            let signal_id = signal_id.unwrap_or_else(|| {
+                // The binary is not simulated: a fresh id from the wall clock's nanoseconds.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                let mut rng = proctor::rng::seeded(nanos);
+                proctor::rng::new_id(SystemClock.now_ms(), &mut *rng)
+            });
+            let signal = SignalRequest {
+                id: signal_id,
+                name,
+                payload,
+            };
+            control(&db, id, ControlAction::Signal, None, Some(signal)).await
+        }
         Command::Status { id, db } => status(&db, id.as_deref()).await,
         Command::Agent {
             listen,
@@ -443,6 +486,7 @@ async fn control(
     id: String,
     action: ControlAction,
     reason: Option<String>,
+    signal: Option<SignalRequest>,
 ) -> anyhow::Result<ExitCode> {
     let store = open_existing(db)?;
     let Some(execution) = store.load(&id).await? else {
@@ -458,6 +502,7 @@ async fn control(
         action,
         reason,
         requested_at_ms: SystemClock.now_ms(),
+        signal,
     };
     store.request_control(&request).await?;
     let verb = serde_json::to_value(action)?;
@@ -619,6 +664,11 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         } => format!("item {index} attempt {next_attempt} in {delay_ms}ms after {error}"),
         DomainEvent::ItemFailed { index, error, .. } => format!("item {index}: {error}"),
         DomainEvent::LoopBroken { index, .. } => format!("after item {index}"),
+        DomainEvent::SignalReceived {
+            name,
+            signal_id,
+            payload,
+        } => format!("{name} ({signal_id}): {payload}"),
     };
     format!(
         "{:>3} {:>6}ms {:<19} {:<10} {}",

@@ -234,3 +234,74 @@ fn run_until_a_breakpoint_then_reset_from_a_checkpoint_with_a_new_output() {
         "a paused original is replaced by its reset"
     );
 }
+
+/// `proctor signal` from another process reaches an execution that `proctor run` is driving
+/// and waiting on; sending the same signal id twice is one signal.
+#[test]
+fn a_signal_from_another_process_completes_a_waiting_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proctor.db");
+    let child = proctor()
+        .arg("run")
+        .arg(example("approval.yaml"))
+        .args(["--input", r#"{"text":"memo"}"#, "--seed", "3"])
+        .arg("--agents")
+        .arg(example("agents.yaml"))
+        .arg("--db")
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the execution waits for its signal.
+    let mut id = None;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let Ok(conn) = rusqlite::Connection::open(&db) else {
+            continue;
+        };
+        id = conn
+            .query_row(
+                "SELECT execution_id FROM steps WHERE step_id = 'approval' AND status = 'running'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .ok();
+        if id.is_some() {
+            break;
+        }
+    }
+    let id = id.expect("the execution reached its wait_signal step within 10 s");
+    for _ in 0..2 {
+        let (code, out) = run_proctor(
+            &[
+                "signal",
+                &id,
+                "approve",
+                "--payload",
+                r#"{"by":"ana"}"#,
+                "--signal-id",
+                "approval-1",
+            ],
+            &db,
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"approved_by\": \"ana\""), "{stdout}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let received: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'SignalReceived'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(received, 1, "the repeated signal id was applied once");
+}

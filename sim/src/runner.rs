@@ -28,15 +28,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proctor::agent::example::{self, Ledger};
 use proctor::agent::{AgentEndpoint, AgentRegistry};
+use proctor::clock::Clock;
 use proctor::core::Execution;
 use proctor::event::EventRecord;
-use proctor::store::{self, SqliteStore, Storage};
+use proctor::store::{self, SignalRequest, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 use crate::chaos;
 use crate::checker::{self, Violation};
 use crate::ports::{SimClock, SimNetwork};
-use crate::scenario::{Fault, Point, Scenario, StorageFault, AGENT_PORT, ENGINE_HOST};
+use crate::scenario::{
+    Fault, Point, Scenario, StorageFault, WorkloadSignal, AGENT_PORT, ENGINE_HOST,
+};
 use crate::storage::{Faults, FaultyStore, PointCrash};
 use crate::trace::Trace;
 
@@ -644,6 +647,13 @@ async fn boot(
         tracing::warn!("recovery failed, retrying: {e}");
         tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
     }
+    if !scenario.workload.signals.is_empty() {
+        tokio::spawn(send_signals(
+            engine.clone(),
+            shared.clone(),
+            scenario.clone(),
+        ));
+    }
     loop {
         let n = shared.submitted.load(Ordering::SeqCst);
         if n >= scenario.workload.executions {
@@ -669,6 +679,37 @@ async fn boot(
     }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// Sends the workload's signals: each to every execution once it is due and the execution
+/// acknowledged, retried until the engine takes it. Every life of the engine host sends them
+/// all again under the same signal ids, so a send whose fate a crash hid is repeated, and the
+/// engine applies each id once.
+async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
+    let mut due: Vec<(usize, &WorkloadSignal)> =
+        scenario.workload.signals.iter().enumerate().collect();
+    due.sort_by_key(|(k, s)| (s.at_ms, *k));
+    for (k, signal) in due {
+        let elapsed_ms = SimClock.now_ms().saturating_sub(EPOCH_MS);
+        if signal.at_ms > elapsed_ms {
+            tokio::time::sleep(Duration::from_millis(signal.at_ms - elapsed_ms)).await;
+        }
+        for n in 0..scenario.workload.executions {
+            while shared.submitted.load(Ordering::SeqCst) <= n {
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+            let id = format!("{}-{n:04}", scenario.name);
+            let request = SignalRequest {
+                id: format!("{id}:{}:{k}", signal.name),
+                name: signal.name.clone(),
+                payload: signal.payload.clone(),
+            };
+            while let Err(e) = engine.signal(&id, request.clone()).await {
+                tracing::warn!(execution = %id, "signal failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    }
 }
 
 /// Creates and starts execution `id`, idempotently: it may already exist (an earlier

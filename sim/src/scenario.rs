@@ -76,6 +76,21 @@ pub struct Workload {
     /// Simulated time between two submissions.
     #[serde(default)]
     pub spacing_ms: u64,
+    /// Signals the client sends to every execution, each once the run is `at_ms` old and the
+    /// execution acknowledged (so a late execution gets it before it reaches its step).
+    #[serde(default)]
+    pub signals: Vec<WorkloadSignal>,
+}
+
+/// One signal of the workload.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSignal {
+    pub name: String,
+    #[serde(default)]
+    pub at_ms: u64,
+    #[serde(default)]
+    pub payload: Value,
 }
 
 /// One scripted fault: a trigger (`at_ms`, or a named `point`) and one action.

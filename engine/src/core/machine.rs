@@ -16,7 +16,7 @@ use super::checkpoint::{Checkpoint, ForkOrigin};
 use super::retry::retry_delay_ms;
 use super::state::{
     CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
-    ItemStatus, SkipReason, StepError, StepState, StepStatus,
+    ItemStatus, ReceivedSignal, SkipReason, StepError, StepState, StepStatus,
 };
 use crate::definition::{
     FailurePolicy, Foreach, ItemErrorPolicy, OnError, ProcessDef, RetryPolicy, StepKind,
@@ -45,6 +45,14 @@ pub enum Input {
         lane: Lane,
         attempt: u32,
     },
+    /// A named signal for the execution, with the sender's id for it: kept until a
+    /// `wait_signal` step consumes it; a repeated id, or one past
+    /// [`MAX_SIGNALS_PER_EXECUTION`], is ignored, as is any signal once terminal.
+    Signal {
+        id: String,
+        name: String,
+        payload: Value,
+    },
     /// Cancel the execution; a no-op once it is terminal.
     Cancel { reason: Option<String> },
     /// Stop starting new steps. Steps in flight finish and their results are kept; retry
@@ -57,6 +65,9 @@ pub enum Input {
     /// deadlines), or fail it, as the recovery service decided.
     Recover { action: RecoveryAction },
 }
+
+/// Signals one execution keeps (consumed or not): its row carries them all.
+pub const MAX_SIGNALS_PER_EXECUTION: usize = 1_000;
 
 /// What recovery does with one stored execution (DESIGN §2).
 #[derive(
@@ -166,6 +177,8 @@ pub struct Execution {
     pub origin: Option<ForkOrigin>,
     /// Set once a fatal failure started compensating the completed steps.
     pub compensation: Option<CompensationRun>,
+    /// Signals received, in arrival order.
+    pub signals: Vec<ReceivedSignal>,
 }
 
 /// How one dependency stands for one dependant.
@@ -203,6 +216,7 @@ impl Execution {
             breakpoint: None,
             origin: None,
             compensation: None,
+            signals: Vec::new(),
         }
     }
 
@@ -315,6 +329,10 @@ impl Execution {
                     }
                     self.start_attempt(&mut cx, step, attempt + 1);
                 } else if self.is_current(step, attempt, StepStatus::Running)
+                    && matches!(self.process.steps[step].kind, StepKind::WaitSignal(_))
+                {
+                    self.signal_timed_out(&mut cx, step);
+                } else if self.is_current(step, attempt, StepStatus::Running)
                     && matches!(self.process.steps[step].kind, StepKind::Timer(_))
                 {
                     let st = &self.steps[step];
@@ -328,6 +346,37 @@ impl Execution {
                     self.complete_step(&mut cx, step, output);
                 } else {
                     return cx.tx;
+                }
+            }
+            Input::Signal { id, name, payload } => {
+                if self.status.is_terminal()
+                    || self.signals.len() >= MAX_SIGNALS_PER_EXECUTION
+                    || self.signals.iter().any(|s| s.id == id)
+                {
+                    return cx.tx;
+                }
+                let event = DomainEvent::SignalReceived {
+                    signal_id: id.clone(),
+                    name: name.clone(),
+                    payload: payload.clone(),
+                };
+                self.emit(&mut cx, event);
+                self.signals.push(ReceivedSignal {
+                    id,
+                    name: name.clone(),
+                    payload,
+                    received_at_ms: now_ms,
+                    consumed_by: None,
+                });
+                // A step already waiting takes it at once, even while paused: like a result in
+                // flight, it is work that was started before the pause.
+                let waiting = (0..self.steps.len()).find(|&i| {
+                    self.steps[i].status == StepStatus::Running
+                        && matches!(&self.process.steps[i].kind,
+                            StepKind::WaitSignal(w) if w.signal == name)
+                });
+                if let Some(step) = waiting {
+                    self.consume_signal(&mut cx, step);
                 }
             }
             Input::Cancel { reason } => {
@@ -425,6 +474,14 @@ impl Execution {
                         }
                     }
                     cx.tx.commands.push(command);
+                }
+                (StepStatus::Running, StepKind::WaitSignal(_)) if calls && wake_at.is_some() => {
+                    cx.tx.commands.push(Command::Wake {
+                        step,
+                        lane: Lane::Main,
+                        attempt,
+                        at_ms: wake_at.expect("checked"),
+                    });
                 }
                 (StepStatus::Running, StepKind::Timer(_)) if calls => {
                     cx.tx.commands.push(Command::Wake {
@@ -723,6 +780,22 @@ impl Execution {
         let def = self.process.steps[step].clone();
         match &def.kind {
             StepKind::AgentTask(_) => self.start_attempt(cx, step, 1),
+            StepKind::WaitSignal(wait) => {
+                let deadline = wait
+                    .timeout
+                    .map(|t| cx.now_ms.saturating_add(t.as_millis()));
+                self.mark_started(cx, step, 1, deadline);
+                if !self.consume_signal(cx, step) {
+                    if let Some(at_ms) = deadline {
+                        cx.tx.commands.push(Command::Wake {
+                            step,
+                            lane: Lane::Main,
+                            attempt: 1,
+                            at_ms,
+                        });
+                    }
+                }
+            }
             StepKind::Foreach(each) => {
                 self.mark_started(cx, step, 1, None);
                 let template = Value::String(each.items.clone());
@@ -1619,10 +1692,63 @@ fn retryable(policy: &RetryPolicy, error: &StepError) -> bool {
             .is_some_and(|t| policy.non_retryable.contains(t))
 }
 
+impl Execution {
+    /// Completes the waiting `step` with the oldest unconsumed signal of its name, if any.
+    fn consume_signal(&mut self, cx: &mut Ctx<'_>, step: usize) -> bool {
+        let StepKind::WaitSignal(wait) = &self.process.steps[step].kind else {
+            unreachable!("only wait_signal steps consume signals")
+        };
+        let name = wait.signal.clone();
+        let Some(signal) = self
+            .signals
+            .iter_mut()
+            .find(|s| s.consumed_by.is_none() && s.name == name)
+        else {
+            return false;
+        };
+        let id = self.process.steps[step].id.clone();
+        signal.consumed_by = Some(id);
+        let output = json!({
+            "signal": name,
+            "signal_id": signal.id,
+            "payload": signal.payload,
+            "timed_out": false,
+        });
+        if self.steps[step].wake_at_ms.is_some() {
+            // Its timeout will not be needed.
+            cx.tx.commands.push(Command::Abandon { step });
+        }
+        self.complete_step(cx, step, output);
+        true
+    }
+
+    fn signal_timed_out(&mut self, cx: &mut Ctx<'_>, step: usize) {
+        let StepKind::WaitSignal(wait) = &self.process.steps[step].kind else {
+            unreachable!("only wait_signal steps time out waiting for a signal")
+        };
+        match wait.timeout_output.clone() {
+            Some(payload) => {
+                let output = json!({
+                    "signal": wait.signal,
+                    "signal_id": null,
+                    "payload": payload,
+                    "timed_out": true,
+                });
+                self.complete_step(cx, step, output);
+            }
+            None => {
+                let waited = wait.timeout.expect("only a step with a timeout times out");
+                let message = format!("no signal '{}' within {waited}", wait.signal);
+                self.attempt_failed(cx, step, StepError::new(ErrorKind::Timeout, message));
+            }
+        }
+    }
+}
+
 fn def_on_error(kind: &StepKind) -> OnError {
     match kind {
         StepKind::AgentTask(task) => task.on_error,
         StepKind::Foreach(each) => each.on_error,
-        StepKind::Gateway(_) | StepKind::Timer(_) => OnError::Fail,
+        StepKind::Gateway(_) | StepKind::Timer(_) | StepKind::WaitSignal(_) => OnError::Fail,
     }
 }

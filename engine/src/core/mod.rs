@@ -12,11 +12,14 @@ mod retry;
 mod state;
 
 pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
-pub use machine::{AgentCall, Command, Execution, Input, Lane, RecoveryAction, Transition};
+pub use machine::{
+    AgentCall, Command, Execution, Input, Lane, RecoveryAction, Transition,
+    MAX_SIGNALS_PER_EXECUTION,
+};
 pub use retry::retry_delay_ms;
 pub use state::{
     CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
-    ItemStatus, SkipReason, StepDetail, StepError, StepState, StepStatus,
+    ItemStatus, ReceivedSignal, SkipReason, StepDetail, StepError, StepState, StepStatus,
 };
 
 #[cfg(test)]

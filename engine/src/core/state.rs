@@ -343,6 +343,19 @@ pub struct CompensationState {
     pub wake_at_ms: Option<u64>,
 }
 
+/// A signal sent to an execution, kept in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedSignal {
+    /// The sender's id for it: a second signal with the same id is the same signal.
+    pub id: String,
+    pub name: String,
+    pub payload: Value,
+    pub received_at_ms: u64,
+    /// The `wait_signal` step that consumed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_by: Option<String>,
+}
+
 /// An execution's compensation: why it began and which steps it undoes, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompensationRun {

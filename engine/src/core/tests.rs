@@ -15,6 +15,7 @@ use crate::event::{DomainEvent, EventRecord};
 
 mod compensation;
 mod foreach;
+mod signals;
 
 const EXEC_ID: &str = "ex-1";
 const T0: u64 = 1_000;

@@ -77,6 +77,7 @@ pub enum StepKind {
     Gateway(Gateway),
     Timer(Timer),
     Foreach(Box<Foreach>),
+    WaitSignal(WaitSignal),
 }
 
 impl StepKind {
@@ -86,6 +87,7 @@ impl StepKind {
             StepKind::Gateway(_) => "gateway",
             StepKind::Timer(_) => "timer",
             StepKind::Foreach(_) => "foreach",
+            StepKind::WaitSignal(_) => "wait_signal",
         }
     }
 }
@@ -144,6 +146,21 @@ impl FailurePolicy {
 
 fn default_step_timeout() -> DurationMs {
     DurationMs(30_000)
+}
+
+/// Waits for a named signal sent to the execution (a human approval, an external event) and
+/// completes with `{signal, signal_id, payload, timed_out}`. A signal sent before the step is
+/// reached is kept and consumed when it is; each signal is consumed by at most one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSignal {
+    pub signal: String,
+    /// Give up after this long: the step fails with a timeout, or, with `timeout_output`,
+    /// completes with `timed_out: true` and that payload (route on it with a gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationMs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_output: Option<Value>,
 }
 
 /// A loop: one agent call per item of a list, in order, up to `max_concurrency` at a time.

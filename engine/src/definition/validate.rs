@@ -199,6 +199,21 @@ pub fn validate(
                     );
                 }
             }
+            StepKind::WaitSignal(wait) => {
+                if !is_valid_id(&wait.signal) {
+                    problem(
+                        id,
+                        "signal: a name starts with a letter or '_' and holds only letters, digits, '_' and '-'"
+                            .into(),
+                    );
+                }
+                if wait.timeout.is_some_and(|t| t.as_millis() == 0) {
+                    problem(id, "timeout must be greater than zero".into());
+                }
+                if wait.timeout_output.is_some() && wait.timeout.is_none() {
+                    problem(id, "timeout_output without a timeout".into());
+                }
+            }
             StepKind::Timer(timer) => match (&timer.duration, &timer.until) {
                 (Some(_), Some(_)) => problem(id, "timer has both `duration` and `until`".into()),
                 (None, None) => problem(id, "timer needs `duration` or `until`".into()),

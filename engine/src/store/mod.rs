@@ -74,6 +74,8 @@ pub enum ControlAction {
     Pause,
     Resume,
     Cancel,
+    /// Deliver [`ControlRequest::signal`].
+    Signal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,4 +85,15 @@ pub struct ControlRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub requested_at_ms: u64,
+    /// The signal, for [`ControlAction::Signal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalRequest>,
+}
+
+/// A signal to deliver to an execution. `id` is the sender's: the same id twice is one signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRequest {
+    pub id: String,
+    pub name: String,
+    pub payload: serde_json::Value,
 }

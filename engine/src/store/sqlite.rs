@@ -10,17 +10,19 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{ControlAction, ControlRequest, Error, Storage};
-use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, StepState};
+use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
 
-/// 2: `executions.detail` and `steps.detail` (compensation state, completion order).
+/// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
+/// `control_requests.signal`.
 const SCHEMA_VERSION: i64 = 2;
 
 /// From each older version to the next; applied in order inside one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
-    "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;",
+    "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;
+     ALTER TABLE control_requests ADD COLUMN signal TEXT;",
 )];
 
 const SCHEMA: &str = "
@@ -84,7 +86,8 @@ CREATE TABLE IF NOT EXISTS control_requests (
     execution_id    TEXT NOT NULL,
     action          TEXT NOT NULL,
     reason          TEXT,
-    requested_at_ms INTEGER NOT NULL
+    requested_at_ms INTEGER NOT NULL,
+    signal          TEXT
 );
 ";
 
@@ -133,15 +136,19 @@ impl SqliteStore {
                 "database schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
             )));
         }
-        let mut upgrade = String::from("BEGIN;");
-        for (from, sql) in MIGRATIONS {
-            if version > 0 && version <= *from {
-                upgrade.push_str(sql);
+        if version < SCHEMA_VERSION {
+            // IMMEDIATE: take the write lock first (waiting out other writers), so that two
+            // processes opening an old file do not both try to upgrade it.
+            let mut upgrade = String::from("BEGIN IMMEDIATE;");
+            for (from, sql) in MIGRATIONS {
+                if version > 0 && version <= *from {
+                    upgrade.push_str(sql);
+                }
             }
+            upgrade.push_str(SCHEMA);
+            upgrade.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+            conn.execute_batch(&upgrade).map_err(backend)?;
         }
-        upgrade.push_str(SCHEMA);
-        upgrade.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
-        conn.execute_batch(&upgrade).map_err(backend)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             definitions: Arc::new(Mutex::new(BTreeMap::new())),
@@ -312,17 +319,20 @@ impl SqliteStore {
 struct ExecutionDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     compensation: Option<CompensationRun>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    signals: Vec<ReceivedSignal>,
 }
 
 impl ExecutionDetail {
     fn of(execution: &Execution) -> ExecutionDetail {
         ExecutionDetail {
             compensation: execution.compensation.clone(),
+            signals: execution.signals.clone(),
         }
     }
 
     fn to_column(&self) -> Option<String> {
-        self.compensation.as_ref().map(|_| to_json(self))
+        (self.compensation.is_some() || !self.signals.is_empty()).then(|| to_json(self))
     }
 }
 
@@ -512,6 +522,7 @@ impl Storage for SqliteStore {
             .map_err(|e| corrupt(format!("detail: {e}")))?
             .unwrap_or_default();
         execution.compensation = detail.compensation;
+        execution.signals = detail.signals;
 
         let mut stmt = conn
             .prepare_cached(
@@ -617,13 +628,15 @@ impl Storage for SqliteStore {
         let action = serde_json::to_value(request.action).expect("enum serializes");
         self.conn()
             .execute(
-                "INSERT INTO control_requests (execution_id, action, reason, requested_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO control_requests (execution_id, action, reason, requested_at_ms,
+                     signal)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     request.execution_id,
                     action.as_str(),
                     request.reason,
-                    request.requested_at_ms as i64
+                    request.requested_at_ms as i64,
+                    opt_json(&request.signal),
                 ],
             )
             .map_err(backend)?;
@@ -633,22 +646,30 @@ impl Storage for SqliteStore {
     async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
-        let rows: Vec<(i64, String, String, Option<String>, i64)> = {
+        type Row = (i64, String, String, Option<String>, i64, Option<String>);
+        let rows: Vec<Row> = {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT id, execution_id, action, reason, requested_at_ms
+                    "SELECT id, execution_id, action, reason, requested_at_ms, signal
                      FROM control_requests ORDER BY id LIMIT ?1",
                 )
                 .map_err(backend)?;
             let rows = stmt
                 .query_map([limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
         let mut out = Vec::with_capacity(rows.len());
-        for (id, execution_id, action, reason, at) in rows {
+        for (id, execution_id, action, reason, at, signal) in rows {
             tx.execute("DELETE FROM control_requests WHERE id = ?1", [id])
                 .map_err(backend)?;
             let action: ControlAction = serde_json::from_value(Value::String(action.clone()))
@@ -656,11 +677,19 @@ impl Storage for SqliteStore {
                     id: execution_id.clone(),
                     problem: format!("control request {id} has unknown action {action:?}"),
                 })?;
+            let signal = signal
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| Error::Corrupt {
+                    id: execution_id.clone(),
+                    problem: format!("control request {id}: signal: {e}"),
+                })?;
             out.push(ControlRequest {
                 execution_id,
                 action,
                 reason,
                 requested_at_ms: at as u64,
+                signal,
             });
         }
         tx.commit().map_err(backend)?;
@@ -851,7 +880,7 @@ mod tests {
             .conn()
             .execute_batch(
                 "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
-                 PRAGMA user_version = 1;",
+                 ALTER TABLE control_requests DROP COLUMN signal; PRAGMA user_version = 1;",
             )
             .unwrap();
         drop(store);
@@ -884,6 +913,7 @@ mod control_tests {
             action,
             reason: None,
             requested_at_ms: at,
+            signal: None,
         }
     }
 

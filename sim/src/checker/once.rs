@@ -1,5 +1,5 @@
 //! Invariant 2, `effect_at_most_once`: a step is recorded completed at most once per
-//! execution, an agent applies each idempotency key's effect at most once, and no step's
+//! execution, a signal (by its sender's id) is received at most once, an agent applies each idempotency key's effect at most once, and no step's
 //! effect is applied under two keys. Proves that
 //! re-dispatching a step after a crash (same key) never doubles its effect, and that a late
 //! result never completes a step twice.
@@ -16,9 +16,19 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
     const NAME: &str = "effect_at_most_once";
     for (execution, events) in &outcome.executions {
         let mut completed: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut signals: BTreeSet<&str> = BTreeSet::new();
         for e in events {
-            if let DomainEvent::StepCompleted { step, .. } = &e.event {
-                *completed.entry(step).or_insert(0) += 1;
+            match &e.event {
+                DomainEvent::StepCompleted { step, .. } => {
+                    *completed.entry(step).or_insert(0) += 1;
+                }
+                DomainEvent::SignalReceived { signal_id, .. } if !signals.insert(signal_id) => {
+                    out.push(
+                        Violation::new(NAME, format!("signal {signal_id} received twice"))
+                            .at(&execution.id, None),
+                    );
+                }
+                _ => {}
             }
         }
         for (step, n) in completed {
