@@ -19,6 +19,7 @@ pub mod network;
 pub mod planted;
 pub mod recovery;
 pub mod rng;
+pub mod schedule;
 pub mod store;
 
 pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery, Reset, Resumption};
