@@ -95,6 +95,8 @@ pub enum Error {
     Task { id: String, problem: String },
     #[error("bad signal: {0}")]
     BadSignal(String),
+    #[error("bad schedule: {0}")]
+    BadSchedule(String),
 }
 
 /// Largest signal payload, as JSON: signals are kept in the execution's row.
@@ -270,6 +272,10 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Storage> {
         &self.inner.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
     }
 
     /// Persists a new pending execution and returns its id. Nothing runs until [`Engine::start`].
@@ -778,7 +784,7 @@ impl Engine {
         Ok(self.inner.store.load(id).await?)
     }
 
-    fn check_agents(&self, process: &ProcessDef) -> Result<(), Error> {
+    pub(crate) fn check_agents(&self, process: &ProcessDef) -> Result<(), Error> {
         let items: Vec<Diagnostic> = process
             .steps
             .iter()

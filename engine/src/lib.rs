@@ -20,6 +20,7 @@ pub mod planted;
 pub mod recovery;
 pub mod rng;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
 
 pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery, Reset, Resumption};

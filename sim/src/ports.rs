@@ -5,22 +5,35 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use proctor::clock::Clock;
 use proctor::network::{Conn, Listener, Network};
 
-/// Simulated wall time: turmoil's time since the epoch set on the builder.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SimClock;
+/// Simulated wall time: turmoil's time since the epoch set on the builder, plus an offset
+/// that the scenario's `clock.start` sets and `clock_jump_ms` faults move forward (shared by
+/// every life of the engine host: a wall clock does not reset when a process restarts).
+#[derive(Clone, Debug, Default)]
+pub struct SimClock {
+    offset_ms: Arc<AtomicU64>,
+}
+
+impl SimClock {
+    pub fn new(offset_ms: Arc<AtomicU64>) -> SimClock {
+        SimClock { offset_ms }
+    }
+}
 
 #[async_trait]
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        turmoil::since_epoch()
+        let sim_ms = turmoil::since_epoch()
             .expect("SimClock is used inside a turmoil host")
-            .as_millis() as u64
+            .as_millis() as u64;
+        sim_ms + self.offset_ms.load(Ordering::SeqCst)
     }
 
     async fn sleep_until_ms(&self, deadline_ms: u64) {

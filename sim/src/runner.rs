@@ -28,10 +28,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proctor::agent::example::{self, Ledger};
 use proctor::agent::{AgentEndpoint, AgentRegistry};
-use proctor::clock::Clock;
 use proctor::core::Execution;
 use proctor::event::EventRecord;
-use proctor::store::{self, SignalRequest, SqliteStore, Storage};
+use proctor::store::{self, FireOutcome, SignalRequest, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 use crate::chaos;
@@ -69,8 +68,10 @@ pub struct Outcome {
     pub trace: Trace,
     /// Executions the client saw acknowledged, in submission order.
     pub acknowledged: Vec<String>,
-    /// Their final durable state and history.
+    /// Their final durable state and history, then the scheduled runs'.
     pub executions: Vec<(Execution, Vec<EventRecord>)>,
+    /// Each schedule's decided fires: `name local (utc) outcome`, in time order.
+    pub schedule_fires: Vec<String>,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
     /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
@@ -122,6 +123,8 @@ struct Shared {
     submitted: AtomicUsize,
     /// When the last fault ends (grows when a fault at a named point fires late).
     window_end_ms: AtomicU64,
+    /// The engine's wall clock minus simulated time (`clock.start`, then clock jumps).
+    clock_offset_ms: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -151,6 +154,7 @@ enum Action {
     Cut(Link, String, String),
     Heal(Link, String, String),
     Storage(StorageFault, u32),
+    ClockJump(u64),
 }
 
 /// Timed actions, by (time, order of scheduling).
@@ -213,6 +217,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         boots: AtomicU32::new(0),
         submitted: AtomicUsize::new(0),
         window_end_ms: AtomicU64::new(window_ms),
+        clock_offset_ms: Arc::new(AtomicU64::new(scenario.clock_start_ms - EPOCH_MS)),
     });
 
     let mut ledgers = BTreeMap::new();
@@ -335,6 +340,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             schedule.at(until, Action::Heal(Link::Latency(ms), a, b));
         } else if let Some(kind) = fault.storage {
             schedule.at(at, Action::Storage(kind, fault.commits.unwrap_or(1)));
+        } else if let Some(jump_ms) = fault.clock_jump_ms {
+            schedule.at(at, Action::ClockJump(jump_ms));
         }
     }
 
@@ -446,6 +453,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     }
                     format!("{} {a} {b}", link_name(&link, false))
                 }
+                Action::ClockJump(jump_ms) => {
+                    shared.clock_offset_ms.fetch_add(jump_ms, Ordering::SeqCst);
+                    count("clock_jump");
+                    format!("clock jumps {jump_ms}ms forward")
+                }
                 Action::Storage(kind, commits) => {
                     let mut faults = shared.faults.lock().expect("faults lock");
                     faults.spoil.push((kind, commits));
@@ -471,8 +483,39 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         count(kind.name());
     }
     let acknowledged = shared.acknowledged.lock().expect("ack lock").clone();
+    let mut schedule_fires = Vec::new();
+    let mut scheduled = Vec::new();
+    for s in &scenario.workload.schedules {
+        let fires = now(shared.store.fires(&s.name, false)).expect("store readable");
+        // A run of missed fires (a long clock jump) reads as one line.
+        for group in fires
+            .chunk_by(|a, b| a.outcome == FireOutcome::Missed && b.outcome == FireOutcome::Missed)
+        {
+            let (first, last) = (&group[0], &group[group.len() - 1]);
+            schedule_fires.push(if group.len() == 1 {
+                format!(
+                    "{} {} ({}) {}",
+                    s.name,
+                    first.fire.local,
+                    first.fire.utc,
+                    first.outcome.as_str()
+                )
+            } else {
+                format!(
+                    "{} {} .. {} ({} .. {}) missed x{}",
+                    s.name,
+                    first.fire.local,
+                    last.fire.local,
+                    first.fire.utc,
+                    last.fire.utc,
+                    group.len()
+                )
+            });
+            scheduled.extend(group.iter().filter_map(|f| f.execution_id.clone()));
+        }
+    }
     let mut executions = Vec::new();
-    for id in &acknowledged {
+    for id in acknowledged.iter().chain(&scheduled) {
         let execution = now(shared.store.load(id)).expect("store readable");
         let events = now(shared.store.events(id)).expect("store readable");
         if let Some(execution) = execution {
@@ -499,6 +542,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         },
         acknowledged,
         executions,
+        schedule_fires,
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
         faults: injected,
@@ -624,7 +668,7 @@ async fn boot(
     let store = FaultyStore::new(shared.store.clone(), shared.faults.clone());
     let engine = Engine::new(
         Ports {
-            clock: Arc::new(SimClock),
+            clock: Arc::new(SimClock::new(shared.clock_offset_ms.clone())),
             net: Arc::new(SimNetwork),
             store: Arc::new(store),
             rng: proctor::rng::seeded(seed ^ (u64::from(boot) << 32)),
@@ -653,6 +697,25 @@ async fn boot(
             shared.clone(),
             scenario.clone(),
         ));
+    }
+    for s in &scenario.workload.schedules {
+        // Registering again keeps the planner's state: what fired stays fired.
+        let (spec, input) = (s.schedule.clone(), s.input.clone());
+        while let Err(e) = engine
+            .register_schedule(
+                &s.name,
+                spec.clone(),
+                scenario.process.clone(),
+                input.clone(),
+            )
+            .await
+        {
+            tracing::warn!(schedule = %s.name, "registering failed, retrying: {e}");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        }
+    }
+    if !scenario.workload.schedules.is_empty() {
+        let _scheduler = engine.run_schedules();
     }
     loop {
         let n = shared.submitted.load(Ordering::SeqCst);
@@ -690,7 +753,7 @@ async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
         scenario.workload.signals.iter().enumerate().collect();
     due.sort_by_key(|(k, s)| (s.at_ms, *k));
     for (k, signal) in due {
-        let elapsed_ms = SimClock.now_ms().saturating_sub(EPOCH_MS);
+        let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
         if signal.at_ms > elapsed_ms {
             tokio::time::sleep(Duration::from_millis(signal.at_ms - elapsed_ms)).await;
         }

@@ -22,8 +22,11 @@ use std::sync::Arc;
 use proctor::agent::example::Behaviour;
 use proctor::core::StepStatus;
 use proctor::definition::{self, ProcessDef, StepKind};
+use proctor::schedule::ScheduleSpec;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::runner::EPOCH_MS;
 
 /// The engine's host name; agents are hosts named after themselves.
 pub const ENGINE_HOST: &str = "engine";
@@ -57,7 +60,21 @@ struct File {
     expect: Expect,
     #[serde(default = "default_seeds")]
     seeds: u64,
+    #[serde(default)]
+    clock: Option<ClockSpec>,
 }
+
+/// Where the engine's wall clock starts (it still advances with simulated time, and jumps
+/// with `clock_jump_ms` faults).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockSpec {
+    /// RFC 3339, not before the simulator's epoch (2023-11-14T22:13:20Z).
+    start: String,
+}
+
+/// Largest forward clock jump one fault may make.
+pub const MAX_CLOCK_JUMP_MS: u64 = 400 * 24 * 3_600_000;
 
 fn default_liveness_ms() -> u64 {
     60_000
@@ -80,6 +97,20 @@ pub struct Workload {
     /// execution acknowledged (so a late execution gets it before it reaches its step).
     #[serde(default)]
     pub signals: Vec<WorkloadSignal>,
+    /// Schedules the engine registers at every boot and runs (their runs are checked like
+    /// the submitted executions). With schedules, `executions` may be 0.
+    #[serde(default)]
+    pub schedules: Vec<WorkloadSchedule>,
+}
+
+/// One schedule of the workload: the scenario's process, started at each fire.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSchedule {
+    pub name: String,
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub input: Value,
 }
 
 /// One signal of the workload.
@@ -135,6 +166,10 @@ pub struct Fault {
     pub storage: Option<StorageFault>,
     #[serde(default)]
     pub commits: Option<u32>,
+    /// Move the engine's wall clock forward this far at once (simulated time goes on as
+    /// before): downtime as the scheduler sees it, and DST transitions within a short run.
+    #[serde(default)]
+    pub clock_jump_ms: Option<u64>,
 }
 
 fn default_nth() -> u32 {
@@ -169,6 +204,7 @@ impl Default for Fault {
             for_ms: None,
             storage: None,
             commits: None,
+            clock_jump_ms: None,
         }
     }
 }
@@ -286,6 +322,8 @@ pub struct Scenario {
     pub liveness_ms: u64,
     pub expect: Expect,
     pub seeds: u64,
+    /// The engine's wall clock at simulated time 0 (ms since the Unix epoch).
+    pub clock_start_ms: u64,
 }
 
 impl Scenario {
@@ -306,9 +344,49 @@ impl Scenario {
         let agent_names: Vec<String> = file.agents.keys().cloned().collect();
         let process = definition::load(&process_path, Some(&agent_names))
             .map_err(|d| invalid(format!("process: {d}")))?;
-        if file.workload.executions == 0 || file.workload.executions > MAX_EXECUTIONS {
+        let at_least = usize::from(file.workload.schedules.is_empty());
+        for (i, s) in file.workload.schedules.iter().enumerate() {
+            let valid_name = !s.name.is_empty()
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid_name {
+                return Err(invalid(format!(
+                    "workload.schedules[{i}].name: letters, digits, '_' and '-' only"
+                )));
+            }
+            if let Err(e) = s.schedule.check() {
+                return Err(invalid(format!("workload.schedules[{i}].schedule.{e}")));
+            }
+        }
+        let clock_start_ms = match &file.clock {
+            None => EPOCH_MS,
+            Some(c) => humantime::parse_rfc3339_weak(&c.start)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .filter(|&ms| ms >= EPOCH_MS)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "clock.start: {:?} is not an RFC 3339 time at or after 2023-11-14T22:13:20Z",
+                        c.start
+                    ))
+                })?,
+        };
+        let moves_clock =
+            file.clock.is_some() || file.faults.iter().any(|f| f.clock_jump_ms.is_some());
+        if moves_clock
+            && (file.expect.finish_within_ms.is_some() || file.expect.resume_within_ms.is_some())
+        {
+            return Err(invalid(
+                "expect: finish_within_ms and resume_within_ms measure simulated time; \
+                 they cannot be combined with `clock` or `clock_jump_ms`"
+                    .into(),
+            ));
+        }
+        if file.workload.executions < at_least || file.workload.executions > MAX_EXECUTIONS {
             return Err(invalid(format!(
-                "workload.executions: must be between 1 and {MAX_EXECUTIONS}"
+                "workload.executions: must be between {at_least} and {MAX_EXECUTIONS}"
             )));
         }
         let hosts: Vec<&str> = std::iter::once(ENGINE_HOST)
@@ -355,6 +433,7 @@ impl Scenario {
             liveness_ms: file.liveness_ms,
             expect: file.expect,
             seeds: file.seeds,
+            clock_start_ms,
         })
     }
 
@@ -395,11 +474,24 @@ fn check_fault(
         fault.hold.is_some(),
         fault.latency.is_some(),
         fault.storage.is_some(),
+        fault.clock_jump_ms.is_some(),
     ];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(
-            "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `storage`".into(),
+            "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `storage`, \
+             `clock_jump_ms`"
+                .into(),
         );
+    }
+    if let Some(jump) = fault.clock_jump_ms {
+        if fault.at_ms.is_none() {
+            return Err("clock_jump_ms: a clock jump needs `at_ms`".into());
+        }
+        if jump == 0 || jump > MAX_CLOCK_JUMP_MS {
+            return Err(format!(
+                "clock_jump_ms: must be between 1 and {MAX_CLOCK_JUMP_MS} (forward only)"
+            ));
+        }
     }
     if fault.storage.is_some() && fault.at_ms.is_none() {
         return Err("storage: a storage fault needs `at_ms`".into());

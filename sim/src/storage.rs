@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use proctor::core::{Checkpoint, Execution};
 use proctor::definition::StepKind;
 use proctor::event::{DomainEvent, EventRecord};
-use proctor::store::{ControlRequest, Error, SqliteStore, Storage};
+use proctor::schedule::ScheduleState;
+use proctor::store::{ControlRequest, Error, FireRecord, ScheduleRecord, SqliteStore, Storage};
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -261,6 +262,29 @@ impl Storage for FaultyStore {
 
     async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error> {
         self.inner.take_control_requests(limit).await
+    }
+
+    // Schedules pass through without faults: the layer numbers execution writes only.
+    async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
+        self.inner.put_schedule(schedule).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>, Error> {
+        self.inner.schedules().await
+    }
+
+    async fn commit_fires(
+        &self,
+        name: &str,
+        state: &ScheduleState,
+        fires: &[FireRecord],
+        closed: &[u64],
+    ) -> Result<(), Error> {
+        self.inner.commit_fires(name, state, fires, closed).await
+    }
+
+    async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error> {
+        self.inner.fires(name, open_only).await
     }
 }
 

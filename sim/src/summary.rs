@@ -34,6 +34,9 @@ pub struct Summary {
     pub trace_hash: String,
     pub violations: Vec<String>,
     pub repro: String,
+    /// Schedule scenarios: each fire, `name local (utc) outcome`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule_fires: Vec<String>,
 }
 
 impl Summary {
@@ -60,6 +63,7 @@ impl Summary {
             trace_hash: format!("{:016x}", outcome.trace.hash()),
             violations: outcome.violations.iter().map(|v| v.to_string()).collect(),
             repro: outcome.repro(),
+            schedule_fires: outcome.schedule_fires.clone(),
         }
     }
 

@@ -390,3 +390,35 @@ fn a_crash_point_on_a_compensation_needs_a_compensating_action() {
     ));
     assert_mentions(&message, &["faults[0].step", "no step 'first#compensate'"]);
 }
+
+#[test]
+fn schedule_and_clock_problems_are_named() {
+    let message = error_of(&with_line(
+        "workload:",
+        "workload: { executions: 0, schedules: [{ name: s, schedule: { cron: '* * * * *', timezone: Mars/Base } }] }",
+    ));
+    assert_mentions(
+        &message,
+        &["workload.schedules[0].schedule.timezone", "Mars/Base"],
+    );
+    let message = error_of(&with_line("workload:", "workload: { executions: 0 }"));
+    assert_mentions(&message, &["workload.executions: must be between 1"]);
+    let message = error_of(&with_line(
+        "seeds:",
+        "seeds: 2\nclock: { start: '1999-01-01T00:00:00Z' }",
+    ));
+    assert_mentions(&message, &["clock.start", "1999"]);
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
+        "  - { point: after_commit, clock_jump_ms: 1000 }",
+    ));
+    assert_mentions(
+        &message,
+        &["faults[0].clock_jump_ms: a clock jump needs `at_ms`"],
+    );
+    let message = error_of(&with_line(
+        "expect:",
+        "expect: { finish_within_ms: 100 }\nclock: { start: '2026-01-01T00:00:00Z' }",
+    ));
+    assert_mentions(&message, &["expect: finish_within_ms and resume_within_ms"]);
+}

@@ -11,6 +11,7 @@ mod parallel;
 mod pause;
 mod recovery;
 mod retry;
+mod schedules;
 mod sequential;
 mod storage_faults;
 mod timer;

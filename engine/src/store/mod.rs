@@ -10,8 +10,12 @@ use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::core::{Checkpoint, Execution};
+use crate::definition::ProcessDef;
 use crate::event::EventRecord;
+use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
 pub use sqlite::SqliteStore;
 
@@ -65,6 +69,72 @@ pub trait Storage: Send + Sync {
 
     /// Removes and returns the pending control requests, oldest first (at most `limit`).
     async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error>;
+
+    /// Creates or replaces a schedule (its spec, process, input and planner state).
+    async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>, Error>;
+
+    /// One planning step of schedule `name`, atomically: its new planner state, the fires it
+    /// decided, and the started fires whose runs were seen to end (`closed`, by `at_ms`).
+    async fn commit_fires(
+        &self,
+        name: &str,
+        state: &ScheduleState,
+        fires: &[FireRecord],
+        closed: &[u64],
+    ) -> Result<(), Error>;
+
+    /// The schedule's decided fires in time order; with `open_only`, only the started ones
+    /// whose runs have not been seen to end.
+    async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error>;
+}
+
+/// A registered schedule: when to start `process` with `input`, and the planner's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRecord {
+    pub name: String,
+    pub spec: ScheduleSpec,
+    pub process: Arc<ProcessDef>,
+    pub input: serde_json::Value,
+    pub state: ScheduleState,
+}
+
+/// What the scheduler decided about one fire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireRecord {
+    pub fire: Fire,
+    pub outcome: FireOutcome,
+    /// The run's execution id, for a started fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// When it was decided (Clock time).
+    pub decided_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FireOutcome {
+    Started,
+    /// Kept to start when the run in progress ends (`overlap: buffer_one`); it is recorded
+    /// again as started when it does.
+    Buffered,
+    /// Skipped: missed while the engine was down (or the clock jumped).
+    Missed,
+    /// Skipped: a run was still in progress.
+    Overlap,
+}
+
+impl FireOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FireOutcome::Started => "started",
+            FireOutcome::Buffered => "buffered",
+            FireOutcome::Missed => "missed",
+            FireOutcome::Overlap => "overlap",
+        }
+    }
 }
 
 /// What an operator can ask of an execution from outside the engine process.

@@ -9,13 +9,14 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{ControlAction, ControlRequest, Error, Storage};
+use super::{ControlAction, ControlRequest, Error, FireRecord, ScheduleRecord, Storage};
 use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
+use crate::schedule::ScheduleState;
 
 /// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
-/// `control_requests.signal`.
+/// `control_requests.signal`, tables `schedules` and `schedule_fires` (created by `SCHEMA`).
 const SCHEMA_VERSION: i64 = 2;
 
 /// From each older version to the next; applied in order inside one transaction.
@@ -89,6 +90,24 @@ CREATE TABLE IF NOT EXISTS control_requests (
     requested_at_ms INTEGER NOT NULL,
     signal          TEXT
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    name       TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    input      TEXT NOT NULL,
+    state      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedule_fires (
+    schedule       TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    outcome        TEXT NOT NULL,
+    fire           TEXT NOT NULL,
+    execution_id   TEXT,
+    decided_at_ms  INTEGER NOT NULL,
+    open           INTEGER NOT NULL,
+    PRIMARY KEY (schedule, at_ms, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS schedule_fires_open ON schedule_fires (schedule, open);
 ";
 
 /// The embedded store. Cheap to clone; clones share one connection.
@@ -693,6 +712,154 @@ impl Storage for SqliteStore {
             });
         }
         tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO schedules (name, spec, definition, input, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,
+                     definition = excluded.definition, input = excluded.input,
+                     state = excluded.state",
+                params![
+                    schedule.name,
+                    to_json(&schedule.spec),
+                    to_json(&*schedule.process),
+                    to_json(&schedule.input),
+                    to_json(&schedule.state),
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>, Error> {
+        let rows: Vec<(String, String, String, String, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, spec, definition, input, state FROM schedules ORDER BY name",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, spec, definition, input, state) in rows {
+            let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt {
+                id: format!("schedule {name}"),
+                problem: format!("{what}: {e}"),
+            };
+            out.push(ScheduleRecord {
+                spec: serde_json::from_str(&spec).map_err(|e| corrupt("spec", e))?,
+                process: self
+                    .definition(definition)
+                    .map_err(|e| corrupt("definition", e))?,
+                input: serde_json::from_str(&input).map_err(|e| corrupt("input", e))?,
+                state: serde_json::from_str(&state).map_err(|e| corrupt("state", e))?,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn commit_fires(
+        &self,
+        name: &str,
+        state: &ScheduleState,
+        fires: &[FireRecord],
+        closed: &[u64],
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let updated = tx
+            .execute(
+                "UPDATE schedules SET state = ?2 WHERE name = ?1",
+                params![name, to_json(state)],
+            )
+            .map_err(backend)?;
+        if updated != 1 {
+            return Err(Error::Corrupt {
+                id: format!("schedule {name}"),
+                problem: "no such schedule".into(),
+            });
+        }
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO schedule_fires (schedule, at_ms, outcome, fire,
+                         execution_id, decided_at_ms, open)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(backend)?;
+            for f in fires {
+                insert
+                    .execute(params![
+                        name,
+                        f.fire.at_ms as i64,
+                        f.outcome.as_str(),
+                        to_json(&f.fire),
+                        f.execution_id,
+                        f.decided_at_ms as i64,
+                        i64::from(f.outcome == super::FireOutcome::Started),
+                    ])
+                    .map_err(backend)?;
+            }
+            let mut close = tx
+                .prepare_cached(
+                    "UPDATE schedule_fires SET open = 0
+                     WHERE schedule = ?1 AND at_ms = ?2 AND outcome = 'started'",
+                )
+                .map_err(backend)?;
+            for at_ms in closed {
+                close
+                    .execute(params![name, *at_ms as i64])
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT outcome, fire, execution_id, decided_at_ms FROM schedule_fires
+                 WHERE schedule = ?1 AND (open = 1 OR ?2 = 0)
+                 ORDER BY at_ms, decided_at_ms, outcome",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![name, i64::from(open_only)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (outcome, fire, execution_id, decided) = row.map_err(backend)?;
+            let corrupt = |problem: String| Error::Corrupt {
+                id: format!("schedule {name}"),
+                problem,
+            };
+            out.push(FireRecord {
+                fire: serde_json::from_str(&fire).map_err(|e| corrupt(format!("fire: {e}")))?,
+                outcome: serde_json::from_value(Value::String(outcome.clone()))
+                    .map_err(|_| corrupt(format!("unknown fire outcome {outcome:?}")))?,
+                execution_id,
+                decided_at_ms: decided as u64,
+            });
+        }
         Ok(out)
     }
 
