@@ -97,6 +97,8 @@ pub enum Error {
     BadSignal(String),
     #[error("bad schedule: {0}")]
     BadSchedule(String),
+    #[error("no registered definition {name}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownDefinition { name: String, version: Option<u32> },
 }
 
 /// Largest signal payload, as JSON: signals are kept in the execution's row.
@@ -332,6 +334,49 @@ impl Engine {
         check_execution_id(id)?;
         self.create_stored(id.to_string(), process, input, None)
             .await
+    }
+
+    /// Registers a definition (after validating it against this engine's agents): a new
+    /// version that becomes current, or the current one if nothing changed. Executions already
+    /// created keep the version they were created with: each carries its own copy.
+    pub async fn register_definition(&self, process: ProcessDef) -> Result<u32, Error> {
+        let agents: Vec<String> = self.inner.agents.keys().cloned().collect();
+        crate::definition::validate("registry", &process, Some(&agents)).map_err(Error::Invalid)?;
+        let now = self.inner.clock.now_ms();
+        Ok(self.inner.store.register_definition(&process, now).await?)
+    }
+
+    /// Makes an earlier (or later) registered version current for new executions.
+    pub async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error> {
+        Ok(self
+            .inner
+            .store
+            .set_current_definition(name, version)
+            .await?)
+    }
+
+    /// Creates execution `id` from registered definition `name` (`version`, or the current
+    /// one); returns the version it is pinned to. Like [`Engine::create_with_id`], an
+    /// existing `id` is [`store::Error::Duplicate`].
+    pub async fn create_registered(
+        &self,
+        id: &str,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<u32, Error> {
+        let process = self
+            .inner
+            .store
+            .definition(name, version)
+            .await?
+            .ok_or_else(|| Error::UnknownDefinition {
+                name: name.to_string(),
+                version,
+            })?;
+        let pinned = process.version;
+        self.create_with_id(id, process, input).await?;
+        Ok(pinned)
     }
 
     async fn create_stored(

@@ -125,6 +125,8 @@ struct Shared {
     window_end_ms: AtomicU64,
     /// The engine's wall clock minus simulated time (`clock.start`, then clock jumps).
     clock_offset_ms: Arc<AtomicU64>,
+    /// `workload.versions` applied so far (the client's memory, so it survives crashes).
+    versions_applied: AtomicUsize,
 }
 
 impl Shared {
@@ -218,6 +220,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         submitted: AtomicUsize::new(0),
         window_end_ms: AtomicU64::new(window_ms),
         clock_offset_ms: Arc::new(AtomicU64::new(scenario.clock_start_ms - EPOCH_MS)),
+        versions_applied: AtomicUsize::new(0),
     });
 
     let mut ledgers = BTreeMap::new();
@@ -722,6 +725,11 @@ async fn boot(
         if n >= scenario.workload.executions {
             break;
         }
+        if let Err(e) = apply_versions(&engine, &shared, &scenario, n).await {
+            tracing::warn!("definition change failed, retrying: {e}");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            continue;
+        }
         // The client's id for its nth submission: the same in every life of the engine, so a
         // submission whose fate is unknown is retried, never doubled.
         let id = format!("{}-{n:04}", scenario.name);
@@ -775,6 +783,42 @@ async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
     }
 }
 
+/// Registers the process as version 1 if nothing is registered yet, then applies every
+/// definition change due before submission `n` that has not been applied. A change whose
+/// fate a crash hid is applied again: registering unchanged content, or making the same
+/// version current, changes nothing.
+async fn apply_versions(
+    engine: &Engine,
+    shared: &Shared,
+    scenario: &Scenario,
+    n: usize,
+) -> Result<(), proctor::driver::Error> {
+    let versions = &scenario.workload.versions;
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let name = &scenario.process.name;
+    if engine.store().definition(name, None).await?.is_none() {
+        engine
+            .register_definition((*scenario.process).clone())
+            .await?;
+    }
+    loop {
+        let k = shared.versions_applied.load(Ordering::SeqCst);
+        let Some(change) = versions.get(k).filter(|c| c.after <= n) else {
+            return Ok(());
+        };
+        match (&change.loaded, change.current) {
+            (Some(process), _) => {
+                engine.register_definition((**process).clone()).await?;
+            }
+            (None, Some(version)) => engine.set_current_definition(name, version).await?,
+            (None, None) => unreachable!("checked at load"),
+        }
+        shared.versions_applied.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Creates and starts execution `id`, idempotently: it may already exist (an earlier
 /// attempt landed), and may already be running (recovery started it).
 async fn submit(
@@ -782,13 +826,18 @@ async fn submit(
     scenario: &Scenario,
     id: &str,
 ) -> Result<(), proctor::driver::Error> {
-    let created = engine
-        .create_with_id(
-            id,
-            scenario.process.clone(),
-            scenario.workload.input.clone(),
-        )
-        .await;
+    let input = scenario.workload.input.clone();
+    let created = if scenario.workload.versions.is_empty() {
+        engine
+            .create_with_id(id, scenario.process.clone(), input)
+            .await
+    } else {
+        let name = &scenario.process.name;
+        engine
+            .create_registered(id, name, None, input)
+            .await
+            .map(|_| ())
+    };
     match created {
         Ok(()) | Err(proctor::driver::Error::Store(store::Error::Duplicate(_))) => {}
         Err(e) => return Err(e),

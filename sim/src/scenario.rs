@@ -101,6 +101,25 @@ pub struct Workload {
     /// the submitted executions). With schedules, `executions` may be 0.
     #[serde(default)]
     pub schedules: Vec<WorkloadSchedule>,
+    /// Definition changes during the workload. With any, the process is registered (as
+    /// version 1) and every submission creates from the registry's current version.
+    #[serde(default)]
+    pub versions: Vec<VersionChange>,
+}
+
+/// Once `after` executions are acknowledged: register `process` (a new version), or make
+/// version `current` current again (a rollback).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionChange {
+    pub after: usize,
+    #[serde(default)]
+    pub process: Option<PathBuf>,
+    #[serde(default)]
+    pub current: Option<u32>,
+    /// `process`, loaded.
+    #[serde(skip)]
+    pub loaded: Option<Arc<ProcessDef>>,
 }
 
 /// One schedule of the workload: the scenario's process, started at each fire.
@@ -299,6 +318,9 @@ pub struct Expect {
     /// `{ hotel: { compensated: 10 } }`. Statuses not listed are not checked.
     #[serde(default)]
     pub steps: BTreeMap<String, BTreeMap<StepStatus, usize>>,
+    /// Executions per definition version they ran, e.g. `{ 1: 6, 2: 3 }`.
+    #[serde(default)]
+    pub versions: BTreeMap<u32, usize>,
     /// Every execution ends within this many simulated ms after the fault window closes
     /// (a tighter bound than `liveness_ms`, which only bounds the run).
     #[serde(default)]
@@ -344,6 +366,30 @@ impl Scenario {
         let agent_names: Vec<String> = file.agents.keys().cloned().collect();
         let process = definition::load(&process_path, Some(&agent_names))
             .map_err(|d| invalid(format!("process: {d}")))?;
+        let mut file = file;
+        let path_dir = path.parent().unwrap_or(Path::new("."));
+        for (i, change) in file.workload.versions.iter_mut().enumerate() {
+            match (&change.process, change.current) {
+                (Some(path), None) => {
+                    let path = path_dir.join(path);
+                    let def = definition::load(&path, Some(&agent_names))
+                        .map_err(|d| invalid(format!("workload.versions[{i}].process: {d}")))?;
+                    if def.name != process.name {
+                        return Err(invalid(format!(
+                            "workload.versions[{i}].process: names '{}', not '{}'",
+                            def.name, process.name
+                        )));
+                    }
+                    change.loaded = Some(Arc::new(def));
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "workload.versions[{i}]: give exactly one of `process` or `current`"
+                    )))
+                }
+            }
+        }
         let at_least = usize::from(file.workload.schedules.is_empty());
         for (i, s) in file.workload.schedules.iter().enumerate() {
             let valid_name = !s.name.is_empty()

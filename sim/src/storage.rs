@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use proctor::core::{Checkpoint, Execution};
-use proctor::definition::StepKind;
+use proctor::definition::{ProcessDef, StepKind};
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::schedule::ScheduleState;
-use proctor::store::{ControlRequest, Error, FireRecord, ScheduleRecord, SqliteStore, Storage};
+use proctor::store::{
+    ControlRequest, DefinitionInfo, Error, FireRecord, ScheduleRecord, SqliteStore, Storage,
+};
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -264,7 +266,28 @@ impl Storage for FaultyStore {
         self.inner.take_control_requests(limit).await
     }
 
-    // Schedules pass through without faults: the layer numbers execution writes only.
+    // Definitions and schedules pass through without faults: the layer numbers execution
+    // writes only.
+    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error> {
+        self.inner.register_definition(process, now_ms).await
+    }
+
+    async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<ProcessDef>>, Error> {
+        self.inner.definition(name, version).await
+    }
+
+    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error> {
+        self.inner.definitions().await
+    }
+
+    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error> {
+        self.inner.set_current_definition(name, version).await
+    }
+
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
         self.inner.put_schedule(schedule).await
     }

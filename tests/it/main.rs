@@ -15,3 +15,4 @@ mod schedules;
 mod sequential;
 mod storage_faults;
 mod timer;
+mod versioning;

@@ -27,6 +27,8 @@ pub enum Error {
     Duplicate(String),
     #[error("stored execution {id} is unreadable: {problem}")]
     Corrupt { id: String, problem: String },
+    #[error("no definition {name} version {version}")]
+    NoSuchVersion { name: String, version: u32 },
 }
 
 #[async_trait]
@@ -86,9 +88,37 @@ pub trait Storage: Send + Sync {
         closed: &[u64],
     ) -> Result<(), Error>;
 
+    /// Registers `process` under its name: a new version (1 + the latest) that becomes
+    /// current, unless its content equals the current version's, which is returned instead
+    /// (so a registration retried after a crash does not add a version). The stored
+    /// definition's `version` is the one assigned.
+    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error>;
+
+    /// A registered definition: `version`, or the current one.
+    async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<ProcessDef>>, Error>;
+
+    /// Every registered name with its current and latest version.
+    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error>;
+
+    /// Makes `version` (which must exist) current for new executions: a rollback, or a
+    /// roll forward again.
+    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error>;
+
     /// The schedule's decided fires in time order; with `open_only`, only the started ones
     /// whose runs have not been seen to end.
     async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error>;
+}
+
+/// A registered definition name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionInfo {
+    pub name: String,
+    pub current: u32,
+    pub latest: u32,
 }
 
 /// A registered schedule: when to start `process` with `input`, and the planner's state.

@@ -9,14 +9,17 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{ControlAction, ControlRequest, Error, FireRecord, ScheduleRecord, Storage};
+use super::{
+    ControlAction, ControlRequest, DefinitionInfo, Error, FireRecord, ScheduleRecord, Storage,
+};
 use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
 use crate::schedule::ScheduleState;
 
 /// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
-/// `control_requests.signal`, tables `schedules` and `schedule_fires` (created by `SCHEMA`).
+/// `control_requests.signal`, tables `definitions`, `current_definitions`, `schedules` and
+/// `schedule_fires` (created by `SCHEMA`).
 const SCHEMA_VERSION: i64 = 2;
 
 /// From each older version to the next; applied in order inside one transaction.
@@ -89,6 +92,17 @@ CREATE TABLE IF NOT EXISTS control_requests (
     reason          TEXT,
     requested_at_ms INTEGER NOT NULL,
     signal          TEXT
+);
+CREATE TABLE IF NOT EXISTS definitions (
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    definition    TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS current_definitions (
+    name    TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS schedules (
     name       TEXT PRIMARY KEY,
@@ -174,7 +188,7 @@ impl SqliteStore {
         })
     }
 
-    fn definition(&self, text: String) -> Result<Arc<ProcessDef>, serde_json::Error> {
+    fn parse_definition(&self, text: String) -> Result<Arc<ProcessDef>, serde_json::Error> {
         let mut cache = self.definitions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(process) = cache.get(&text) {
             return Ok(process.clone());
@@ -514,7 +528,7 @@ impl Storage for SqliteStore {
             return Ok(None);
         };
         let process = self
-            .definition(definition)
+            .parse_definition(definition)
             .map_err(|e| corrupt(format!("definition: {e}")))?;
         let mut execution = Execution::new(
             id.to_string(),
@@ -715,6 +729,131 @@ impl Storage for SqliteStore {
         Ok(out)
     }
 
+    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let current: Option<(u32, String)> = tx
+            .query_row(
+                "SELECT d.version, d.definition FROM current_definitions c
+                 JOIN definitions d ON d.name = c.name AND d.version = c.version
+                 WHERE c.name = ?1",
+                [&process.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        if let Some((version, text)) = &current {
+            let mut candidate = process.clone();
+            candidate.version = *version;
+            if to_json(&candidate) == *text {
+                return Ok(*version);
+            }
+        }
+        let latest: Option<u32> = tx
+            .query_row(
+                "SELECT max(version) FROM definitions WHERE name = ?1",
+                [&process.name],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let version = latest.unwrap_or(0) + 1;
+        let mut stored = process.clone();
+        stored.version = version;
+        tx.execute(
+            "INSERT INTO definitions (name, version, definition, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![process.name, version, to_json(&stored), now_ms as i64],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO current_definitions (name, version) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            params![process.name, version],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(version)
+    }
+
+    async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<ProcessDef>>, Error> {
+        let text: Option<String> = {
+            let conn = self.conn();
+            match version {
+                Some(v) => conn.query_row(
+                    "SELECT definition FROM definitions WHERE name = ?1 AND version = ?2",
+                    params![name, v],
+                    |r| r.get(0),
+                ),
+                None => conn.query_row(
+                    "SELECT d.definition FROM current_definitions c
+                     JOIN definitions d ON d.name = c.name AND d.version = c.version
+                     WHERE c.name = ?1",
+                    [name],
+                    |r| r.get(0),
+                ),
+            }
+            .optional()
+            .map_err(backend)?
+        };
+        text.map(|t| {
+            self.parse_definition(t).map_err(|e| Error::Corrupt {
+                id: format!("definition {name}"),
+                problem: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT c.name, c.version, (SELECT max(version) FROM definitions d
+                     WHERE d.name = c.name)
+                 FROM current_definitions c ORDER BY c.name",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DefinitionInfo {
+                    name: r.get(0)?,
+                    current: r.get(1)?,
+                    latest: r.get(2)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error> {
+        let conn = self.conn();
+        let exists: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM definitions WHERE name = ?1 AND version = ?2",
+                params![name, version],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        if exists == 0 {
+            return Err(Error::NoSuchVersion {
+                name: name.to_string(),
+                version,
+            });
+        }
+        conn.execute(
+            "UPDATE current_definitions SET version = ?2 WHERE name = ?1",
+            params![name, version],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
         self.conn()
             .execute(
@@ -759,7 +898,7 @@ impl Storage for SqliteStore {
             out.push(ScheduleRecord {
                 spec: serde_json::from_str(&spec).map_err(|e| corrupt("spec", e))?,
                 process: self
-                    .definition(definition)
+                    .parse_definition(definition)
                     .map_err(|e| corrupt("definition", e))?,
                 input: serde_json::from_str(&input).map_err(|e| corrupt("input", e))?,
                 state: serde_json::from_str(&state).map_err(|e| corrupt("state", e))?,

@@ -25,6 +25,21 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
             ),
         ));
     }
+    if !expect.versions.is_empty() {
+        let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
+        for (execution, _) in &outcome.executions {
+            *seen.entry(execution.process.version).or_insert(0) += 1;
+        }
+        if seen != expect.versions {
+            out.push(Violation::new(
+                NAME,
+                format!(
+                    "executions per definition version {seen:?}, expected {:?}",
+                    expect.versions
+                ),
+            ));
+        }
+    }
     for (step, wanted) in &expect.steps {
         let Some(index) = scenario.process.position(step) else {
             continue;

@@ -1,6 +1,7 @@
 //! Invariant 4, `history_well_formed`: each execution's events are numbered 1..n without gaps,
 //! timestamps never go back, the history opens with the execution starting (or being forked)
-//! and holds exactly one terminal event, last, matching the stored status. Proves events are
+//! and holds exactly one terminal event, last, matching the stored status; it started as the
+//! definition version it is stored with (an execution stays pinned to its version). Proves events are
 //! committed with the transitions they describe, across crashes.
 
 use proctor::core::ExecutionStatus;
@@ -23,6 +24,16 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
         }
         if events.windows(2).any(|w| w[1].at_ms < w[0].at_ms) {
             fail("timestamps go backwards".into());
+        }
+        for e in events {
+            if let DomainEvent::ExecutionStarted { version, .. } = &e.event {
+                if *version != execution.process.version {
+                    fail(format!(
+                        "started as version {version}, stored as version {}",
+                        execution.process.version
+                    ));
+                }
+            }
         }
         match events.first().map(|e| &e.event) {
             Some(DomainEvent::ExecutionStarted { .. } | DomainEvent::ExecutionForked { .. }) => {}
