@@ -17,7 +17,8 @@ use crate::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, Clie
 use crate::bus::EventBus;
 use crate::clock::Clock;
 use crate::core::{
-    fork, Checkpoint, Command, Execution, ExecutionStatus, ForkError, Input, Lane, RecoveryAction,
+    fork, Checkpoint, Command, ErrorKind, Execution, ExecutionStatus, ForkError, Input, Lane,
+    RecoveryAction, StepError,
 };
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
 use crate::event::SystemEvent;
@@ -100,6 +101,9 @@ pub enum Error {
     #[error("no registered definition {name}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
     UnknownDefinition { name: String, version: Option<u32> },
 }
+
+/// How often a sub-process step looks at its child (and retries creating or starting it).
+pub const CHILD_POLL_MS: u64 = 50;
 
 /// Largest signal payload, as JSON: signals are kept in the execution's row.
 pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -353,6 +357,65 @@ impl Engine {
             .store
             .set_current_definition(name, version)
             .await?)
+    }
+
+    /// A sub-process step's child, from creation to its end: created from the registry (or
+    /// found, when this is a re-issue after a restart), started (unless something drives it
+    /// already), then watched until terminal. Storage trouble is waited out; a definition that
+    /// is not registered fails the step.
+    async fn run_child(
+        &self,
+        child_id: &str,
+        process: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<Value, StepError> {
+        let child_error = |message: String| StepError::new(ErrorKind::Child, message);
+        loop {
+            match self
+                .create_registered(child_id, process, version, input.clone())
+                .await
+            {
+                Ok(_) | Err(Error::Store(store::Error::Duplicate(_))) => break,
+                Err(e @ (Error::UnknownDefinition { .. } | Error::BadId(_))) => {
+                    return Err(child_error(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::warn!(child = %child_id, "creating the child failed, retrying: {e}");
+                    self.sleep_ms(CHILD_POLL_MS).await;
+                }
+            }
+        }
+        loop {
+            match self.start(child_id).await {
+                Ok(_) | Err(Error::AlreadyLive(_)) => break,
+                Err(e) => {
+                    tracing::warn!(child = %child_id, "starting the child failed, retrying: {e}");
+                    self.sleep_ms(CHILD_POLL_MS).await;
+                }
+            }
+        }
+        loop {
+            if let Ok(Some(child)) = self.inner.store.load(child_id).await {
+                match child.status {
+                    ExecutionStatus::Completed => return Ok(child.output.unwrap_or(Value::Null)),
+                    ExecutionStatus::Failed => {
+                        let why = child.error.unwrap_or_else(|| "failed".into());
+                        return Err(child_error(format!("child {child_id} failed: {why}")));
+                    }
+                    ExecutionStatus::Cancelled => {
+                        return Err(child_error(format!("child {child_id} was cancelled")))
+                    }
+                    _ => {}
+                }
+            }
+            self.sleep_ms(CHILD_POLL_MS).await;
+        }
+    }
+
+    async fn sleep_ms(&self, ms: u64) {
+        let clock = &self.inner.clock;
+        clock.sleep_until_ms(clock.now_ms() + ms).await;
     }
 
     /// Creates execution `id` from registered definition `name` (`version`, or the current
@@ -1011,7 +1074,7 @@ impl Inner {
     }
 
     fn perform(
-        &self,
+        self: &Arc<Self>,
         execution: &Execution,
         command: Command,
         tx: &mpsc::Sender<Envelope>,
@@ -1019,6 +1082,43 @@ impl Inner {
     ) {
         let tx = tx.clone();
         let (step, handle) = match command {
+            Command::StartChild {
+                step,
+                child_id,
+                process,
+                version,
+                input,
+            } => {
+                let engine = Engine {
+                    inner: self.clone(),
+                };
+                let task = tokio::spawn(async move {
+                    let result = engine.run_child(&child_id, &process, version, input).await;
+                    let input = Input::AgentReturned {
+                        step,
+                        lane: Lane::Main,
+                        attempt: 1,
+                        result,
+                    };
+                    let _ = tx.send(Envelope { input, ack: None }).await;
+                });
+                ((step, Lane::Main), task.abort_handle())
+            }
+            Command::CancelChild { child_id } => {
+                let engine = Engine {
+                    inner: self.clone(),
+                };
+                // Not tracked: it must outlive the parent's task, which may end right now.
+                tokio::spawn(async move {
+                    if let Err(e) = engine
+                        .cancel(&child_id, Some("parent cancelled".into()))
+                        .await
+                    {
+                        tracing::warn!(child = %child_id, "cancelling the child failed: {e}");
+                    }
+                });
+                return;
+            }
             Command::CallAgent(call) => {
                 let addr = self
                     .agents

@@ -517,8 +517,19 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             scheduled.extend(group.iter().filter_map(|f| f.execution_id.clone()));
         }
     }
+    // Sub-process children, checked like the rest.
+    let mut children = Vec::new();
+    for id in &acknowledged {
+        if let Some(parent) = now(shared.store.load(id)).expect("store readable") {
+            for (step, def) in parent.process.steps.iter().enumerate() {
+                if matches!(def.kind, proctor::definition::StepKind::Subprocess(_)) {
+                    children.push(parent.child_id(step));
+                }
+            }
+        }
+    }
     let mut executions = Vec::new();
-    for id in acknowledged.iter().chain(&scheduled) {
+    for id in acknowledged.iter().chain(&scheduled).chain(&children) {
         let execution = now(shared.store.load(id)).expect("store readable");
         let events = now(shared.store.events(id)).expect("store readable");
         if let Some(execution) = execution {
@@ -700,6 +711,13 @@ async fn boot(
             shared.clone(),
             scenario.clone(),
         ));
+    }
+    for def in &scenario.workload.loaded_definitions {
+        // Unchanged content registers as the current version: nothing new.
+        while let Err(e) = engine.register_definition((**def).clone()).await {
+            tracing::warn!(definition = %def.name, "registering failed, retrying: {e}");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        }
     }
     for s in &scenario.workload.schedules {
         // Registering again keeps the planner's state: what fired stays fired.

@@ -105,6 +105,13 @@ pub struct Workload {
     /// version 1) and every submission creates from the registry's current version.
     #[serde(default)]
     pub versions: Vec<VersionChange>,
+    /// Further definitions the engine registers at every boot (the children that
+    /// `subprocess` steps start), relative to the scenario file.
+    #[serde(default)]
+    pub definitions: Vec<PathBuf>,
+    /// `definitions`, loaded.
+    #[serde(skip)]
+    pub loaded_definitions: Vec<Arc<ProcessDef>>,
 }
 
 /// Once `after` executions are acknowledged: register `process` (a new version), or make
@@ -390,6 +397,11 @@ impl Scenario {
                 }
             }
         }
+        for (i, path) in file.workload.definitions.iter().enumerate() {
+            let def = definition::load(&path_dir.join(path), Some(&agent_names))
+                .map_err(|d| invalid(format!("workload.definitions[{i}]: {d}")))?;
+            file.workload.loaded_definitions.push(Arc::new(def));
+        }
         let at_least = usize::from(file.workload.schedules.is_empty());
         for (i, s) in file.workload.schedules.iter().enumerate() {
             let valid_name = !s.name.is_empty()
@@ -443,6 +455,12 @@ impl Scenario {
         let step_ids: Vec<String> = process
             .steps
             .iter()
+            .chain(
+                file.workload
+                    .loaded_definitions
+                    .iter()
+                    .flat_map(|d| d.steps.iter()),
+            )
             .flat_map(|s| {
                 let undo = matches!(&s.kind, StepKind::AgentTask(t) if t.compensate.is_some())
                     .then(|| format!("{}#compensate", s.id));

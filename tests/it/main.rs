@@ -14,5 +14,6 @@ mod retry;
 mod schedules;
 mod sequential;
 mod storage_faults;
+mod subprocess;
 mod timer;
 mod versioning;

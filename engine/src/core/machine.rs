@@ -136,6 +136,19 @@ pub enum Command {
         attempt: u32,
         at_ms: u64,
     },
+    /// Create (if it does not exist) and start the child execution of a `subprocess` step,
+    /// then deliver its result as [`Input::AgentReturned`] for the step's attempt 1.
+    StartChild {
+        step: usize,
+        child_id: String,
+        process: String,
+        version: Option<u32>,
+        input: Value,
+    },
+    /// Cancel a child execution (its parent was cancelled or gave up).
+    CancelChild {
+        child_id: String,
+    },
     /// Stop waiting for the step's calls and wake-ups, in every lane; a late result would be
     /// ignored anyway.
     Abandon {
@@ -306,9 +319,13 @@ impl Execution {
                 attempt,
                 result,
             } => {
-                // Only agent tasks have calls in flight; anything else is a confused driver.
+                // Only agent tasks and sub-processes have results in flight; anything else is a
+                // confused driver.
                 if !self.is_current(step, attempt, StepStatus::Running)
-                    || !matches!(self.process.steps[step].kind, StepKind::AgentTask(_))
+                    || !matches!(
+                        self.process.steps[step].kind,
+                        StepKind::AgentTask(_) | StepKind::Subprocess(_)
+                    )
                 {
                     return cx.tx;
                 }
@@ -439,7 +456,8 @@ impl Execution {
         } else if now_ms.saturating_sub(self.created_at_ms) > max_age_ms {
             RecoveryAction::MarkFailed
         } else if self.process.steps.iter().zip(&self.steps).any(|(d, s)| {
-            (s.status == StepStatus::Running && matches!(d.kind, StepKind::AgentTask(_)))
+            (s.status == StepStatus::Running
+                && matches!(d.kind, StepKind::AgentTask(_) | StepKind::Subprocess(_)))
                 || s.detail.compensation.as_ref().map(|c| c.status)
                     == Some(CompensationStatus::Running)
                 || s.detail
@@ -482,6 +500,9 @@ impl Execution {
                         attempt,
                         at_ms: wake_at.expect("checked"),
                     });
+                }
+                (StepStatus::Running, StepKind::Subprocess(_)) if calls => {
+                    cx.tx.commands.push(self.child_command(step));
                 }
                 (StepStatus::Running, StepKind::Timer(_)) if calls => {
                     cx.tx.commands.push(Command::Wake {
@@ -780,6 +801,21 @@ impl Execution {
         let def = self.process.steps[step].clone();
         match &def.kind {
             StepKind::AgentTask(_) => self.start_attempt(cx, step, 1),
+            StepKind::Subprocess(sub) => {
+                self.mark_started(cx, step, 1, None);
+                let input = match &sub.input {
+                    None => Ok(json!({})),
+                    Some(template) => expr::render(template, &self.scope())
+                        .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
+                };
+                match input {
+                    Ok(input) => {
+                        self.steps[step].input = Some(input);
+                        cx.tx.commands.push(self.child_command(step));
+                    }
+                    Err(error) => self.attempt_failed(cx, step, error),
+                }
+            }
             StepKind::WaitSignal(wait) => {
                 let deadline = wait
                     .timeout
@@ -1066,6 +1102,10 @@ impl Execution {
     fn abandon_active(&mut self, cx: &mut Ctx<'_>) {
         for step in 0..self.steps.len() {
             if self.steps[step].status.is_active() {
+                if matches!(self.process.steps[step].kind, StepKind::Subprocess(_)) {
+                    let child_id = self.child_id(step);
+                    cx.tx.commands.push(Command::CancelChild { child_id });
+                }
                 for item in &mut self.steps[step].detail.items {
                     if item.status.is_active() {
                         item.status = ItemStatus::Cancelled;
@@ -1693,6 +1733,27 @@ fn retryable(policy: &RetryPolicy, error: &StepError) -> bool {
 }
 
 impl Execution {
+    /// The id of `step`'s child execution: stable, so a re-issued start finds the child.
+    pub fn child_id(&self, step: usize) -> String {
+        format!("{}.{}", self.id, self.process.steps[step].id)
+    }
+
+    fn child_command(&self, step: usize) -> Command {
+        let StepKind::Subprocess(sub) = &self.process.steps[step].kind else {
+            unreachable!("only subprocess steps have children")
+        };
+        Command::StartChild {
+            step,
+            child_id: self.child_id(step),
+            process: sub.process.clone(),
+            version: sub.version,
+            input: self.steps[step]
+                .input
+                .clone()
+                .expect("a running subprocess step has its input"),
+        }
+    }
+
     /// Completes the waiting `step` with the oldest unconsumed signal of its name, if any.
     fn consume_signal(&mut self, cx: &mut Ctx<'_>, step: usize) -> bool {
         let StepKind::WaitSignal(wait) = &self.process.steps[step].kind else {
@@ -1749,6 +1810,7 @@ fn def_on_error(kind: &StepKind) -> OnError {
     match kind {
         StepKind::AgentTask(task) => task.on_error,
         StepKind::Foreach(each) => each.on_error,
+        StepKind::Subprocess(sub) => sub.on_error,
         StepKind::Gateway(_) | StepKind::Timer(_) | StepKind::WaitSignal(_) => OnError::Fail,
     }
 }

@@ -168,6 +168,8 @@ pub enum ErrorKind {
     NoRoute,
     /// A documented limit was exceeded (a `foreach` list too long).
     Limit,
+    /// A sub-process's child execution failed or was cancelled, or could not be created.
+    Child,
 }
 
 impl ErrorKind {

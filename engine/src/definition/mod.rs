@@ -78,6 +78,7 @@ pub enum StepKind {
     Timer(Timer),
     Foreach(Box<Foreach>),
     WaitSignal(WaitSignal),
+    Subprocess(Subprocess),
 }
 
 impl StepKind {
@@ -88,6 +89,7 @@ impl StepKind {
             StepKind::Timer(_) => "timer",
             StepKind::Foreach(_) => "foreach",
             StepKind::WaitSignal(_) => "wait_signal",
+            StepKind::Subprocess(_) => "subprocess",
         }
     }
 }
@@ -146,6 +148,24 @@ impl FailurePolicy {
 
 fn default_step_timeout() -> DurationMs {
     DurationMs(30_000)
+}
+
+/// Starts a registered definition as a child execution (`<parent>.<step>`) and completes with
+/// its output; fails (under `on_error`) when the child fails or is cancelled. Cancelling the
+/// parent cancels the child.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subprocess {
+    /// A name in the definition registry.
+    pub process: String,
+    /// A registered version; the current one when absent (resolved when the child is created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The child's input (templates over `input` and `steps`); `{}` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub on_error: OnError,
 }
 
 /// Waits for a named signal sent to the execution (a human approval, an external event) and

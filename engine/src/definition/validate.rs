@@ -199,6 +199,22 @@ pub fn validate(
                     );
                 }
             }
+            StepKind::Subprocess(sub) => {
+                if sub.process.trim().is_empty() {
+                    problem(id, "process: names no definition".into());
+                }
+                if let Some(input) = &sub.input {
+                    if let Err(e) = expr::check_template(input) {
+                        problem(id, format!("input: {e}"));
+                    }
+                }
+                if sub.on_error == OnError::Compensate && !compensable {
+                    problem(
+                        id,
+                        "on_error is compensate but no step declares a `compensate` action".into(),
+                    );
+                }
+            }
             StepKind::WaitSignal(wait) => {
                 if !is_valid_id(&wait.signal) {
                     problem(

@@ -1,6 +1,6 @@
 //! `expected_outcome`: the run ended as the scenario says it must (`expect.status`, final
-//! execution statuses counted; `expect.steps`, final statuses of named steps counted over all
-//! executions). Not one of DESIGN §4's invariants: the scenario's own claim, such as "every
+//! execution statuses counted, children included; `expect.steps`, final statuses of named
+//! steps counted over the executions of the scenario's process). Not one of DESIGN §4's invariants: the scenario's own claim, such as "every
 //! booking was compensated".
 
 use std::collections::BTreeMap;
@@ -41,12 +41,15 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
         }
     }
     for (step, wanted) in &expect.steps {
-        let Some(index) = scenario.process.position(step) else {
-            continue;
-        };
+        // Over the executions of the scenario's process (not its sub-processes' children).
         let mut seen: BTreeMap<StepStatus, usize> = BTreeMap::new();
         for (execution, _) in &outcome.executions {
-            *seen.entry(execution.steps[index].status).or_insert(0) += 1;
+            if execution.process.name != scenario.process.name {
+                continue;
+            }
+            if let Some(index) = execution.process.position(step) {
+                *seen.entry(execution.steps[index].status).or_insert(0) += 1;
+            }
         }
         for (status, n) in wanted {
             let got = seen.get(status).copied().unwrap_or(0);
