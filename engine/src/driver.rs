@@ -102,6 +102,9 @@ pub enum Error {
     UnknownDefinition { name: String, version: Option<u32> },
 }
 
+/// Most executions one purge deletes (run it again for more): bounds one transaction.
+pub const MAX_PURGE_BATCH: usize = 1_000;
+
 /// How often a sub-process step looks at its child (and retries creating or starting it).
 pub const CHILD_POLL_MS: u64 = 50;
 
@@ -338,6 +341,22 @@ impl Engine {
         check_execution_id(id)?;
         self.create_stored(id.to_string(), process, input, None)
             .await
+    }
+
+    /// Retention: deletes terminal executions (with their history) last changed more than
+    /// `older_than_ms` ago, at most [`MAX_PURGE_BATCH`] per call, oldest first; `dry_run`
+    /// only lists them. Never touches an execution that is pending, running or paused.
+    pub async fn purge(
+        &self,
+        older_than_ms: u64,
+        dry_run: bool,
+    ) -> Result<Vec<store::PurgedExecution>, Error> {
+        let cutoff_ms = self.inner.clock.now_ms().saturating_sub(older_than_ms);
+        Ok(self
+            .inner
+            .store
+            .purge_terminal(cutoff_ms, MAX_PURGE_BATCH, dry_run)
+            .await?)
     }
 
     /// Registers a definition (after validating it against this engine's agents): a new

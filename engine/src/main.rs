@@ -137,6 +137,17 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Retention: delete terminal executions (and their history) older than `--older-than`;
+    /// `--dry-run` lists what would go. Pending, running and paused ones are never touched.
+    Purge {
+        /// e.g. `30d`, `12h`.
+        #[arg(long = "older-than")]
+        older_than: String,
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+    },
     /// Show executions (or one execution's steps and events) in a database.
     Status {
         id: Option<String>,
@@ -344,6 +355,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             control(&db, id, ControlAction::Signal, None, Some(signal)).await
         }
         Command::Status { id, db } => status(&db, id.as_deref()).await,
+        Command::Purge {
+            older_than,
+            dry_run,
+            db,
+        } => {
+            let older_than = humantime::parse_duration(&older_than)
+                .with_context(|| format!("--older-than {older_than:?} is not a duration"))?;
+            let store = open_existing(&db)?;
+            let cutoff_ms = SystemClock
+                .now_ms()
+                .saturating_sub(older_than.as_millis() as u64);
+            let purged = store
+                .purge_terminal(cutoff_ms, proctor::driver::MAX_PURGE_BATCH, dry_run)
+                .await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for p in &purged {
+                println!(
+                    "{verb} {} ({}, last changed at {} ms)",
+                    p.id, p.status, p.updated_at_ms
+                );
+            }
+            println!("{verb} {} execution(s)", purged.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent {
             listen,
             name,

@@ -305,3 +305,43 @@ fn a_signal_from_another_process_completes_a_waiting_execution() {
         .unwrap();
     assert_eq!(received, 1, "the repeated signal id was applied once");
 }
+
+#[test]
+fn purge_lists_then_deletes_finished_executions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proctor.db");
+    let (diamond, agents) = (example("diamond.yaml"), example("agents.yaml"));
+    let (code, out) = run_proctor(
+        &[
+            "run",
+            diamond.to_str().unwrap(),
+            "--input",
+            r#"{"text":"old"}"#,
+            "--agents",
+            agents.to_str().unwrap(),
+        ],
+        &db,
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_proctor(&["purge", "--older-than", "1h"], &db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("deleted 0 execution(s)"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, out) = run_proctor(&["purge", "--older-than", "10ms", "--dry-run"], &db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("would delete 1 execution(s)"), "{out}");
+    let (code, out) = run_proctor(&["purge", "--older-than", "10ms"], &db);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("deleted 1 execution(s)"), "{out}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+    let (code, out) = run_proctor(&["purge", "--older-than", "soon"], &db);
+    assert_eq!(code, 2, "bad usage: {out}");
+    assert!(
+        out.contains("--older-than \"soon\" is not a duration"),
+        "{out}"
+    );
+}

@@ -18,7 +18,8 @@ use proctor::definition::{ProcessDef, StepKind};
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::schedule::ScheduleState;
 use proctor::store::{
-    ControlRequest, DefinitionInfo, Error, FireRecord, ScheduleRecord, SqliteStore, Storage,
+    ControlRequest, DefinitionInfo, Error, FireRecord, PurgedExecution, ScheduleRecord,
+    SqliteStore, Storage,
 };
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -278,6 +279,15 @@ impl Storage for FaultyStore {
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error> {
         self.inner.definition(name, version).await
+    }
+
+    async fn purge_terminal(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<Vec<PurgedExecution>, Error> {
+        self.inner.purge_terminal(cutoff_ms, limit, dry_run).await
     }
 
     async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error> {

@@ -10,6 +10,7 @@ mod output;
 mod parallel;
 mod pause;
 mod recovery;
+mod retention;
 mod retry;
 mod schedules;
 mod sequential;

@@ -88,6 +88,16 @@ pub trait Storage: Send + Sync {
         closed: &[u64],
     ) -> Result<(), Error>;
 
+    /// Terminal executions last changed before `cutoff_ms`, oldest first, at most `limit`;
+    /// unless `dry_run`, they are deleted with their steps, events and checkpoints, in one
+    /// transaction. Running, paused and pending executions are never touched.
+    async fn purge_terminal(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<Vec<PurgedExecution>, Error>;
+
     /// Registers `process` under its name: a new version (1 + the latest) that becomes
     /// current, unless its content equals the current version's, which is returned instead
     /// (so a registration retried after a crash does not add a version). The stored
@@ -111,6 +121,14 @@ pub trait Storage: Send + Sync {
     /// The schedule's decided fires in time order; with `open_only`, only the started ones
     /// whose runs have not been seen to end.
     async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error>;
+}
+
+/// An execution a retention purge matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgedExecution {
+    pub id: String,
+    pub status: String,
+    pub updated_at_ms: u64,
 }
 
 /// A registered definition name.

@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    ControlAction, ControlRequest, DefinitionInfo, Error, FireRecord, ScheduleRecord, Storage,
+    ControlAction, ControlRequest, DefinitionInfo, Error, FireRecord, PurgedExecution,
+    ScheduleRecord, Storage,
 };
 use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
@@ -727,6 +728,56 @@ impl Storage for SqliteStore {
         }
         tx.commit().map_err(backend)?;
         Ok(out)
+    }
+
+    async fn purge_terminal(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<Vec<PurgedExecution>, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let matched: Vec<PurgedExecution> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, status, updated_at_ms FROM executions
+                     WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?1
+                     ORDER BY updated_at_ms, id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![cutoff_ms as i64, limit as i64], |r| {
+                    Ok(PurgedExecution {
+                        id: r.get(0)?,
+                        status: r.get(1)?,
+                        updated_at_ms: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        if dry_run {
+            return Ok(matched);
+        }
+        for table in ["checkpoints", "events", "steps"] {
+            let mut delete = tx
+                .prepare_cached(&format!("DELETE FROM {table} WHERE execution_id = ?1"))
+                .map_err(backend)?;
+            for m in &matched {
+                delete.execute([&m.id]).map_err(backend)?;
+            }
+        }
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM executions WHERE id = ?1")
+                .map_err(backend)?;
+            for m in &matched {
+                delete.execute([&m.id]).map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(matched)
     }
 
     async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error> {
