@@ -18,7 +18,7 @@ use crate::bus::EventBus;
 use crate::clock::Clock;
 use crate::core::{
     fork, Checkpoint, Command, ErrorKind, Execution, ExecutionStatus, ForkError, Input, Lane,
-    RecoveryAction, StepError,
+    RecoveryAction, StepError, DEFAULT_TENANT,
 };
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
 use crate::event::SystemEvent;
@@ -98,6 +98,8 @@ pub enum Error {
     BadSignal(String),
     #[error("bad schedule: {0}")]
     BadSchedule(String),
+    #[error("tenant {0:?} is not 1 to 64 letters, digits, '_' or '-'")]
+    BadTenant(String),
     #[error("no registered definition {name}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
     UnknownDefinition { name: String, version: Option<u32> },
 }
@@ -323,7 +325,7 @@ impl Engine {
     ) -> Result<String, Error> {
         let now = self.inner.clock.now_ms();
         let id = self.new_execution_id(now);
-        self.create_stored(id.clone(), process, input, breakpoint)
+        self.create_stored(id.clone(), process, input, breakpoint, DEFAULT_TENANT)
             .await?;
         Ok(id)
     }
@@ -338,8 +340,20 @@ impl Engine {
         process: Arc<ProcessDef>,
         input: Value,
     ) -> Result<(), Error> {
+        self.create_with_id_in(DEFAULT_TENANT, id, process, input)
+            .await
+    }
+
+    /// [`Engine::create_with_id`] for `tenant`.
+    pub(crate) async fn create_with_id_in(
+        &self,
+        tenant: &str,
+        id: &str,
+        process: Arc<ProcessDef>,
+        input: Value,
+    ) -> Result<(), Error> {
         check_execution_id(id)?;
-        self.create_stored(id.to_string(), process, input, None)
+        self.create_stored(id.to_string(), process, input, None, tenant)
             .await
     }
 
@@ -363,10 +377,22 @@ impl Engine {
     /// version that becomes current, or the current one if nothing changed. Executions already
     /// created keep the version they were created with: each carries its own copy.
     pub async fn register_definition(&self, process: ProcessDef) -> Result<u32, Error> {
+        self.register_definition_in(DEFAULT_TENANT, process).await
+    }
+
+    pub(crate) async fn register_definition_in(
+        &self,
+        tenant: &str,
+        process: ProcessDef,
+    ) -> Result<u32, Error> {
         let agents: Vec<String> = self.inner.agents.keys().cloned().collect();
         crate::definition::validate("registry", &process, Some(&agents)).map_err(Error::Invalid)?;
         let now = self.inner.clock.now_ms();
-        Ok(self.inner.store.register_definition(&process, now).await?)
+        Ok(self
+            .inner
+            .store
+            .register_definition(tenant, &process, now)
+            .await?)
     }
 
     /// Makes an earlier (or later) registered version current for new executions.
@@ -374,7 +400,7 @@ impl Engine {
         Ok(self
             .inner
             .store
-            .set_current_definition(name, version)
+            .set_current_definition(DEFAULT_TENANT, name, version)
             .await?)
     }
 
@@ -384,6 +410,7 @@ impl Engine {
     /// is not registered fails the step.
     async fn run_child(
         &self,
+        tenant: &str,
         child_id: &str,
         process: &str,
         version: Option<u32>,
@@ -392,7 +419,7 @@ impl Engine {
         let child_error = |message: String| StepError::new(ErrorKind::Child, message);
         loop {
             match self
-                .create_registered(child_id, process, version, input.clone())
+                .create_registered_in(tenant, child_id, process, version, input.clone())
                 .await
             {
                 Ok(_) | Err(Error::Store(store::Error::Duplicate(_))) => break,
@@ -447,17 +474,29 @@ impl Engine {
         version: Option<u32>,
         input: Value,
     ) -> Result<u32, Error> {
+        self.create_registered_in(DEFAULT_TENANT, id, name, version, input)
+            .await
+    }
+
+    pub(crate) async fn create_registered_in(
+        &self,
+        tenant: &str,
+        id: &str,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<u32, Error> {
         let process = self
             .inner
             .store
-            .definition(name, version)
+            .definition(tenant, name, version)
             .await?
             .ok_or_else(|| Error::UnknownDefinition {
                 name: name.to_string(),
                 version,
             })?;
         let pinned = process.version;
-        self.create_with_id(id, process, input).await?;
+        self.create_with_id_in(tenant, id, process, input).await?;
         Ok(pinned)
     }
 
@@ -467,11 +506,13 @@ impl Engine {
         process: Arc<ProcessDef>,
         input: Value,
         breakpoint: Option<String>,
+        tenant: &str,
     ) -> Result<(), Error> {
         self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
         let mut execution = Execution::new(id, process, input, now);
         execution.breakpoint = breakpoint;
+        execution.tenant = tenant.to_string();
         self.inner.store.create(&execution).await?;
         Ok(())
     }
@@ -1103,6 +1144,7 @@ impl Inner {
         let (step, handle) = match command {
             Command::StartChild {
                 step,
+                tenant,
                 child_id,
                 process,
                 version,
@@ -1112,7 +1154,9 @@ impl Inner {
                     inner: self.clone(),
                 };
                 let task = tokio::spawn(async move {
-                    let result = engine.run_child(&child_id, &process, version, input).await;
+                    let result = engine
+                        .run_child(&tenant, &child_id, &process, version, input)
+                        .await;
                     let input = Input::AgentReturned {
                         step,
                         lane: Lane::Main,

@@ -22,6 +22,7 @@ pub mod rng;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;
+pub mod tenant;
 
 pub use driver::{Engine, EngineConfig, ExecutionHandle, Ports, Recovery, Reset, Resumption};
 pub use recovery::{RecoveryConfig, RecoveryReport};

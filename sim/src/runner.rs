@@ -816,7 +816,13 @@ async fn apply_versions(
         return Ok(());
     }
     let name = &scenario.process.name;
-    if engine.store().definition(name, None).await?.is_none() {
+    let tenant = proctor::core::DEFAULT_TENANT;
+    if engine
+        .store()
+        .definition(tenant, name, None)
+        .await?
+        .is_none()
+    {
         engine
             .register_definition((*scenario.process).clone())
             .await?;

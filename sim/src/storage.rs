@@ -18,8 +18,8 @@ use proctor::definition::{ProcessDef, StepKind};
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::schedule::ScheduleState;
 use proctor::store::{
-    ControlRequest, DefinitionInfo, Error, FireRecord, PurgedExecution, ScheduleRecord,
-    SqliteStore, Storage,
+    ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary, FireRecord,
+    PurgedExecution, ScheduleRecord, SqliteStore, Storage,
 };
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -269,16 +269,31 @@ impl Storage for FaultyStore {
 
     // Definitions and schedules pass through without faults: the layer numbers execution
     // writes only.
-    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error> {
-        self.inner.register_definition(process, now_ms).await
+    async fn register_definition(
+        &self,
+        tenant: &str,
+        process: &ProcessDef,
+        now_ms: u64,
+    ) -> Result<u32, Error> {
+        self.inner
+            .register_definition(tenant, process, now_ms)
+            .await
     }
 
     async fn definition(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error> {
-        self.inner.definition(name, version).await
+        self.inner.definition(tenant, name, version).await
+    }
+
+    async fn list_executions(
+        &self,
+        query: &ExecutionQuery,
+    ) -> Result<Vec<ExecutionSummary>, Error> {
+        self.inner.list_executions(query).await
     }
 
     async fn purge_terminal(
@@ -290,12 +305,19 @@ impl Storage for FaultyStore {
         self.inner.purge_terminal(cutoff_ms, limit, dry_run).await
     }
 
-    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error> {
-        self.inner.definitions().await
+    async fn definitions(&self, tenant: &str) -> Result<Vec<DefinitionInfo>, Error> {
+        self.inner.definitions(tenant).await
     }
 
-    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error> {
-        self.inner.set_current_definition(name, version).await
+    async fn set_current_definition(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<(), Error> {
+        self.inner
+            .set_current_definition(tenant, name, version)
+            .await
     }
 
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {

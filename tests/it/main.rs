@@ -16,5 +16,6 @@ mod schedules;
 mod sequential;
 mod storage_faults;
 mod subprocess;
+mod tenants;
 mod timer;
 mod versioning;

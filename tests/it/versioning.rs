@@ -61,7 +61,7 @@ async fn versions_increment_pin_executions_and_roll_back() {
             .contains("no definition greet version 9"),
         "{missing}"
     );
-    let infos = e.store().definitions().await.unwrap();
+    let infos = e.store().definitions("default").await.unwrap();
     assert_eq!((infos[0].current, infos[0].latest), (1, 2));
 
     // A restart: every execution still runs the version it was created with.

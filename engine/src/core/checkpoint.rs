@@ -26,6 +26,13 @@ pub struct Checkpoint {
     pub completed: Map<String, Value>,
     /// Every step's state, indexed like the process's steps.
     pub steps: Vec<StepState>,
+    /// The execution's tenant: a fork belongs to the same one.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    super::machine::DEFAULT_TENANT.to_string()
 }
 
 /// Where a forked execution came from.
@@ -52,6 +59,7 @@ impl Checkpoint {
             at_ms,
             completed,
             steps: execution.steps.clone(),
+            tenant: execution.tenant.clone(),
         }
     }
 }
@@ -91,6 +99,7 @@ pub fn fork(
         }
     }
     let mut execution = Execution::new(id, process, input, now_ms);
+    execution.tenant = checkpoint.tenant.clone();
     for (i, kept) in checkpoint.steps.iter().enumerate() {
         if matches!(kept.status, StepStatus::Completed | StepStatus::Skipped) {
             let mut state = kept.clone();

@@ -66,6 +66,10 @@ pub enum Input {
     Recover { action: RecoveryAction },
 }
 
+/// The tenant of everything created without one (the library's plain [`crate::Engine`]
+/// methods, the CLI).
+pub const DEFAULT_TENANT: &str = "default";
+
 /// Signals one execution keeps (consumed or not): its row carries them all.
 pub const MAX_SIGNALS_PER_EXECUTION: usize = 1_000;
 
@@ -140,6 +144,8 @@ pub enum Command {
     /// then deliver its result as [`Input::AgentReturned`] for the step's attempt 1.
     StartChild {
         step: usize,
+        /// The parent's: a child belongs to its parent's tenant and is resolved in its registry.
+        tenant: String,
         child_id: String,
         process: String,
         version: Option<u32>,
@@ -188,6 +194,8 @@ pub struct Execution {
     pub breakpoint: Option<String>,
     /// Set when this execution was forked from another's checkpoint.
     pub origin: Option<ForkOrigin>,
+    /// Who owns it: every read and write through [`crate::tenant::Tenant`] is scoped to it.
+    pub tenant: String,
     /// Set once a fatal failure started compensating the completed steps.
     pub compensation: Option<CompensationRun>,
     /// Signals received, in arrival order.
@@ -228,6 +236,7 @@ impl Execution {
             next_seq: 1,
             breakpoint: None,
             origin: None,
+            tenant: DEFAULT_TENANT.to_string(),
             compensation: None,
             signals: Vec::new(),
         }
@@ -1744,6 +1753,7 @@ impl Execution {
         };
         Command::StartChild {
             step,
+            tenant: self.tenant.clone(),
             child_id: self.child_id(step),
             process: sub.process.clone(),
             version: sub.version,

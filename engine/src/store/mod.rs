@@ -102,25 +102,77 @@ pub trait Storage: Send + Sync {
     /// current, unless its content equals the current version's, which is returned instead
     /// (so a registration retried after a crash does not add a version). The stored
     /// definition's `version` is the one assigned.
-    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error>;
+    /// Each tenant has its own registry.
+    async fn register_definition(
+        &self,
+        tenant: &str,
+        process: &ProcessDef,
+        now_ms: u64,
+    ) -> Result<u32, Error>;
 
-    /// A registered definition: `version`, or the current one.
+    /// A registered definition of `tenant`: `version`, or the current one.
     async fn definition(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error>;
 
-    /// Every registered name with its current and latest version.
-    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error>;
+    /// Every name `tenant` registered, with its current and latest version.
+    async fn definitions(&self, tenant: &str) -> Result<Vec<DefinitionInfo>, Error>;
 
     /// Makes `version` (which must exist) current for new executions: a rollback, or a
     /// roll forward again.
-    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error>;
+    async fn set_current_definition(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<(), Error>;
+
+    /// One page of `query.tenant`'s executions, newest first (by creation, then id).
+    async fn list_executions(&self, query: &ExecutionQuery)
+        -> Result<Vec<ExecutionSummary>, Error>;
 
     /// The schedule's decided fires in time order; with `open_only`, only the started ones
     /// whose runs have not been seen to end.
     async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error>;
+}
+
+/// Which executions to list: always one tenant's; the other filters are optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionQuery {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A definition name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// Created at or after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_from_ms: Option<u64>,
+    /// Created before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_to_ms: Option<u64>,
+    /// Pagination: the page after this `(created_at_ms, id)`, the last one of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<(u64, String)>,
+    /// At most this many (capped at [`MAX_LIST_PAGE`]).
+    pub limit: usize,
+}
+
+/// Largest page [`Storage::list_executions`] returns.
+pub const MAX_LIST_PAGE: usize = 500;
+
+/// One listed execution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionSummary {
+    pub id: String,
+    pub definition: String,
+    pub version: u32,
+    pub status: String,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
 }
 
 /// An execution a retention purge matched.

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    ControlAction, ControlRequest, DefinitionInfo, Error, FireRecord, PurgedExecution,
-    ScheduleRecord, Storage,
+    ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
+    FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
 };
 use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
@@ -19,7 +19,7 @@ use crate::event::{DomainEvent, EventRecord};
 use crate::schedule::ScheduleState;
 
 /// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
-/// `control_requests.signal`, tables `definitions`, `current_definitions`, `schedules` and
+/// `control_requests.signal`, `executions.tenant`, tables `definitions`, `current_definitions`, `schedules` and
 /// `schedule_fires` (created by `SCHEMA`).
 const SCHEMA_VERSION: i64 = 2;
 
@@ -27,7 +27,8 @@ const SCHEMA_VERSION: i64 = 2;
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
     "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;
-     ALTER TABLE control_requests ADD COLUMN signal TEXT;",
+     ALTER TABLE control_requests ADD COLUMN signal TEXT;
+     ALTER TABLE executions ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';",
 )];
 
 const SCHEMA: &str = "
@@ -46,8 +47,10 @@ CREATE TABLE IF NOT EXISTS executions (
     breakpoint      TEXT,
     origin_id       TEXT,
     origin_seq      INTEGER,
-    detail          TEXT
+    detail          TEXT,
+    tenant          TEXT NOT NULL DEFAULT 'default'
 );
+CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions (tenant, created_at_ms, id);
 CREATE INDEX IF NOT EXISTS executions_by_origin ON executions (origin_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     execution_id TEXT NOT NULL REFERENCES executions (id),
@@ -95,16 +98,19 @@ CREATE TABLE IF NOT EXISTS control_requests (
     signal          TEXT
 );
 CREATE TABLE IF NOT EXISTS definitions (
+    tenant        TEXT NOT NULL,
     name          TEXT NOT NULL,
     version       INTEGER NOT NULL,
     definition    TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (name, version)
+    PRIMARY KEY (tenant, name, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS current_definitions (
-    name    TEXT PRIMARY KEY,
-    version INTEGER NOT NULL
-);
+    tenant  TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedules (
     name       TEXT PRIMARY KEY,
     spec       TEXT NOT NULL,
@@ -236,8 +242,8 @@ impl SqliteStore {
         tx.execute(
             "INSERT INTO executions (id, process_name, process_version, definition, input, status,
                  output, error, created_at_ms, updated_at_ms, next_seq, breakpoint, origin_id,
-                 origin_seq, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 origin_seq, detail, tenant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
                  error = excluded.error, updated_at_ms = excluded.updated_at_ms,
                  next_seq = excluded.next_seq, breakpoint = excluded.breakpoint,
@@ -258,6 +264,7 @@ impl SqliteStore {
                 execution.origin.as_ref().map(|o| o.execution_id.clone()),
                 execution.origin.as_ref().map(|o| o.checkpoint_seq as i64),
                 ExecutionDetail::of(execution).to_column(),
+                execution.tenant,
             ],
         )
         .map_err(backend)?;
@@ -399,8 +406,9 @@ impl Storage for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, step_id, at_ms, completed, steps FROM checkpoints
-                 WHERE execution_id = ?1 ORDER BY seq",
+                "SELECT c.seq, c.step_id, c.at_ms, c.completed, c.steps, e.tenant
+                 FROM checkpoints c JOIN executions e ON e.id = c.execution_id
+                 WHERE c.execution_id = ?1 ORDER BY c.seq",
             )
             .map_err(backend)?;
         let rows = stmt
@@ -411,12 +419,13 @@ impl Storage for SqliteStore {
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })
             .map_err(backend)?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, step_id, at_ms, completed, steps) = row.map_err(backend)?;
+            let (seq, step_id, at_ms, completed, steps, tenant) = row.map_err(backend)?;
             let corrupt = |e: serde_json::Error| Error::Corrupt {
                 id: id.to_string(),
                 problem: format!("checkpoint {seq}: {e}"),
@@ -428,6 +437,7 @@ impl Storage for SqliteStore {
                 at_ms: at_ms as u64,
                 completed: serde_json::from_str(&completed).map_err(corrupt)?,
                 steps: serde_json::from_str(&steps).map_err(corrupt)?,
+                tenant,
             });
         }
         Ok(out)
@@ -485,11 +495,12 @@ impl Storage for SqliteStore {
             Option<String>,
             Option<i64>,
             Option<String>,
+            String,
         );
         let row: Option<Row> = conn
             .query_row(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
-                        next_seq, breakpoint, origin_id, origin_seq, detail
+                        next_seq, breakpoint, origin_id, origin_seq, detail, tenant
                  FROM executions WHERE id = ?1",
                 [id],
                 |r| {
@@ -506,6 +517,7 @@ impl Storage for SqliteStore {
                         r.get(9)?,
                         r.get(10)?,
                         r.get(11)?,
+                        r.get(12)?,
                     ))
                 },
             )
@@ -524,6 +536,7 @@ impl Storage for SqliteStore {
             origin_id,
             origin_seq,
             detail,
+            tenant,
         )) = row
         else {
             return Ok(None);
@@ -556,6 +569,7 @@ impl Storage for SqliteStore {
             .map_err(|e| corrupt(format!("detail: {e}")))?
             .unwrap_or_default();
         execution.compensation = detail.compensation;
+        execution.tenant = tenant;
         execution.signals = detail.signals;
 
         let mut stmt = conn
@@ -780,7 +794,62 @@ impl Storage for SqliteStore {
         Ok(matched)
     }
 
-    async fn register_definition(&self, process: &ProcessDef, now_ms: u64) -> Result<u32, Error> {
+    async fn list_executions(
+        &self,
+        query: &ExecutionQuery,
+    ) -> Result<Vec<ExecutionSummary>, Error> {
+        let (after_ms, after_id) = query
+            .after
+            .clone()
+            .map_or((i64::MAX, String::new()), |(ms, id)| (ms as i64, id));
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, process_name, process_version, status, created_at_ms, updated_at_ms
+                 FROM executions
+                 WHERE tenant = ?1
+                   AND (?2 IS NULL OR status = ?2)
+                   AND (?3 IS NULL OR process_name = ?3)
+                   AND (?4 IS NULL OR created_at_ms >= ?4)
+                   AND (?5 IS NULL OR created_at_ms < ?5)
+                   AND (created_at_ms < ?6 OR (created_at_ms = ?6 AND id < ?7) OR ?8 = 0)
+                 ORDER BY created_at_ms DESC, id DESC LIMIT ?9",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    query.tenant,
+                    query.status,
+                    query.definition,
+                    query.created_from_ms.map(|v| v as i64),
+                    query.created_to_ms.map(|v| v as i64),
+                    after_ms,
+                    after_id,
+                    i64::from(query.after.is_some()),
+                    query.limit.min(MAX_LIST_PAGE) as i64,
+                ],
+                |r| {
+                    Ok(ExecutionSummary {
+                        id: r.get(0)?,
+                        definition: r.get(1)?,
+                        version: r.get(2)?,
+                        status: r.get(3)?,
+                        created_at_ms: r.get::<_, i64>(4)? as u64,
+                        updated_at_ms: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    async fn register_definition(
+        &self,
+        tenant: &str,
+        process: &ProcessDef,
+        now_ms: u64,
+    ) -> Result<u32, Error> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -788,9 +857,10 @@ impl Storage for SqliteStore {
         let current: Option<(u32, String)> = tx
             .query_row(
                 "SELECT d.version, d.definition FROM current_definitions c
-                 JOIN definitions d ON d.name = c.name AND d.version = c.version
-                 WHERE c.name = ?1",
-                [&process.name],
+                 JOIN definitions d
+                   ON d.tenant = c.tenant AND d.name = c.name AND d.version = c.version
+                 WHERE c.tenant = ?1 AND c.name = ?2",
+                params![tenant, process.name],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -804,8 +874,8 @@ impl Storage for SqliteStore {
         }
         let latest: Option<u32> = tx
             .query_row(
-                "SELECT max(version) FROM definitions WHERE name = ?1",
-                [&process.name],
+                "SELECT max(version) FROM definitions WHERE tenant = ?1 AND name = ?2",
+                params![tenant, process.name],
                 |r| r.get(0),
             )
             .map_err(backend)?;
@@ -813,15 +883,21 @@ impl Storage for SqliteStore {
         let mut stored = process.clone();
         stored.version = version;
         tx.execute(
-            "INSERT INTO definitions (name, version, definition, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![process.name, version, to_json(&stored), now_ms as i64],
+            "INSERT INTO definitions (tenant, name, version, definition, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                tenant,
+                process.name,
+                version,
+                to_json(&stored),
+                now_ms as i64
+            ],
         )
         .map_err(backend)?;
         tx.execute(
-            "INSERT INTO current_definitions (name, version) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-            params![process.name, version],
+            "INSERT INTO current_definitions (tenant, name, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant, name) DO UPDATE SET version = excluded.version",
+            params![tenant, process.name, version],
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -830,6 +906,7 @@ impl Storage for SqliteStore {
 
     async fn definition(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error> {
@@ -837,15 +914,17 @@ impl Storage for SqliteStore {
             let conn = self.conn();
             match version {
                 Some(v) => conn.query_row(
-                    "SELECT definition FROM definitions WHERE name = ?1 AND version = ?2",
-                    params![name, v],
+                    "SELECT definition FROM definitions
+                     WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                    params![tenant, name, v],
                     |r| r.get(0),
                 ),
                 None => conn.query_row(
                     "SELECT d.definition FROM current_definitions c
-                     JOIN definitions d ON d.name = c.name AND d.version = c.version
-                     WHERE c.name = ?1",
-                    [name],
+                     JOIN definitions d
+                       ON d.tenant = c.tenant AND d.name = c.name AND d.version = c.version
+                     WHERE c.tenant = ?1 AND c.name = ?2",
+                    params![tenant, name],
                     |r| r.get(0),
                 ),
             }
@@ -861,17 +940,17 @@ impl Storage for SqliteStore {
         .transpose()
     }
 
-    async fn definitions(&self) -> Result<Vec<DefinitionInfo>, Error> {
+    async fn definitions(&self, tenant: &str) -> Result<Vec<DefinitionInfo>, Error> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT c.name, c.version, (SELECT max(version) FROM definitions d
-                     WHERE d.name = c.name)
-                 FROM current_definitions c ORDER BY c.name",
+                     WHERE d.tenant = c.tenant AND d.name = c.name)
+                 FROM current_definitions c WHERE c.tenant = ?1 ORDER BY c.name",
             )
             .map_err(backend)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([tenant], |r| {
                 Ok(DefinitionInfo {
                     name: r.get(0)?,
                     current: r.get(1)?,
@@ -882,12 +961,17 @@ impl Storage for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(backend)
     }
 
-    async fn set_current_definition(&self, name: &str, version: u32) -> Result<(), Error> {
+    async fn set_current_definition(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<(), Error> {
         let conn = self.conn();
         let exists: i64 = conn
             .query_row(
-                "SELECT count(*) FROM definitions WHERE name = ?1 AND version = ?2",
-                params![name, version],
+                "SELECT count(*) FROM definitions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant, name, version],
                 |r| r.get(0),
             )
             .map_err(backend)?;
@@ -898,8 +982,8 @@ impl Storage for SqliteStore {
             });
         }
         conn.execute(
-            "UPDATE current_definitions SET version = ?2 WHERE name = ?1",
-            params![name, version],
+            "UPDATE current_definitions SET version = ?3 WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name, version],
         )
         .map_err(backend)?;
         Ok(())
@@ -1237,7 +1321,9 @@ mod tests {
             .conn()
             .execute_batch(
                 "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
-                 ALTER TABLE control_requests DROP COLUMN signal; PRAGMA user_version = 1;",
+                 ALTER TABLE control_requests DROP COLUMN signal;
+                 DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
+                 PRAGMA user_version = 1;",
             )
             .unwrap();
         drop(store);
