@@ -578,9 +578,19 @@ async fn status(db: &Path, id: Option<&str>) -> anyhow::Result<ExitCode> {
         eprintln!("error: no execution {id} in {}", db.display());
         return Ok(ExitCode::from(1));
     };
+    let p = execution.progress();
     println!(
-        "execution {id} {} ({} v{})",
-        execution.status, execution.process.name, execution.process.version
+        "execution {id} {} ({} v{}): {}% of {} steps decided ({} completed, {} running, {} failed, {} skipped, {} pending)",
+        execution.status,
+        execution.process.name,
+        execution.process.version,
+        p.percent,
+        p.total,
+        p.completed,
+        p.running,
+        p.failed,
+        p.skipped,
+        p.pending
     );
     for (def, st) in execution.process.steps.iter().zip(&execution.steps) {
         println!("  {:<16} {:<10} attempt {}", def.id, st.status, st.attempt);

@@ -3,13 +3,17 @@
 //! every read and change goes through an ownership check: another tenant's execution is
 //! reported as unknown, exactly like one that does not exist, so nothing about it leaks. The
 //! plain [`Engine`] methods act for [`DEFAULT_TENANT`].
+//!
+//! Every change made through a `Tenant` (create, start, pause, resume, cancel, signal) is also
+//! recorded in the audit history with who made it ([`Tenant::acting_as`]) and the last event
+//! it left; [`Tenant::audit`] reads it back. A retention purge removes it with the execution.
 
 use serde_json::Value;
 
 use crate::core::{Execution, DEFAULT_TENANT};
 use crate::driver::{Engine, Error, ExecutionHandle};
 use crate::event::EventRecord;
-use crate::store::{DefinitionInfo, ExecutionQuery, ExecutionSummary, SignalRequest};
+use crate::store::{AuditEntry, DefinitionInfo, ExecutionQuery, ExecutionSummary, SignalRequest};
 
 /// Longest tenant name.
 pub const MAX_TENANT_BYTES: usize = 64;
@@ -19,6 +23,8 @@ pub const MAX_TENANT_BYTES: usize = 64;
 pub struct Tenant {
     engine: Engine,
     name: String,
+    /// Who is acting, for the audit history.
+    actor: Option<String>,
 }
 
 impl Engine {
@@ -35,6 +41,7 @@ impl Engine {
         Ok(Tenant {
             engine: self.clone(),
             name: tenant.to_string(),
+            actor: None,
         })
     }
 
@@ -43,6 +50,7 @@ impl Engine {
         Tenant {
             engine: self.clone(),
             name: DEFAULT_TENANT.to_string(),
+            actor: None,
         }
     }
 }
@@ -50,6 +58,45 @@ impl Engine {
 impl Tenant {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same view, recording `actor` (a user, a service) in the audit history of every
+    /// change it makes.
+    pub fn acting_as(&self, actor: &str) -> Tenant {
+        Tenant {
+            actor: Some(actor.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Records a change made to `id`, with the event it left last.
+    async fn audit_change(
+        &self,
+        id: &str,
+        action: &str,
+        detail: Option<String>,
+    ) -> Result<(), Error> {
+        let store = self.engine.store();
+        let last_seq = store
+            .load(id)
+            .await?
+            .map_or(0, |e| e.next_seq.saturating_sub(1));
+        let entry = AuditEntry {
+            execution_id: id.to_string(),
+            tenant: self.name.clone(),
+            actor: self.actor.clone(),
+            action: action.to_string(),
+            detail,
+            at_ms: self.engine.clock().now_ms(),
+            last_seq,
+        };
+        Ok(store.record_audit(&entry).await?)
+    }
+
+    /// Who changed `id` and how, oldest first (this tenant's executions only).
+    pub async fn audit(&self, id: &str) -> Result<Vec<AuditEntry>, Error> {
+        self.own(id).await?;
+        Ok(self.engine.store().audit(id).await?)
     }
 
     /// Registers a definition in this tenant's registry (see [`Engine::register_definition`]).
@@ -82,9 +129,13 @@ impl Tenant {
         version: Option<u32>,
         input: Value,
     ) -> Result<u32, Error> {
-        self.engine
+        let version_made = self
+            .engine
             .create_registered_in(&self.name, id, name, version, input)
-            .await
+            .await?;
+        let detail = format!("{name} v{version_made}");
+        self.audit_change(id, "create", Some(detail)).await?;
+        Ok(version_made)
     }
 
     /// The execution, if it exists and is this tenant's.
@@ -121,26 +172,33 @@ impl Tenant {
 
     pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
         self.own(id).await?;
-        self.engine.start(id).await
+        let handle = self.engine.start(id).await?;
+        self.audit_change(id, "start", None).await?;
+        Ok(handle)
     }
 
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.pause(id).await
+        self.engine.pause(id).await?;
+        self.audit_change(id, "pause", None).await
     }
 
     pub async fn resume(&self, id: &str) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.resume(id).await
+        self.engine.resume(id).await?;
+        self.audit_change(id, "resume", None).await
     }
 
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.cancel(id, reason).await
+        self.engine.cancel(id, reason.clone()).await?;
+        self.audit_change(id, "cancel", reason).await
     }
 
     pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.signal(id, signal).await
+        let detail = format!("{} ({})", signal.name, signal.id);
+        self.engine.signal(id, signal).await?;
+        self.audit_change(id, "signal", Some(detail)).await
     }
 }

@@ -168,3 +168,52 @@ async fn a_child_belongs_to_its_parents_tenant() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn every_change_is_audited_with_its_actor_and_event() {
+    let t = TestEngine::start(WAIT, &[("worker", Default::default())]).await;
+    let admin = t.engine.tenant("acme").unwrap().acting_as("ana");
+    admin.register_definition(def(WAIT)).await.unwrap();
+    admin.create("a-1", "wait", None, json!({})).await.unwrap();
+    admin.start("a-1").await.unwrap();
+    eventually("a-1 waits", || t.execution_row("a-1").status == "running").await;
+    admin.pause("a-1").await.unwrap();
+    let bot = admin.acting_as("approval-bot");
+    let signal = SignalRequest {
+        id: "sig-1".into(),
+        name: "go".into(),
+        payload: json!(true),
+    };
+    bot.signal("a-1", signal).await.unwrap();
+    admin
+        .cancel("a-1", Some("changed my mind".into()))
+        .await
+        .unwrap();
+
+    let audit = admin.audit("a-1").await.unwrap();
+    let lines: Vec<(Option<&str>, &str, Option<&str>)> = audit
+        .iter()
+        .map(|e| (e.actor.as_deref(), e.action.as_str(), e.detail.as_deref()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            (Some("ana"), "create", Some("wait v1")),
+            (Some("ana"), "start", None),
+            (Some("ana"), "pause", None),
+            (Some("approval-bot"), "signal", Some("go (sig-1)")),
+            (Some("ana"), "cancel", Some("changed my mind")),
+        ]
+    );
+    // Each entry points at the event its change left last.
+    let events = t.events_of("a-1").await;
+    let kind_at = |seq: u64| events.iter().find(|e| e.seq == seq).unwrap().event.kind();
+    assert_eq!(kind_at(audit[2].last_seq), "ExecutionPaused");
+    assert_eq!(kind_at(audit[4].last_seq), "ExecutionCancelled");
+    // Another tenant cannot read it.
+    let other = t.engine.tenant("globex").unwrap();
+    assert!(matches!(
+        other.audit("a-1").await,
+        Err(Error::UnknownExecution(_))
+    ));
+}

@@ -66,6 +66,19 @@ pub enum Input {
     Recover { action: RecoveryAction },
 }
 
+/// Step counts of an execution, by kind of state; `percent` is the share of steps decided
+/// (completed, failed, cancelled or skipped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub total: usize,
+    pub pending: usize,
+    pub running: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub percent: u8,
+}
+
 /// The tenant of everything created without one (the library's plain [`crate::Engine`]
 /// methods, the CLI).
 pub const DEFAULT_TENANT: &str = "default";
@@ -456,6 +469,26 @@ impl Execution {
         }
         self.schedule(&mut cx);
         cx.tx
+    }
+
+    /// How far along it is, from its steps' states (for monitoring).
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress {
+            total: self.steps.len(),
+            ..Progress::default()
+        };
+        for st in &self.steps {
+            match st.status {
+                StepStatus::Pending => p.pending += 1,
+                StepStatus::Running | StepStatus::Retrying => p.running += 1,
+                StepStatus::Completed | StepStatus::Compensated => p.completed += 1,
+                StepStatus::Failed | StepStatus::Cancelled => p.failed += 1,
+                StepStatus::Skipped => p.skipped += 1,
+            }
+        }
+        let decided = p.completed + p.failed + p.skipped;
+        p.percent = (decided * 100).checked_div(p.total).unwrap_or(100) as u8;
+        p
     }
 
     /// The recovery service's decision for this execution at `now_ms`.

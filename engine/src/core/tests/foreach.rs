@@ -271,3 +271,19 @@ impl Harness {
             .collect()
     }
 }
+
+#[test]
+fn progress_counts_steps_as_they_are_decided() {
+    let mut h = Harness::new(&each("    max_concurrency: 2"), json!({"orders": ["a"]}));
+    assert_eq!(h.exec.progress().percent, 0);
+    assert_eq!(h.exec.progress().pending, 2);
+    h.start();
+    let p = h.exec.progress();
+    assert_eq!((p.running, p.pending, p.percent), (1, 1, 0));
+    item_result(&mut h, 0, Ok(json!("A")));
+    let p = h.exec.progress();
+    assert_eq!((p.completed, p.running, p.percent), (1, 1, 50));
+    h.agent_ok("after", json!({}));
+    let p = h.exec.progress();
+    assert_eq!((p.completed, p.total, p.percent), (2, 2, 100));
+}
