@@ -72,6 +72,8 @@ pub struct Outcome {
     pub executions: Vec<(Execution, Vec<EventRecord>)>,
     /// Each schedule's decided fires: `name local (utc) outcome`, in time order.
     pub schedule_fires: Vec<String>,
+    /// With `workload.tenants`: each tenant's own listing of its executions, sorted.
+    pub tenant_lists: BTreeMap<String, Vec<String>>,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
     /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
@@ -536,6 +538,22 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             executions.push((execution, events));
         }
     }
+    // What each tenant's own listing shows (for `tenant_isolation`).
+    let mut tenant_lists = BTreeMap::new();
+    for tenant in &scenario.workload.tenants {
+        let query = store::ExecutionQuery {
+            tenant: tenant.clone(),
+            limit: store::MAX_LIST_PAGE,
+            ..Default::default()
+        };
+        let mut ids: Vec<String> = now(shared.store.list_executions(&query))
+            .expect("store readable")
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.sort();
+        tenant_lists.insert(tenant.clone(), ids);
+    }
     let ledgers = ledgers
         .into_iter()
         .map(|(name, l)| {
@@ -557,6 +575,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         acknowledged,
         executions,
         schedule_fires,
+        tenant_lists,
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
         faults: injected,
@@ -712,6 +731,16 @@ async fn boot(
             scenario.clone(),
         ));
     }
+    for tenant in &scenario.workload.tenants {
+        let tenant = engine.tenant(tenant).expect("checked at load");
+        while let Err(e) = tenant
+            .register_definition((*scenario.process).clone())
+            .await
+        {
+            tracing::warn!(tenant = %tenant.name(), "registering failed, retrying: {e}");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        }
+    }
     for def in &scenario.workload.loaded_definitions {
         // Unchanged content registers as the current version: nothing new.
         while let Err(e) = engine.register_definition((**def).clone()).await {
@@ -851,6 +880,24 @@ async fn submit(
     id: &str,
 ) -> Result<(), proctor::driver::Error> {
     let input = scenario.workload.input.clone();
+    let tenants = &scenario.workload.tenants;
+    if !tenants.is_empty() {
+        let n: usize = id[id.len() - 4..]
+            .parse()
+            .expect("workload ids end in 4 digits");
+        let tenant = engine
+            .tenant(&tenants[n % tenants.len()])?
+            .acting_as("client");
+        let name = &scenario.process.name;
+        match tenant.create(id, name, None, input).await {
+            Ok(_) | Err(proctor::driver::Error::Store(store::Error::Duplicate(_))) => {}
+            Err(e) => return Err(e),
+        }
+        return match tenant.start(id).await {
+            Ok(_) | Err(proctor::driver::Error::AlreadyLive(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
     let created = if scenario.workload.versions.is_empty() {
         engine
             .create_with_id(id, scenario.process.clone(), input)

@@ -112,6 +112,10 @@ pub struct Workload {
     /// `definitions`, loaded.
     #[serde(skip)]
     pub loaded_definitions: Vec<Arc<ProcessDef>>,
+    /// Submit as these tenants, in turn (submission n as `tenants[n % len]`), through the
+    /// tenant-scoped API; the process is registered in each tenant's registry.
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 /// Once `after` executions are acknowledged: register `process` (a new version), or make
@@ -401,6 +405,23 @@ impl Scenario {
             let def = definition::load(&path_dir.join(path), Some(&agent_names))
                 .map_err(|d| invalid(format!("workload.definitions[{i}]: {d}")))?;
             file.workload.loaded_definitions.push(Arc::new(def));
+        }
+        for (i, tenant) in file.workload.tenants.iter().enumerate() {
+            let valid = !tenant.is_empty()
+                && tenant.len() <= proctor::tenant::MAX_TENANT_BYTES
+                && tenant
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(invalid(format!(
+                    "workload.tenants[{i}]: letters, digits, '_' and '-' only"
+                )));
+            }
+        }
+        if !file.workload.tenants.is_empty() && !file.workload.versions.is_empty() {
+            return Err(invalid(
+                "workload.tenants: not together with workload.versions".into(),
+            ));
         }
         let at_least = usize::from(file.workload.schedules.is_empty());
         for (i, s) in file.workload.schedules.iter().enumerate() {

@@ -11,6 +11,7 @@ mod history;
 mod liveness;
 mod once;
 mod recovery_time;
+mod tenants;
 mod timers;
 
 use std::fmt;
@@ -71,6 +72,7 @@ pub const NAMES: &[&str] = &[
     "recovered_in_time",
     "scripted_faults_fired",
     "expected_outcome",
+    "tenant_isolation",
 ];
 
 /// Runs every checker.
@@ -85,6 +87,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     timers::check(scenario, outcome, &mut out);
     recovery_time::check(scenario, outcome, &mut out);
     expected::check(scenario, outcome, &mut out);
+    tenants::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
