@@ -74,6 +74,9 @@ pub struct Outcome {
     pub schedule_fires: Vec<String>,
     /// With `workload.tenants`: each tenant's own listing of its executions, sorted.
     pub tenant_lists: BTreeMap<String, Vec<String>>,
+    /// With `workload.purge`: what its dry run listed (all it may have deleted), and its cutoff.
+    pub purge_candidates: Vec<store::PurgedExecution>,
+    pub purge_cutoff_ms: u64,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
     /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
@@ -129,6 +132,12 @@ struct Shared {
     clock_offset_ms: Arc<AtomicU64>,
     /// `workload.versions` applied so far (the client's memory, so it survives crashes).
     versions_applied: AtomicUsize,
+    /// `workload.purge`: what its dry run listed just before it (the purge's candidates,
+    /// recorded before anything is deleted, so a crash mid-purge loses no record), the cutoff,
+    /// and whether it has run.
+    purge_candidates: Mutex<Vec<store::PurgedExecution>>,
+    purge_cutoff_ms: AtomicU64,
+    purge_done: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -223,6 +232,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         window_end_ms: AtomicU64::new(window_ms),
         clock_offset_ms: Arc::new(AtomicU64::new(scenario.clock_start_ms - EPOCH_MS)),
         versions_applied: AtomicUsize::new(0),
+        purge_candidates: Mutex::new(Vec::new()),
+        purge_cutoff_ms: AtomicU64::new(0),
+        purge_done: std::sync::atomic::AtomicBool::new(false),
     });
 
     let mut ledgers = BTreeMap::new();
@@ -576,6 +588,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         executions,
         schedule_fires,
         tenant_lists,
+        purge_candidates: shared.purge_candidates.lock().expect("purge lock").clone(),
+        purge_cutoff_ms: shared.purge_cutoff_ms.load(Ordering::SeqCst),
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
         faults: injected,
@@ -767,6 +781,9 @@ async fn boot(
     if !scenario.workload.schedules.is_empty() {
         let _scheduler = engine.run_schedules();
     }
+    if let Some(purge) = scenario.workload.purge.clone() {
+        tokio::spawn(run_purge(engine.clone(), shared.clone(), purge));
+    }
     loop {
         let n = shared.submitted.load(Ordering::SeqCst);
         if n >= scenario.workload.executions {
@@ -824,6 +841,43 @@ async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
             };
             while let Err(e) = engine.signal(&id, request.clone()).await {
                 tracing::warn!(execution = %id, "signal failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// The workload's retention purge, once: a dry run records the candidates (with the cutoff),
+/// then the purge deletes them. Run again after a crash, it finds what is left to delete.
+async fn run_purge(engine: Engine, shared: Arc<Shared>, purge: crate::scenario::WorkloadPurge) {
+    let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+    if purge.at_ms > elapsed_ms {
+        tokio::time::sleep(Duration::from_millis(purge.at_ms - elapsed_ms)).await;
+    }
+    while !shared.purge_done.load(Ordering::SeqCst) {
+        let cutoff_ms = engine.clock().now_ms().saturating_sub(purge.older_than_ms);
+        match engine.purge(purge.older_than_ms, true).await {
+            Ok(listed) => {
+                shared
+                    .purge_cutoff_ms
+                    .fetch_max(cutoff_ms, Ordering::SeqCst);
+                let mut candidates = shared.purge_candidates.lock().expect("purge lock");
+                for p in listed {
+                    if !candidates.iter().any(|c| c.id == p.id) {
+                        candidates.push(p);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("purge dry run failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                continue;
+            }
+        }
+        match engine.purge(purge.older_than_ms, false).await {
+            Ok(_) => shared.purge_done.store(true, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!("purge failed, retrying: {e}");
                 tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
             }
         }

@@ -116,6 +116,17 @@ pub struct Workload {
     /// tenant-scoped API; the process is registered in each tenant's registry.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// A retention purge the engine host runs once, `at_ms` into the run.
+    #[serde(default)]
+    pub purge: Option<WorkloadPurge>,
+}
+
+/// A retention purge of finished executions last changed more than `older_than_ms` ago.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPurge {
+    pub at_ms: u64,
+    pub older_than_ms: u64,
 }
 
 /// Once `after` executions are acknowledged: register `process` (a new version), or make
@@ -329,6 +340,9 @@ pub struct Expect {
     /// `{ hotel: { compensated: 10 } }`. Statuses not listed are not checked.
     #[serde(default)]
     pub steps: BTreeMap<String, BTreeMap<StepStatus, usize>>,
+    /// Executions a `workload.purge` deleted.
+    #[serde(default)]
+    pub purged: Option<usize>,
     /// Executions per definition version they ran, e.g. `{ 1: 6, 2: 3 }`.
     #[serde(default)]
     pub versions: BTreeMap<u32, usize>,
@@ -522,8 +536,8 @@ impl Scenario {
         })
     }
 
-    /// When the last timed fault (scripted or chaos) ends; the liveness phase starts then,
-    /// or later if a fault at a named point fires after it.
+    /// When the last timed fault (scripted or chaos) ends, or the workload's purge runs; the
+    /// liveness phase starts then, or later if a fault at a named point fires after it.
     pub fn fault_window_ms(&self) -> u64 {
         let scripted = self
             .faults
@@ -532,7 +546,9 @@ impl Scenario {
             .max()
             .unwrap_or(0);
         let chaos = self.chaos.as_ref().map_or(0, |c| c.window_ms);
-        scripted.max(chaos)
+        // A purge counts as part of the window, so the run lasts until it has happened.
+        let purge = self.workload.purge.as_ref().map_or(0, |p| p.at_ms + 1);
+        scripted.max(chaos).max(purge)
     }
 }
 

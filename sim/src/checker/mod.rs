@@ -11,6 +11,7 @@ mod history;
 mod liveness;
 mod once;
 mod recovery_time;
+mod retention;
 mod tenants;
 mod timers;
 
@@ -73,6 +74,7 @@ pub const NAMES: &[&str] = &[
     "scripted_faults_fired",
     "expected_outcome",
     "tenant_isolation",
+    "retention_respected",
 ];
 
 /// Runs every checker.
@@ -88,6 +90,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     recovery_time::check(scenario, outcome, &mut out);
     expected::check(scenario, outcome, &mut out);
     tenants::check(scenario, outcome, &mut out);
+    retention::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
