@@ -107,6 +107,12 @@ pub enum Error {
 /// Most executions one purge deletes (run it again for more): bounds one transaction.
 pub const MAX_PURGE_BATCH: usize = 1_000;
 
+/// The core's input for a signal request.
+pub(crate) fn signal_input(signal: SignalRequest) -> Input {
+    let SignalRequest { id, name, payload } = signal;
+    Input::Signal { id, name, payload }
+}
+
 /// How often a sub-process step looks at its child (and retries creating or starting it).
 pub const CHILD_POLL_MS: u64 = 50;
 
@@ -519,9 +525,18 @@ impl Engine {
 
     /// Starts driving a stored pending execution (a no-op drive if it is not pending).
     pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
+        self.start_with(id, Input::Start).await
+    }
+
+    /// [`Engine::start`] with the start input given (an audited one).
+    pub(crate) async fn start_with(
+        &self,
+        id: &str,
+        start: Input,
+    ) -> Result<ExecutionHandle, Error> {
         let inbox = self.claim(id)?;
         match self.load_existing(id).await {
-            Ok(execution) => Ok(self.spawn_claimed(execution, Input::Start, inbox)),
+            Ok(execution) => Ok(self.spawn_claimed(execution, start, inbox)),
             Err(e) => {
                 self.inner.release(id);
                 Err(e)
@@ -608,10 +623,8 @@ impl Engine {
         new_id(now_ms, &mut **rng)
     }
 
-    /// Sends a signal to an execution (pending, running or paused): a `wait_signal` step for
-    /// its name consumes it, now or once reached. The sender's id makes it idempotent: the
-    /// same id again changes nothing. Payloads over [`MAX_SIGNAL_PAYLOAD_BYTES`] are refused.
-    pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {
+    /// Checks a signal request: an id, a name, a payload within [`MAX_SIGNAL_PAYLOAD_BYTES`].
+    pub(crate) fn check_signal(signal: &SignalRequest) -> Result<(), Error> {
         let bytes = serde_json::to_vec(&signal.payload)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
@@ -621,17 +634,15 @@ impl Engine {
                  {MAX_SIGNAL_PAYLOAD_BYTES} bytes (got {bytes})"
             )));
         }
-        let SignalRequest {
-            id: signal_id,
-            name,
-            payload,
-        } = signal;
-        let input = Input::Signal {
-            id: signal_id,
-            name,
-            payload,
-        };
-        self.deliver(id, input).await
+        Ok(())
+    }
+
+    /// Sends a signal to an execution (pending, running or paused): a `wait_signal` step for
+    /// its name consumes it, now or once reached. The sender's id makes it idempotent: the
+    /// same id again changes nothing. Payloads over [`MAX_SIGNAL_PAYLOAD_BYTES`] are refused.
+    pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {
+        Engine::check_signal(&signal)?;
+        self.deliver(id, signal_input(signal)).await
     }
 
     /// Pauses a running execution: no new step starts; steps in flight finish and their
@@ -644,7 +655,7 @@ impl Engine {
     /// to the stored execution, claimed for the while, so that no recovery or resume loads it
     /// meanwhile and drives a stale copy. A claim lost to someone who starts driving it sends
     /// the input to them instead.
-    async fn deliver(&self, id: &str, input: Input) -> Result<(), Error> {
+    pub(crate) async fn deliver(&self, id: &str, input: Input) -> Result<(), Error> {
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
             if self.send_live(id, input.clone()).await != Delivery::NotLive {
                 return Ok(());
@@ -671,6 +682,11 @@ impl Engine {
     /// Refused (`NotPaused`) for an execution that is not paused, so of two concurrent
     /// resumes one wins and the other is told.
     pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        self.resume_with(id, Input::Resume).await
+    }
+
+    /// [`Engine::resume`] with the resume input given (an audited one).
+    pub(crate) async fn resume_with(&self, id: &str, resume: Input) -> Result<(), Error> {
         let status = self.load_existing(id).await?.status;
         if status != ExecutionStatus::Paused {
             return Err(Error::NotPaused {
@@ -682,7 +698,7 @@ impl Engine {
             id: id.to_string(),
             status,
         };
-        match self.send_live(id, Input::Resume).await {
+        match self.send_live(id, resume.clone()).await {
             Delivery::Applied { changed: true } => return Ok(()),
             // Another resume got there first.
             Delivery::Applied { changed: false } => {
@@ -710,7 +726,7 @@ impl Engine {
             Err(Error::AlreadyLive(_)) => {}
             Err(e) => return Err(e),
         }
-        match self.send_live(id, Input::Resume).await {
+        match self.send_live(id, resume.clone()).await {
             Delivery::Applied { changed: true } => Ok(()),
             _ => Err(not_paused(self.load_existing(id).await?.status)),
         }

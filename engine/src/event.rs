@@ -146,6 +146,15 @@ pub enum DomainEvent {
         step: String,
         index: u32,
     },
+    /// Who made the change that the next events of this transition record, and what they
+    /// asked for (`start`, `pause`, `resume`, `cancel`, `signal`): the audit history.
+    Audit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+        action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// A signal arrived and is kept until a `wait_signal` step consumes it.
     SignalReceived {
         signal_id: String,
@@ -186,6 +195,7 @@ impl DomainEvent {
             DomainEvent::ItemFailed { .. } => "ItemFailed",
             DomainEvent::LoopBroken { .. } => "LoopBroken",
             DomainEvent::SignalReceived { .. } => "SignalReceived",
+            DomainEvent::Audit { .. } => "Audit",
         }
     }
 

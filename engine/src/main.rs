@@ -709,6 +709,18 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
         } => format!("item {index} attempt {next_attempt} in {delay_ms}ms after {error}"),
         DomainEvent::ItemFailed { index, error, .. } => format!("item {index}: {error}"),
         DomainEvent::LoopBroken { index, .. } => format!("after item {index}"),
+        DomainEvent::Audit {
+            actor,
+            action,
+            detail,
+        } => format!(
+            "{action} by {}{}",
+            actor.as_deref().unwrap_or("?"),
+            detail
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
         DomainEvent::SignalReceived {
             name,
             signal_id,

@@ -4,16 +4,37 @@
 //! reported as unknown, exactly like one that does not exist, so nothing about it leaks. The
 //! plain [`Engine`] methods act for [`DEFAULT_TENANT`].
 //!
-//! Every change made through a `Tenant` (create, start, pause, resume, cancel, signal) is also
-//! recorded in the audit history with who made it ([`Tenant::acting_as`]) and the last event
-//! it left; [`Tenant::audit`] reads it back. A retention purge removes it with the execution.
+//! Every change made through a `Tenant` (start, pause, resume, cancel, signal) is audited: an
+//! [`DomainEvent::Audit`] naming who ([`Tenant::acting_as`]) and what is committed in the same
+//! transition as the change, just before the events it caused, so the audit history can never
+//! lose a change nor record one that did not happen (a no-op request is not recorded).
+//! [`Tenant::audit`] reads it back; a creation is recorded by the execution row itself (its
+//! tenant and `created_at_ms`). A retention purge removes it with the execution.
+
+/// One audited change, as [`Tenant::audit`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The `seq` of the `Audit` event; the change's own events follow it.
+    pub seq: u64,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
 
 use serde_json::Value;
 
 use crate::core::{Execution, DEFAULT_TENANT};
 use crate::driver::{Engine, Error, ExecutionHandle};
 use crate::event::EventRecord;
-use crate::store::{AuditEntry, DefinitionInfo, ExecutionQuery, ExecutionSummary, SignalRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Input;
+use crate::driver::signal_input;
+use crate::event::DomainEvent;
+use crate::store::{DefinitionInfo, ExecutionQuery, ExecutionSummary, SignalRequest};
 
 /// Longest tenant name.
 pub const MAX_TENANT_BYTES: usize = 64;
@@ -69,36 +90,6 @@ impl Tenant {
         }
     }
 
-    /// Records a change made to `id`, with the event it left last.
-    async fn audit_change(
-        &self,
-        id: &str,
-        action: &str,
-        detail: Option<String>,
-    ) -> Result<(), Error> {
-        let store = self.engine.store();
-        let last_seq = store
-            .load(id)
-            .await?
-            .map_or(0, |e| e.next_seq.saturating_sub(1));
-        let entry = AuditEntry {
-            execution_id: id.to_string(),
-            tenant: self.name.clone(),
-            actor: self.actor.clone(),
-            action: action.to_string(),
-            detail,
-            at_ms: self.engine.clock().now_ms(),
-            last_seq,
-        };
-        Ok(store.record_audit(&entry).await?)
-    }
-
-    /// Who changed `id` and how, oldest first (this tenant's executions only).
-    pub async fn audit(&self, id: &str) -> Result<Vec<AuditEntry>, Error> {
-        self.own(id).await?;
-        Ok(self.engine.store().audit(id).await?)
-    }
-
     /// Registers a definition in this tenant's registry (see [`Engine::register_definition`]).
     pub async fn register_definition(
         &self,
@@ -129,13 +120,9 @@ impl Tenant {
         version: Option<u32>,
         input: Value,
     ) -> Result<u32, Error> {
-        let version_made = self
-            .engine
+        self.engine
             .create_registered_in(&self.name, id, name, version, input)
-            .await?;
-        let detail = format!("{name} v{version_made}");
-        self.audit_change(id, "create", Some(detail)).await?;
-        Ok(version_made)
+            .await
     }
 
     /// The execution, if it exists and is this tenant's.
@@ -146,6 +133,39 @@ impl Tenant {
             .load(id)
             .await?
             .filter(|e| e.tenant == self.name))
+    }
+
+    /// Who changed `id` and how, oldest first (this tenant's executions only): its
+    /// [`DomainEvent::Audit`] events.
+    pub async fn audit(&self, id: &str) -> Result<Vec<AuditEntry>, Error> {
+        let events = self.events(id).await?;
+        Ok(events
+            .into_iter()
+            .filter_map(|e| match e.event {
+                DomainEvent::Audit {
+                    actor,
+                    action,
+                    detail,
+                } => Some(AuditEntry {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    actor,
+                    action,
+                    detail,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `input`, audited as `action` by this view's actor.
+    fn audited(&self, action: &str, detail: Option<String>, input: Input) -> Input {
+        Input::Audited {
+            actor: self.actor.clone(),
+            action: action.to_string(),
+            detail,
+            input: Box::new(input),
+        }
     }
 
     /// Fails with [`Error::UnknownExecution`] unless `id` is this tenant's.
@@ -172,33 +192,33 @@ impl Tenant {
 
     pub async fn start(&self, id: &str) -> Result<ExecutionHandle, Error> {
         self.own(id).await?;
-        let handle = self.engine.start(id).await?;
-        self.audit_change(id, "start", None).await?;
-        Ok(handle)
+        let start = self.audited("start", None, Input::Start);
+        self.engine.start_with(id, start).await
     }
 
     pub async fn pause(&self, id: &str) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.pause(id).await?;
-        self.audit_change(id, "pause", None).await
+        let pause = self.audited("pause", None, Input::Pause);
+        self.engine.deliver(id, pause).await
     }
 
     pub async fn resume(&self, id: &str) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.resume(id).await?;
-        self.audit_change(id, "resume", None).await
+        let resume = self.audited("resume", None, Input::Resume);
+        self.engine.resume_with(id, resume).await
     }
 
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), Error> {
         self.own(id).await?;
-        self.engine.cancel(id, reason.clone()).await?;
-        self.audit_change(id, "cancel", reason).await
+        let cancel = self.audited("cancel", reason.clone(), Input::Cancel { reason });
+        self.engine.deliver(id, cancel).await
     }
 
     pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {
         self.own(id).await?;
+        Engine::check_signal(&signal)?;
         let detail = format!("{} ({})", signal.name, signal.id);
-        self.engine.signal(id, signal).await?;
-        self.audit_change(id, "signal", Some(detail)).await
+        let input = self.audited("signal", Some(detail), signal_input(signal));
+        self.engine.deliver(id, input).await
     }
 }

@@ -18,8 +18,8 @@ use proctor::definition::{ProcessDef, StepKind};
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::schedule::ScheduleState;
 use proctor::store::{
-    AuditEntry, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
-    FireRecord, PurgedExecution, ScheduleRecord, SqliteStore, Storage,
+    ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary, FireRecord,
+    PurgedExecution, ScheduleRecord, SqliteStore, Storage,
 };
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -287,14 +287,6 @@ impl Storage for FaultyStore {
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error> {
         self.inner.definition(tenant, name, version).await
-    }
-
-    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
-        self.inner.record_audit(entry).await
-    }
-
-    async fn audit(&self, execution_id: &str) -> Result<Vec<AuditEntry>, Error> {
-        self.inner.audit(execution_id).await
     }
 
     async fn list_executions(

@@ -55,6 +55,15 @@ pub enum Input {
     },
     /// Cancel the execution; a no-op once it is terminal.
     Cancel { reason: Option<String> },
+    /// `input`, made by `actor`: when it changes anything, an [`DomainEvent::Audit`] naming
+    /// who and what comes first in the same transition, so the audit history is exactly as
+    /// durable as the change (the events are the audit log).
+    Audited {
+        actor: Option<String>,
+        action: String,
+        detail: Option<String>,
+        input: Box<Input>,
+    },
     /// Stop starting new steps. Steps in flight finish and their results are kept; retry
     /// backoffs that end while paused wait for the resume.
     Pause,
@@ -257,12 +266,22 @@ impl Execution {
 
     /// Applies one input at time `now_ms`.
     pub fn apply(&mut self, input: Input, now_ms: u64, rng: &mut dyn RngCore) -> Transition {
+        if let Input::Audited {
+            actor,
+            action,
+            detail,
+            input,
+        } = input
+        {
+            return self.apply_audited(actor, action, detail, *input, now_ms, rng);
+        }
         let mut cx = Ctx {
             now_ms,
             rng,
             tx: Transition::default(),
         };
         match input {
+            Input::Audited { .. } => unreachable!("handled above"),
             Input::Start => {
                 if self.status != ExecutionStatus::Pending {
                     return cx.tx;
@@ -469,6 +488,37 @@ impl Execution {
         }
         self.schedule(&mut cx);
         cx.tx
+    }
+
+    /// Applies `input` after an audit event, both or neither: a no-op change is not audited.
+    fn apply_audited(
+        &mut self,
+        actor: Option<String>,
+        action: String,
+        detail: Option<String>,
+        input: Input,
+        now_ms: u64,
+        rng: &mut dyn RngCore,
+    ) -> Transition {
+        let before = (self.next_seq, self.updated_at_ms);
+        let audit = EventRecord {
+            execution_id: self.id.clone(),
+            seq: self.next_seq,
+            at_ms: now_ms,
+            event: DomainEvent::Audit {
+                actor,
+                action,
+                detail,
+            },
+        };
+        self.next_seq += 1;
+        let mut tx = self.apply(input, now_ms, rng);
+        if !tx.changed {
+            (self.next_seq, self.updated_at_ms) = before;
+            return tx;
+        }
+        tx.events.insert(0, audit);
+        tx
     }
 
     /// How far along it is, from its steps' states (for monitoring).

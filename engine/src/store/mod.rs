@@ -130,12 +130,6 @@ pub trait Storage: Send + Sync {
         version: u32,
     ) -> Result<(), Error>;
 
-    /// Appends one audit entry.
-    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error>;
-
-    /// The audit entries of one execution, oldest first.
-    async fn audit(&self, execution_id: &str) -> Result<Vec<AuditEntry>, Error>;
-
     /// One page of `query.tenant`'s executions, newest first (by creation, then id).
     async fn list_executions(&self, query: &ExecutionQuery)
         -> Result<Vec<ExecutionSummary>, Error>;
@@ -179,25 +173,6 @@ pub struct ExecutionSummary {
     pub status: String,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
-}
-
-/// Who changed an execution, how, and where that left its history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub execution_id: String,
-    pub tenant: String,
-    /// Who asked (a user, a service); `None` when the caller did not say.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    /// `create`, `start`, `pause`, `resume`, `cancel`, `signal`.
-    pub action: String,
-    /// The request's particulars: a cancel's reason, a signal's name and id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    pub at_ms: u64,
-    /// The execution's last event `seq` once the change was applied: the event it caused
-    /// (or, for a change that was a no-op, the one it left in place).
-    pub last_seq: u64,
 }
 
 /// An execution a retention purge matched.

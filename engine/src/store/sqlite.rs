@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::{
-    AuditEntry, ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery,
-    ExecutionSummary, FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
+    ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
+    FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
 };
 use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
 use crate::definition::ProcessDef;
@@ -19,7 +19,7 @@ use crate::event::{DomainEvent, EventRecord};
 use crate::schedule::ScheduleState;
 
 /// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
-/// `control_requests.signal`, `executions.tenant`, tables `audit`, `definitions`, `current_definitions`, `schedules` and
+/// `control_requests.signal`, `executions.tenant`, tables `definitions`, `current_definitions`, `schedules` and
 /// `schedule_fires` (created by `SCHEMA`).
 const SCHEMA_VERSION: i64 = 2;
 
@@ -111,17 +111,6 @@ CREATE TABLE IF NOT EXISTS current_definitions (
     version INTEGER NOT NULL,
     PRIMARY KEY (tenant, name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    execution_id TEXT NOT NULL,
-    tenant       TEXT NOT NULL,
-    actor        TEXT,
-    action       TEXT NOT NULL,
-    detail       TEXT,
-    at_ms        INTEGER NOT NULL,
-    last_seq     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_execution ON audit (execution_id, id);
 CREATE TABLE IF NOT EXISTS schedules (
     name       TEXT PRIMARY KEY,
     spec       TEXT NOT NULL,
@@ -808,7 +797,7 @@ impl Storage for SqliteStore {
         if dry_run {
             return Ok(matched);
         }
-        for table in ["checkpoints", "events", "steps", "audit"] {
+        for table in ["checkpoints", "events", "steps"] {
             let mut delete = tx
                 .prepare_cached(&format!("DELETE FROM {table} WHERE execution_id = ?1"))
                 .map_err(backend)?;
@@ -826,49 +815,6 @@ impl Storage for SqliteStore {
         }
         tx.commit().map_err(backend)?;
         Ok(matched)
-    }
-
-    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "INSERT INTO audit (execution_id, tenant, actor, action, detail, at_ms, last_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    entry.execution_id,
-                    entry.tenant,
-                    entry.actor,
-                    entry.action,
-                    entry.detail,
-                    entry.at_ms as i64,
-                    entry.last_seq as i64,
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn audit(&self, execution_id: &str) -> Result<Vec<AuditEntry>, Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT tenant, actor, action, detail, at_ms, last_seq FROM audit
-                 WHERE execution_id = ?1 ORDER BY id",
-            )
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map([execution_id], |r| {
-                Ok(AuditEntry {
-                    execution_id: execution_id.to_string(),
-                    tenant: r.get(0)?,
-                    actor: r.get(1)?,
-                    action: r.get(2)?,
-                    detail: r.get(3)?,
-                    at_ms: r.get::<_, i64>(4)? as u64,
-                    last_seq: r.get::<_, i64>(5)? as u64,
-                })
-            })
-            .map_err(backend)?;
-        rows.collect::<Result<_, _>>().map_err(backend)
     }
 
     async fn list_executions(

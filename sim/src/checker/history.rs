@@ -35,7 +35,11 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
                 }
             }
         }
-        match events.first().map(|e| &e.event) {
+        // An audit event leads the change it records; the history opens with that change.
+        let opening = events
+            .iter()
+            .find(|e| !matches!(e.event, DomainEvent::Audit { .. }));
+        match opening.map(|e| &e.event) {
             Some(DomainEvent::ExecutionStarted { .. } | DomainEvent::ExecutionForked { .. }) => {}
             Some(DomainEvent::ExecutionCancelled { .. }) => {}
             Some(DomainEvent::ExecutionRecovered { .. }) => {}

@@ -1,6 +1,10 @@
 //! `tenant_isolation` (with `workload.tenants`): every execution is stored under the tenant
 //! that submitted it, and each tenant's own listing shows exactly its executions, none of
-//! another tenant's. Proves tenant scoping holds across crashes and retried submissions.
+//! another tenant's; and its history holds the client's audited start (unless recovery
+//! started it first). Proves
+//! tenant scoping and the audit history hold across crashes and retried submissions.
+
+use proctor::event::DomainEvent;
 
 use super::Violation;
 use crate::runner::Outcome;
@@ -17,10 +21,35 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
         let n: usize = id.get(id.len().saturating_sub(4)..)?.parse().ok()?;
         tenants.get(n % tenants.len())
     };
-    for (execution, _) in &outcome.executions {
+    for (execution, events) in &outcome.executions {
         let Some(want) = owner(&execution.id) else {
             continue;
         };
+        // The client starts each execution through the audited API; a start retried after a
+        // crash finds it started (a no-op, not audited) or is the one that lands. So one
+        // audited start, unless recovery started the created execution first (then none, and
+        // its start follows the recovery).
+        let starts = events
+            .iter()
+            .filter(|e| {
+                matches!(&e.event, DomainEvent::Audit { actor, action, .. }
+                    if action == "start" && actor.as_deref() == Some("client"))
+            })
+            .count();
+        let opened_by_recovery = events
+            .iter()
+            .find(|e| !matches!(e.event, DomainEvent::Audit { .. }))
+            .is_some_and(|e| matches!(e.event, DomainEvent::ExecutionRecovered { .. }));
+        let expected = usize::from(!opened_by_recovery);
+        if starts != expected {
+            out.push(
+                Violation::new(
+                    NAME,
+                    format!("{starts} audited starts by the client, expected {expected}"),
+                )
+                .at(&execution.id, None),
+            );
+        }
         if &execution.tenant != want {
             out.push(
                 Violation::new(

@@ -148,3 +148,28 @@ fn validation_names_signal_problems() {
         "{out}"
     );
 }
+
+#[test]
+fn an_audited_change_records_its_audit_event_first_and_a_no_op_records_nothing() {
+    let yaml = "name: p\nsteps:\n  - {id: w, type: wait_signal, signal: go}\n";
+    let mut h = Harness::new(yaml, json!({}));
+    let audited = |input: Input| Input::Audited {
+        actor: Some("ana".into()),
+        action: "x".into(),
+        detail: None,
+        input: Box::new(input),
+    };
+    let tx = h.apply(audited(Input::Start));
+    assert_eq!(
+        kinds(&tx.events)[..3],
+        ["Audit", "ExecutionStarted", "StepStarted:w"]
+    );
+    h.apply(audited(Input::Pause));
+    let next_seq = h.exec.next_seq;
+    assert_noop(&h.apply(audited(Input::Pause)));
+    assert_eq!(
+        h.exec.next_seq, next_seq,
+        "the audit event of a no-op is not kept"
+    );
+    h.assert_seqs();
+}
