@@ -77,6 +77,8 @@ pub struct Outcome {
     /// With `workload.purge`: what its dry run listed (all it may have deleted), and its cutoff.
     pub purge_candidates: Vec<store::PurgedExecution>,
     pub purge_cutoff_ms: u64,
+    /// With `workload.monitor`: the progress percentages the client saw, per execution.
+    pub progress: BTreeMap<String, Vec<u8>>,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
     /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
@@ -138,6 +140,8 @@ struct Shared {
     purge_candidates: Mutex<Vec<store::PurgedExecution>>,
     purge_cutoff_ms: AtomicU64,
     purge_done: std::sync::atomic::AtomicBool,
+    /// `workload.monitor`: each execution's progress percentages as the client saw them.
+    progress: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Shared {
@@ -235,6 +239,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         purge_candidates: Mutex::new(Vec::new()),
         purge_cutoff_ms: AtomicU64::new(0),
         purge_done: std::sync::atomic::AtomicBool::new(false),
+        progress: Mutex::new(BTreeMap::new()),
     });
 
     let mut ledgers = BTreeMap::new();
@@ -273,13 +278,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
 
     {
-        let (shared, total, liveness_ms) = (
+        let (shared, total, liveness_ms, monitor) = (
             shared.clone(),
             scenario.workload.executions,
             scenario.liveness_ms,
+            scenario.workload.monitor,
         );
         sim.client("client", async move {
             loop {
+                if monitor {
+                    let ids = shared.acknowledged.lock().expect("ack lock").clone();
+                    for id in ids {
+                        if let Some(e) = shared.store.load(&id).await? {
+                            let mut progress = shared.progress.lock().expect("progress lock");
+                            progress.entry(id).or_default().push(e.progress().percent);
+                        }
+                    }
+                }
                 let submitted = shared.submitted.load(Ordering::SeqCst);
                 let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
                 let window_end = shared.window_end_ms.load(Ordering::SeqCst);
@@ -590,6 +605,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         tenant_lists,
         purge_candidates: shared.purge_candidates.lock().expect("purge lock").clone(),
         purge_cutoff_ms: shared.purge_cutoff_ms.load(Ordering::SeqCst),
+        progress: shared.progress.lock().expect("progress lock").clone(),
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
         faults: injected,

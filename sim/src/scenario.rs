@@ -119,6 +119,10 @@ pub struct Workload {
     /// A retention purge the engine host runs once, `at_ms` into the run.
     #[serde(default)]
     pub purge: Option<WorkloadPurge>,
+    /// The client samples every acknowledged execution's progress (`Execution::progress`) as
+    /// it polls, for `progress_monotonic`.
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 /// A retention purge of finished executions last changed more than `older_than_ms` ago.

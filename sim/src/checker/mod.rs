@@ -10,6 +10,7 @@ mod expected;
 mod history;
 mod liveness;
 mod once;
+mod progress;
 mod recovery_time;
 mod retention;
 mod tenants;
@@ -75,6 +76,7 @@ pub const NAMES: &[&str] = &[
     "expected_outcome",
     "tenant_isolation",
     "retention_respected",
+    "progress_monotonic",
 ];
 
 /// Runs every checker.
@@ -91,6 +93,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     expected::check(scenario, outcome, &mut out);
     tenants::check(scenario, outcome, &mut out);
     retention::check(scenario, outcome, &mut out);
+    progress::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
