@@ -580,6 +580,26 @@ impl Engine {
     /// be running; a paused (or interrupted) original is cancelled, a finished one is left as
     /// it is. Two resets of one execution at the same time: the second is refused.
     pub async fn reset(&self, id: &str, reset: Reset) -> Result<ExecutionHandle, Error> {
+        self.reset_audited(id, reset, None).await
+    }
+
+    /// [`Engine::reset`]; with `actor` (`Some(who)`), both the original's cancel and the
+    /// fork's start are audited as `reset` (see [`crate::tenant`]).
+    pub(crate) async fn reset_audited(
+        &self,
+        id: &str,
+        reset: Reset,
+        actor: Option<Option<String>>,
+    ) -> Result<ExecutionHandle, Error> {
+        let audited = |detail: String, input: Input| match &actor {
+            None => input,
+            Some(who) => Input::Audited {
+                actor: who.clone(),
+                action: "reset".into(),
+                detail: Some(detail),
+                input: Box::new(input),
+            },
+        };
         let _guard = ResetGuard::take(&self.inner, id)?;
         let original = self.load_existing(id).await?;
         if original.status == ExecutionStatus::Running {
@@ -606,10 +626,14 @@ impl Engine {
         )?;
         self.inner.store.create(&forked).await?;
         if !original.status.is_terminal() {
-            self.cancel(id, Some(format!("reset into {new_id}")))
-                .await?;
+            let reason = format!("reset into {new_id}");
+            let cancel = Input::Cancel {
+                reason: Some(reason.clone()),
+            };
+            self.deliver(id, audited(reason, cancel)).await?;
         }
-        self.start(&new_id).await
+        let start = audited(format!("reset from {id}"), Input::Start);
+        self.start_with(&new_id, start).await
     }
 
     /// Each time `id` was taken up again — resumed, recovered, or reset into a new execution —

@@ -4,7 +4,8 @@
 //! reported as unknown, exactly like one that does not exist, so nothing about it leaks. The
 //! plain [`Engine`] methods act for [`DEFAULT_TENANT`].
 //!
-//! Every change made through a `Tenant` (start, pause, resume, cancel, signal) is audited: an
+//! Every change made through a `Tenant` (start, pause, resume, cancel, signal, reset) is
+//! audited: an
 //! [`DomainEvent::Audit`] naming who ([`Tenant::acting_as`]) and what is committed in the same
 //! transition as the change, just before the events it caused, so the audit history can never
 //! lose a change nor record one that did not happen (a no-op request is not recorded).
@@ -27,7 +28,7 @@ pub struct AuditEntry {
 use serde_json::Value;
 
 use crate::core::{Execution, DEFAULT_TENANT};
-use crate::driver::{Engine, Error, ExecutionHandle};
+use crate::driver::{Engine, Error, ExecutionHandle, Reset};
 use crate::event::EventRecord;
 use serde::{Deserialize, Serialize};
 
@@ -212,6 +213,15 @@ impl Tenant {
         self.own(id).await?;
         let cancel = self.audited("cancel", reason.clone(), Input::Cancel { reason });
         self.engine.deliver(id, cancel).await
+    }
+
+    /// Resets `id` to a checkpoint (see [`Engine::reset`]): the fork is this tenant's too; the
+    /// original's cancel and the fork's start are audited as `reset`.
+    pub async fn reset(&self, id: &str, reset: Reset) -> Result<ExecutionHandle, Error> {
+        self.own(id).await?;
+        self.engine
+            .reset_audited(id, reset, Some(self.actor.clone()))
+            .await
     }
 
     pub async fn signal(&self, id: &str, signal: SignalRequest) -> Result<(), Error> {

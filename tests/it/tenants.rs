@@ -226,3 +226,53 @@ async fn every_change_is_audited_with_its_actor_in_the_same_history() {
         Err(Error::UnknownExecution(_))
     ));
 }
+
+#[tokio::test]
+async fn a_reset_is_audited_on_the_original_and_on_its_fork() {
+    let two = "name: two\nsteps:\n  - {id: a, type: agent_task, agent: worker}\n  - {id: w, type: wait_signal, signal: go, depends_on: [a]}\n";
+    let t = TestEngine::start(two, &[("worker", Default::default())]).await;
+    let ops = t.engine.tenant("acme").unwrap().acting_as("ops");
+    ops.register_definition(def(two)).await.unwrap();
+    ops.create("r-1", "two", None, json!({})).await.unwrap();
+    ops.start("r-1").await.unwrap();
+    eventually("r-1 waits for its signal", || {
+        t.sql()
+            .query_row(
+                "SELECT status FROM steps WHERE execution_id = 'r-1' AND step_id = 'w'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .is_ok_and(|s| s == "running")
+    })
+    .await;
+    ops.pause("r-1").await.unwrap();
+    let fork = ops.reset("r-1", Default::default()).await.unwrap();
+    let original: Vec<(String, Option<String>)> = ops
+        .audit("r-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.detail))
+        .collect();
+    assert_eq!(
+        original,
+        vec![
+            ("start".to_string(), None),
+            ("pause".to_string(), None),
+            ("reset".to_string(), Some(format!("reset into {}", fork.id))),
+        ]
+    );
+    eventually("the fork starts", || {
+        t.execution_row(&fork.id).status == "running"
+    })
+    .await;
+    let forked = ops.audit(&fork.id).await.unwrap();
+    assert_eq!(forked.len(), 1);
+    assert_eq!(forked[0].detail.as_deref(), Some("reset from r-1"));
+    assert_eq!(ops.load(&fork.id).await.unwrap().unwrap().tenant, "acme");
+    let other = t.engine.tenant("globex").unwrap();
+    assert!(matches!(
+        other.reset("r-1", Default::default()).await,
+        Err(Error::UnknownExecution(_))
+    ));
+}
