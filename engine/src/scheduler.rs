@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::core::DEFAULT_TENANT;
 use crate::definition::ProcessDef;
 use crate::driver::{Engine, Error};
 use crate::schedule::{CompiledSchedule, Fire, Plan, ScheduleSpec, ScheduleState, SkipCause};
@@ -36,6 +37,20 @@ impl Engine {
         process: Arc<ProcessDef>,
         input: Value,
     ) -> Result<(), Error> {
+        self.register_schedule_in(DEFAULT_TENANT, name, spec, process, input)
+            .await
+    }
+
+    /// [`Engine::register_schedule`] for `tenant`, whose runs the schedule's are. Schedule
+    /// names are one namespace across tenants; another tenant's name is refused.
+    pub(crate) async fn register_schedule_in(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: ScheduleSpec,
+        process: Arc<ProcessDef>,
+        input: Value,
+    ) -> Result<(), Error> {
         let valid_name = !name.is_empty()
             && name.len() <= MAX_SCHEDULE_NAME_BYTES
             && name
@@ -56,11 +71,15 @@ impl Engine {
             .into_iter()
             .find(|s| s.name == name);
         let state = match existing {
+            Some(s) if s.tenant != tenant => {
+                return Err(Error::BadSchedule(format!("{name}: the name is taken")))
+            }
             Some(s) => s.state,
             None => ScheduleState::new_at(self.clock().now_ms()),
         };
         let record = ScheduleRecord {
             name: name.to_string(),
+            tenant: tenant.to_string(),
             spec,
             process,
             input,
@@ -148,7 +167,7 @@ impl Engine {
             other => json!({"input": other, "schedule": about}),
         };
         match self
-            .create_with_id(&id, record.process.clone(), input)
+            .create_with_id_in(&record.tenant, &id, record.process.clone(), input)
             .await
         {
             Ok(()) | Err(Error::Store(store::Error::Duplicate(_))) => {}

@@ -113,6 +113,29 @@ impl Tenant {
         Ok(self.engine.store().definitions(&self.name).await?)
     }
 
+    /// Registers a schedule whose runs (of this tenant's definition `process`, its current
+    /// version now) belong to this tenant (see [`Engine::register_schedule`]).
+    pub async fn register_schedule(
+        &self,
+        name: &str,
+        spec: crate::schedule::ScheduleSpec,
+        process: &str,
+        input: Value,
+    ) -> Result<(), Error> {
+        let def = self
+            .engine
+            .store()
+            .definition(&self.name, process, None)
+            .await?
+            .ok_or_else(|| Error::UnknownDefinition {
+                name: process.to_string(),
+                version: None,
+            })?;
+        self.engine
+            .register_schedule_in(&self.name, name, spec, def, input)
+            .await
+    }
+
     /// Creates execution `id` from this tenant's definition `name`; returns its version.
     pub async fn create(
         &self,

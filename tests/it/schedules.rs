@@ -176,3 +176,32 @@ async fn a_bad_schedule_is_refused_with_its_field() {
         .to_string();
     assert!(err.contains("name \"bad name\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_tenants_schedule_runs_as_that_tenant_and_its_name_is_its_own() {
+    let t = TestEngine::start(ONE_STEP, &[("worker", Default::default())]).await;
+    let acme = t.engine.tenant("acme").unwrap();
+    acme.register_definition((*t.process).clone())
+        .await
+        .unwrap();
+    let spec = every_minute(Missed::Skip, Overlap::AllowAll);
+    acme.register_schedule("tick", spec.clone(), "tick", json!({}))
+        .await
+        .unwrap();
+    let globex = t.engine.tenant("globex").unwrap();
+    globex
+        .register_definition((*t.process).clone())
+        .await
+        .unwrap();
+    let taken = globex
+        .register_schedule("tick", spec, "tick", json!({}))
+        .await
+        .unwrap_err();
+    assert!(taken.to_string().contains("the name is taken"), "{taken}");
+    let first = next_minute(t.now() + 1);
+    t.clock.advance_ms(first - t.now());
+    t.engine.tick_schedules().await.unwrap();
+    let id = format!("tick-{first}");
+    assert!(acme.load(&id).await.unwrap().is_some(), "the run is acme's");
+    assert!(globex.load(&id).await.unwrap().is_none());
+}

@@ -195,6 +195,8 @@ pub struct DefinitionInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleRecord {
     pub name: String,
+    /// Its runs belong to this tenant (and its process is that tenant's).
+    pub tenant: String,
     pub spec: ScheduleSpec,
     pub process: Arc<ProcessDef>,
     pub input: serde_json::Value,

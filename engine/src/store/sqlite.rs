@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS current_definitions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedules (
     name       TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
     spec       TEXT NOT NULL,
     definition TEXT NOT NULL,
     input      TEXT NOT NULL,
@@ -1015,17 +1016,18 @@ impl Storage for SqliteStore {
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
         self.conn()
             .execute(
-                "INSERT INTO schedules (name, spec, definition, input, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO schedules (name, spec, definition, input, state, tenant)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,
                      definition = excluded.definition, input = excluded.input,
-                     state = excluded.state",
+                     state = excluded.state, tenant = excluded.tenant",
                 params![
                     schedule.name,
                     to_json(&schedule.spec),
                     to_json(&*schedule.process),
                     to_json(&schedule.input),
                     to_json(&schedule.state),
+                    schedule.tenant,
                 ],
             )
             .map_err(backend)?;
@@ -1033,22 +1035,31 @@ impl Storage for SqliteStore {
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRecord>, Error> {
-        let rows: Vec<(String, String, String, String, String)> = {
+        type Row = (String, String, String, String, String, String);
+        let rows: Vec<Row> = {
             let conn = self.conn();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT name, spec, definition, input, state FROM schedules ORDER BY name",
+                    "SELECT name, spec, definition, input, state, tenant FROM schedules
+                     ORDER BY name",
                 )
                 .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
         let mut out = Vec::with_capacity(rows.len());
-        for (name, spec, definition, input, state) in rows {
+        for (name, spec, definition, input, state, tenant) in rows {
             let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt {
                 id: format!("schedule {name}"),
                 problem: format!("{what}: {e}"),
@@ -1061,6 +1072,7 @@ impl Storage for SqliteStore {
                 input: serde_json::from_str(&input).map_err(|e| corrupt("input", e))?,
                 state: serde_json::from_str(&state).map_err(|e| corrupt("state", e))?,
                 name,
+                tenant,
             });
         }
         Ok(out)
