@@ -141,6 +141,30 @@ pub struct SqliteStore {
     definitions: Arc<Mutex<BTreeMap<String, Arc<ProcessDef>>>>,
 }
 
+/// Brings an older (or new, empty) database to [`SCHEMA_VERSION`]. IMMEDIATE takes the write
+/// lock first (waiting out other writers) and the version is read again under it, so of two
+/// processes opening an old file only the first upgrades it and the second finds it done.
+fn upgrade(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    if version < SCHEMA_VERSION {
+        let mut sql = String::new();
+        for (from, migration) in MIGRATIONS {
+            if version > 0 && version <= *from {
+                sql.push_str(migration);
+            }
+        }
+        sql.push_str(SCHEMA);
+        sql.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION};"));
+        tx.execute_batch(&sql).map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}
+
 /// Distinct definitions kept parsed; past this the cache starts over.
 pub const MAX_CACHED_DEFINITIONS: usize = 64;
 
@@ -177,18 +201,9 @@ impl SqliteStore {
                 "database schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
             )));
         }
+        let mut conn = conn;
         if version < SCHEMA_VERSION {
-            // IMMEDIATE: take the write lock first (waiting out other writers), so that two
-            // processes opening an old file do not both try to upgrade it.
-            let mut upgrade = String::from("BEGIN IMMEDIATE;");
-            for (from, sql) in MIGRATIONS {
-                if version > 0 && version <= *from {
-                    upgrade.push_str(sql);
-                }
-            }
-            upgrade.push_str(SCHEMA);
-            upgrade.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
-            conn.execute_batch(&upgrade).map_err(backend)?;
+            upgrade(&mut conn)?;
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -1337,6 +1352,34 @@ mod tests {
         let exec = compensating(&store).await;
         assert!(exec.compensation.is_some());
         assert_eq!(store.load("c1").await.unwrap().unwrap(), exec);
+    }
+
+    /// Two processes that both found an old file: the second upgrade, run after the first
+    /// finished, reads the version again under the write lock and leaves the file alone.
+    #[tokio::test]
+    async fn an_upgrade_that_lost_the_race_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .conn()
+            .execute_batch(
+                "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
+                 ALTER TABLE control_requests DROP COLUMN signal;
+                 DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        drop(store);
+        // Both "processes" saw version 1; the first upgrades.
+        let mut first = Connection::open(&path).unwrap();
+        let mut second = Connection::open(&path).unwrap();
+        upgrade(&mut first).unwrap();
+        upgrade(&mut second).unwrap();
+        let version: i64 = second
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[tokio::test]
