@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use super::checkpoint::{Checkpoint, ForkOrigin};
 use super::retry::retry_delay_ms;
 use super::state::{
-    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
-    ItemStatus, ReceivedSignal, SkipReason, StepError, StepState, StepStatus,
+    CallState, CallStatus, CompensationRun, ErrorKind, ExecutionStatus, ReceivedSignal, SkipReason,
+    StepError, StepState, StepStatus,
 };
 use crate::definition::{
     FailurePolicy, Foreach, ItemErrorPolicy, OnError, ProcessDef, RetryPolicy, StepKind,
@@ -306,7 +306,7 @@ impl Execution {
                 attempt,
                 result,
             } => {
-                if !self.is_compensating(step, attempt, CompensationStatus::Running) {
+                if !self.is_compensating(step, attempt, CallStatus::Running) {
                     return cx.tx;
                 }
                 match result {
@@ -319,7 +319,7 @@ impl Execution {
                 lane: Lane::Compensation,
                 attempt,
             } => {
-                if !self.is_compensating(step, attempt, CompensationStatus::Retrying)
+                if !self.is_compensating(step, attempt, CallStatus::Retrying)
                     || self.status == ExecutionStatus::Paused
                 {
                     // Paused: held until resume, which re-arms it.
@@ -333,7 +333,7 @@ impl Execution {
                 attempt,
                 result,
             } => {
-                if !self.is_item(step, index, attempt, ItemStatus::Running) {
+                if !self.is_item(step, index, attempt, CallStatus::Running) {
                     return cx.tx;
                 }
                 match result {
@@ -346,7 +346,7 @@ impl Execution {
                 lane: Lane::Item(index),
                 attempt,
             } => {
-                if !self.is_item(step, index, attempt, ItemStatus::Retrying)
+                if !self.is_item(step, index, attempt, CallStatus::Retrying)
                     || self.status == ExecutionStatus::Paused
                 {
                     // Paused: held until resume, which re-arms it.
@@ -550,12 +550,11 @@ impl Execution {
         } else if self.process.steps.iter().zip(&self.steps).any(|(d, s)| {
             (s.status == StepStatus::Running
                 && matches!(d.kind, StepKind::AgentTask(_) | StepKind::Subprocess(_)))
-                || s.detail.compensation.as_ref().map(|c| c.status)
-                    == Some(CompensationStatus::Running)
+                || s.detail.compensation.as_ref().map(|c| c.status) == Some(CallStatus::Running)
                 || s.detail
                     .items
                     .iter()
-                    .any(|i| i.status == ItemStatus::Running)
+                    .any(|i| i.status == CallStatus::Running)
         }) {
             RecoveryAction::RetryStep
         } else {
@@ -618,10 +617,10 @@ impl Execution {
                 for (index, item) in self.steps[step].detail.items.iter().enumerate() {
                     let index = index as u32;
                     match item.status {
-                        ItemStatus::Running if calls => {
+                        CallStatus::Running if calls => {
                             cx.tx.commands.push(self.item_call(step, index));
                         }
-                        ItemStatus::Retrying if self.status == ExecutionStatus::Running => {
+                        CallStatus::Retrying if self.status == ExecutionStatus::Running => {
                             cx.tx.commands.push(Command::Wake {
                                 step,
                                 lane: Lane::Item(index),
@@ -637,10 +636,10 @@ impl Execution {
                 continue;
             };
             match undo.status {
-                CompensationStatus::Running if calls => {
+                CallStatus::Running if calls => {
                     cx.tx.commands.push(self.compensation_call(step));
                 }
-                CompensationStatus::Retrying if self.status == ExecutionStatus::Running => {
+                CallStatus::Retrying if self.status == ExecutionStatus::Running => {
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Compensation,
@@ -1126,9 +1125,7 @@ impl Execution {
         self.steps[step].last_error = Some(error.clone());
         cx.tx.dirty_steps.insert(step);
         if let StepKind::AgentTask(task) = &def.kind {
-            if retryable(&task.retry, &error) && attempt < task.retry.max_attempts {
-                let delay_ms = retry_delay_ms(&task.retry, attempt, cx.rng);
-                let at_ms = cx.now_ms.saturating_add(delay_ms);
+            if let Some((delay_ms, at_ms)) = backoff(&task.retry, attempt, &error, cx) {
                 self.set_step_status(cx, step, StepStatus::Retrying);
                 self.steps[step].wake_at_ms = Some(at_ms);
                 self.emit(
@@ -1199,10 +1196,7 @@ impl Execution {
                     cx.tx.commands.push(Command::CancelChild { child_id });
                 }
                 for item in &mut self.steps[step].detail.items {
-                    if item.status.is_active() {
-                        item.status = ItemStatus::Cancelled;
-                        item.wake_at_ms = None;
-                    }
+                    item.cancel();
                 }
                 self.set_step_status(cx, step, StepStatus::Cancelled);
                 cx.tx.commands.push(Command::Abandon { step });
@@ -1211,9 +1205,7 @@ impl Execution {
                 self.emit(cx, DomainEvent::StepCancelled { step: id, attempt });
             }
             let undo = self.steps[step].detail.compensation.as_mut();
-            if let Some(undo) = undo.filter(|u| u.status.is_active()) {
-                undo.status = CompensationStatus::Cancelled;
-                undo.wake_at_ms = None;
+            if let Some(undo) = undo.and_then(|u| u.cancel().then_some(u)) {
                 let attempt = undo.attempt;
                 cx.tx.dirty_steps.insert(step);
                 cx.tx.commands.push(Command::Abandon { step });
@@ -1346,9 +1338,9 @@ impl Execution {
                 .as_ref()
                 .expect("started above");
             match undo.status {
-                CompensationStatus::Completed => continue,
-                CompensationStatus::Running | CompensationStatus::Retrying => return,
-                CompensationStatus::Failed | CompensationStatus::Cancelled => {
+                CallStatus::Completed => continue,
+                CallStatus::Running | CallStatus::Retrying => return,
+                CallStatus::Failed | CallStatus::Skipped | CallStatus::Cancelled => {
                     let why = undo
                         .last_error
                         .as_ref()
@@ -1394,29 +1386,20 @@ impl Execution {
                     .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
             };
             let failed = rendered.as_ref().err().cloned();
-            self.steps[step].detail.compensation = Some(CompensationState {
-                status: CompensationStatus::Running,
-                attempt,
-                input: rendered.unwrap_or(Value::Null),
-                output: None,
-                last_error: None,
-                wake_at_ms: None,
-            });
+            let undo = CallState::first(rendered.unwrap_or(Value::Null));
+            self.steps[step].detail.compensation = Some(undo);
             cx.tx.dirty_steps.insert(step);
             if let Some(error) = failed {
                 // A template that cannot render never will: no call, no retry.
                 return self.compensation_gave_up(cx, step, error);
             }
         } else {
-            let undo = self.steps[step]
+            self.steps[step]
                 .detail
                 .compensation
                 .as_mut()
-                .expect("a retry follows a first attempt");
-            assert_eq!(undo.status, CompensationStatus::Retrying);
-            undo.status = CompensationStatus::Running;
-            undo.attempt = attempt;
-            undo.wake_at_ms = None;
+                .expect("a retry follows a first attempt")
+                .rerun(attempt);
             cx.tx.dirty_steps.insert(step);
         }
         self.emit(
@@ -1458,7 +1441,7 @@ impl Execution {
     }
 
     /// Whether `step`'s compensating action is waiting, as `status`, on exactly `attempt`.
-    fn is_compensating(&self, step: usize, attempt: u32, status: CompensationStatus) -> bool {
+    fn is_compensating(&self, step: usize, attempt: u32, status: CallStatus) -> bool {
         matches!(
             self.status,
             ExecutionStatus::Running | ExecutionStatus::Paused
@@ -1476,8 +1459,7 @@ impl Execution {
             .compensation
             .as_mut()
             .expect("checked by is_compensating");
-        undo.status = CompensationStatus::Completed;
-        undo.output = Some(output.clone());
+        undo.complete(output.clone());
         let attempt = undo.attempt;
         self.set_step_status(cx, step, StepStatus::Compensated);
         let id = self.process.steps[step].id.clone();
@@ -1499,14 +1481,10 @@ impl Execution {
             .as_mut()
             .expect("checked by is_compensating");
         let attempt = undo.attempt;
-        if !(retryable(&policy, &error) && attempt < policy.max_attempts) {
+        let Some((delay_ms, at_ms)) = backoff(&policy, attempt, &error, cx) else {
             return self.compensation_gave_up(cx, step, error);
-        }
-        let delay_ms = retry_delay_ms(&policy, attempt, cx.rng);
-        let at_ms = cx.now_ms.saturating_add(delay_ms);
-        undo.status = CompensationStatus::Retrying;
-        undo.wake_at_ms = Some(at_ms);
-        undo.last_error = Some(error.clone());
+        };
+        undo.retry_at(at_ms, error.clone());
         cx.tx.dirty_steps.insert(step);
         let id = self.process.steps[step].id.clone();
         self.emit(
@@ -1534,8 +1512,7 @@ impl Execution {
             .compensation
             .as_mut()
             .expect("a compensation that fails has started");
-        undo.status = CompensationStatus::Failed;
-        undo.last_error = Some(error.clone());
+        undo.give_up(CallStatus::Failed, error.clone());
         let attempt = undo.attempt;
         cx.tx.dirty_steps.insert(step);
         let id = self.process.steps[step].id.clone();
@@ -1567,7 +1544,7 @@ impl Execution {
     }
 
     /// Whether item `index` of `step` is waiting, as `status`, on exactly `attempt`.
-    fn is_item(&self, step: usize, index: u32, attempt: u32, status: ItemStatus) -> bool {
+    fn is_item(&self, step: usize, index: u32, attempt: u32, status: CallStatus) -> bool {
         matches!(
             self.status,
             ExecutionStatus::Running | ExecutionStatus::Paused
@@ -1622,24 +1599,14 @@ impl Execution {
                     .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
             };
             let failed = rendered.as_ref().err().cloned();
-            self.steps[step].detail.items.push(ItemState {
-                status: ItemStatus::Running,
-                attempt,
-                input: rendered.unwrap_or(Value::Null),
-                output: None,
-                last_error: None,
-                wake_at_ms: None,
-            });
+            let item = CallState::first(rendered.unwrap_or(Value::Null));
+            self.steps[step].detail.items.push(item);
             cx.tx.dirty_steps.insert(step);
             if let Some(error) = failed {
                 return self.item_gave_up(cx, step, index, error);
             }
         } else {
-            let item = &mut self.steps[step].detail.items[index as usize];
-            assert_eq!(item.status, ItemStatus::Retrying);
-            item.status = ItemStatus::Running;
-            item.attempt = attempt;
-            item.wake_at_ms = None;
+            self.steps[step].detail.items[index as usize].rerun(attempt);
             cx.tx.dirty_steps.insert(step);
         }
         self.emit(
@@ -1673,8 +1640,7 @@ impl Execution {
     fn item_completed(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, output: Value) {
         let id = self.process.steps[step].id.clone();
         let item = &mut self.steps[step].detail.items[index as usize];
-        item.status = ItemStatus::Completed;
-        item.output = Some(output.clone());
+        item.complete(output.clone());
         let attempt = item.attempt;
         cx.tx.dirty_steps.insert(step);
         self.emit(
@@ -1711,15 +1677,10 @@ impl Execution {
     fn item_attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, error: StepError) {
         let policy = self.foreach_def(step).retry.clone();
         let attempt = self.steps[step].detail.items[index as usize].attempt;
-        if !(retryable(&policy, &error) && attempt < policy.max_attempts) {
+        let Some((delay_ms, at_ms)) = backoff(&policy, attempt, &error, cx) else {
             return self.item_gave_up(cx, step, index, error);
-        }
-        let delay_ms = retry_delay_ms(&policy, attempt, cx.rng);
-        let at_ms = cx.now_ms.saturating_add(delay_ms);
-        let item = &mut self.steps[step].detail.items[index as usize];
-        item.status = ItemStatus::Retrying;
-        item.wake_at_ms = Some(at_ms);
-        item.last_error = Some(error.clone());
+        };
+        self.steps[step].detail.items[index as usize].retry_at(at_ms, error.clone());
         cx.tx.dirty_steps.insert(step);
         let id = self.process.steps[step].id.clone();
         self.emit(
@@ -1743,12 +1704,12 @@ impl Execution {
     /// An item failed for good: kept (continue), left out (skip), or the loop fails.
     fn item_gave_up(&mut self, cx: &mut Ctx<'_>, step: usize, index: u32, error: StepError) {
         let policy = self.foreach_def(step).on_item_error;
-        let item = &mut self.steps[step].detail.items[index as usize];
-        item.status = match policy {
-            ItemErrorPolicy::Skip => ItemStatus::Skipped,
-            ItemErrorPolicy::Continue | ItemErrorPolicy::Fail => ItemStatus::Failed,
+        let status = match policy {
+            ItemErrorPolicy::Skip => CallStatus::Skipped,
+            ItemErrorPolicy::Continue | ItemErrorPolicy::Fail => CallStatus::Failed,
         };
-        item.last_error = Some(error.clone());
+        let item = &mut self.steps[step].detail.items[index as usize];
+        item.give_up(status, error.clone());
         let attempt = item.attempt;
         cx.tx.dirty_steps.insert(step);
         let id = self.process.steps[step].id.clone();
@@ -1772,11 +1733,7 @@ impl Execution {
     fn fail_loop(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
         let mut abandoned = false;
         for item in &mut self.steps[step].detail.items {
-            if item.status.is_active() {
-                item.status = ItemStatus::Cancelled;
-                item.wake_at_ms = None;
-                abandoned = true;
-            }
+            abandoned |= item.cancel();
         }
         if abandoned {
             cx.tx.commands.push(Command::Abandon { step });
@@ -1793,9 +1750,9 @@ impl Execution {
         let mut errors = Map::new();
         for (index, item) in st.detail.items.iter().enumerate() {
             match item.status {
-                ItemStatus::Completed => outputs.push(item.output.clone().unwrap_or(Value::Null)),
-                ItemStatus::Skipped => skipped.push(index),
-                ItemStatus::Failed => {
+                CallStatus::Completed => outputs.push(item.output.clone().unwrap_or(Value::Null)),
+                CallStatus::Skipped => skipped.push(index),
+                CallStatus::Failed => {
                     outputs.push(Value::Null);
                     let error = serde_json::to_value(&item.last_error).expect("serializes");
                     errors.insert(index.to_string(), error);
@@ -1812,6 +1769,22 @@ impl Execution {
         });
         self.complete_step(cx, step, output);
     }
+}
+
+/// After attempt `attempt` failed with `error`: the delay before the next one and when it is
+/// due, or `None` if the call failed for good under `policy`. Draws from the RNG only when it
+/// retries, so the stream is the same for a step, an item and a compensation.
+fn backoff(
+    policy: &RetryPolicy,
+    attempt: u32,
+    error: &StepError,
+    cx: &mut Ctx<'_>,
+) -> Option<(u64, u64)> {
+    if !(retryable(policy, error) && attempt < policy.max_attempts) {
+        return None;
+    }
+    let delay_ms = retry_delay_ms(policy, attempt, cx.rng);
+    Some((delay_ms, cx.now_ms.saturating_add(delay_ms)))
 }
 
 /// Whether an attempt that failed with `error` may be tried again under `policy` (attempts

@@ -18,8 +18,8 @@ pub use machine::{
 };
 pub use retry::retry_delay_ms;
 pub use state::{
-    CompensationRun, CompensationState, CompensationStatus, ErrorKind, ExecutionStatus, ItemState,
-    ItemStatus, ReceivedSignal, SkipReason, StepDetail, StepError, StepState, StepStatus,
+    CallState, CallStatus, CompensationRun, ErrorKind, ExecutionStatus, ReceivedSignal, SkipReason,
+    StepDetail, StepError, StepState, StepStatus,
 };
 
 #[cfg(test)]

@@ -258,48 +258,13 @@ pub struct StepDetail {
     pub completed_order: Option<u64>,
     /// This step's compensating action, once the execution started compensating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensation: Option<CompensationState>,
+    pub compensation: Option<CallState>,
     /// A `foreach` step's items that have started, in item order (the rest are pending).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub items: Vec<ItemState>,
+    pub items: Vec<CallState>,
     /// A `foreach` step whose break condition held at this item: no further item starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken_at: Option<u32>,
-}
-
-/// Where one `foreach` item stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ItemStatus {
-    Running,
-    Retrying,
-    Completed,
-    /// Failed for good (kept under `on_item_error: continue`, or failing the loop).
-    Failed,
-    /// Failed for good under `on_item_error: skip`.
-    Skipped,
-    /// Abandoned: the loop failed or the execution was cancelled.
-    Cancelled,
-}
-
-impl ItemStatus {
-    pub fn is_active(self) -> bool {
-        matches!(self, ItemStatus::Running | ItemStatus::Retrying)
-    }
-}
-
-/// One `foreach` item's call: attempts, rendered input and result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ItemState {
-    pub status: ItemStatus,
-    pub attempt: u32,
-    pub input: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<StepError>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wake_at_ms: Option<u64>,
 }
 
 impl StepDetail {
@@ -308,34 +273,35 @@ impl StepDetail {
     }
 }
 
-/// Where one step's compensating action stands.
+/// Where one call that is not a step's own stands: a `foreach` item's, or a step's
+/// compensating action's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CompensationStatus {
+pub enum CallStatus {
     Running,
     Retrying,
     Completed,
-    /// Failed for good: the execution stops compensating and fails.
+    /// Failed for good: a compensation stops there and the execution fails; an item is kept
+    /// failed (`on_item_error: continue`) or fails its loop.
     Failed,
-    /// Abandoned by a cancel (or by recovery giving up on the execution).
+    /// An item that failed for good under `on_item_error: skip` (never a compensation).
+    Skipped,
+    /// Abandoned: its loop failed, or the execution was cancelled (or given up by recovery).
     Cancelled,
 }
 
-impl CompensationStatus {
+impl CallStatus {
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            CompensationStatus::Running | CompensationStatus::Retrying
-        )
+        matches!(self, CallStatus::Running | CallStatus::Retrying)
     }
 }
 
-/// One step's compensating action: its own attempts, rendered input and result.
+/// One such call: its own attempts, rendered input and result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompensationState {
-    pub status: CompensationStatus,
+pub struct CallState {
+    pub status: CallStatus,
     pub attempt: u32,
-    /// Rendered once, at the first attempt, like a step's input.
+    /// Rendered once, at the first attempt, like a step's input, and sent by every attempt.
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -343,6 +309,72 @@ pub struct CompensationState {
     pub last_error: Option<StepError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at_ms: Option<u64>,
+}
+
+impl CallState {
+    /// Its first attempt, running with `input`.
+    pub fn first(input: Value) -> CallState {
+        CallState {
+            status: CallStatus::Running,
+            attempt: 1,
+            input,
+            output: None,
+            last_error: None,
+            wake_at_ms: None,
+        }
+    }
+
+    /// Waits until `at_ms` after `error`, for its next attempt.
+    pub fn retry_at(&mut self, at_ms: u64, error: StepError) {
+        assert_eq!(
+            self.status,
+            CallStatus::Running,
+            "only a running call retries"
+        );
+        self.status = CallStatus::Retrying;
+        self.wake_at_ms = Some(at_ms);
+        self.last_error = Some(error);
+    }
+
+    /// Runs attempt `attempt` after its backoff.
+    pub fn rerun(&mut self, attempt: u32) {
+        assert_eq!(
+            self.status,
+            CallStatus::Retrying,
+            "only a retrying call runs again"
+        );
+        self.status = CallStatus::Running;
+        self.attempt = attempt;
+        self.wake_at_ms = None;
+    }
+
+    /// Ends it with `output`.
+    pub fn complete(&mut self, output: Value) {
+        assert_eq!(
+            self.status,
+            CallStatus::Running,
+            "only a running call completes"
+        );
+        self.status = CallStatus::Completed;
+        self.output = Some(output);
+    }
+
+    /// Ends it as `status` (failed, skipped) with `error`.
+    pub fn give_up(&mut self, status: CallStatus, error: StepError) {
+        self.status = status;
+        self.last_error = Some(error);
+        self.wake_at_ms = None;
+    }
+
+    /// Abandons it if it is in flight; whether it was.
+    pub fn cancel(&mut self) -> bool {
+        let active = self.status.is_active();
+        if active {
+            self.status = CallStatus::Cancelled;
+            self.wake_at_ms = None;
+        }
+        active
+    }
 }
 
 /// A signal sent to an execution, kept in arrival order.

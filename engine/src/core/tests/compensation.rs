@@ -2,7 +2,7 @@
 //! at most once; a compensation that fails for good fails the execution and stops there.
 
 use super::*;
-use crate::core::CompensationStatus;
+use crate::core::CallStatus;
 
 /// `a` and `b` each reserve something and can undo it; `c` charges and fails for good.
 const SAGA: &str = r#"
@@ -198,7 +198,7 @@ fn a_compensation_that_keeps_failing_fails_the_execution_and_never_loops() {
     }
     assert_eq!(h.exec.status, ExecutionStatus::Failed);
     let undo = h.step("b").detail.compensation.clone().unwrap();
-    assert_eq!(undo.status, CompensationStatus::Failed);
+    assert_eq!(undo.status, CallStatus::Failed);
     assert_eq!(
         undo.attempt, 3,
         "max_attempts of the compensation's own policy"
@@ -313,7 +313,7 @@ fn cancel_abandons_the_compensation_in_flight() {
     assert_eq!(tx.commands, vec![Command::Abandon { step: b }]);
     assert_eq!(h.exec.status, ExecutionStatus::Cancelled);
     let undo = h.step("b").detail.compensation.clone().unwrap();
-    assert_eq!(undo.status, CompensationStatus::Cancelled);
+    assert_eq!(undo.status, CallStatus::Cancelled);
     assert!(h
         .event_kinds()
         .contains(&"CompensationCancelled:b".to_string()));

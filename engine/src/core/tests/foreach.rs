@@ -2,7 +2,7 @@
 //! break conditions, per-item error policies, retries, recovery and the list limit.
 
 use super::*;
-use crate::core::ItemStatus;
+use crate::core::CallStatus;
 
 fn each(extra: &str) -> String {
     format!(
@@ -154,8 +154,8 @@ fn failing_the_loop_abandons_the_items_in_flight() {
     let step = h.idx("loop");
     assert!(tx.commands.contains(&Command::Abandon { step }));
     let items = &h.step("loop").detail.items;
-    assert_eq!(items[0].status, ItemStatus::Cancelled);
-    assert_eq!(items[2].status, ItemStatus::Cancelled);
+    assert_eq!(items[0].status, CallStatus::Cancelled);
+    assert_eq!(items[2].status, CallStatus::Cancelled);
     // A late result of an abandoned item changes nothing.
     assert_noop(&item_result(&mut h, 0, Ok(json!("A"))));
 }
@@ -264,7 +264,7 @@ impl Harness {
                     .items
                     .get(i as usize)
                     .is_some_and(|it| {
-                        it.status == ItemStatus::Running && it.attempt == call.attempt
+                        it.status == CallStatus::Running && it.attempt == call.attempt
                     }),
                 _ => false,
             })
