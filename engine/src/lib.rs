@@ -15,6 +15,7 @@ pub mod definition;
 pub mod driver;
 pub mod event;
 pub mod expr;
+pub mod name;
 pub mod network;
 pub mod planted;
 pub mod recovery;

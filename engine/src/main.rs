@@ -339,12 +339,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(text) => json_arg(&text, "--payload")?,
             };
             let signal_id = signal_id.unwrap_or_else(|| {
-                // The binary is not simulated: a fresh id from the wall clock's nanoseconds.
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let mut rng = proctor::rng::seeded(nanos);
+                let mut rng = proctor::rng::seeded(wall_clock_seed());
                 proctor::rng::new_id(SystemClock.now_ms(), &mut *rng)
             });
             let signal = SignalRequest {
@@ -472,13 +467,7 @@ async fn open_engine(
 ) -> anyhow::Result<(Engine, Vec<RunningAgent>)> {
     let registry = AgentRegistry::load(agents_path).map_err(anyhow::Error::msg)?;
     let clock = Arc::new(SystemClock);
-    // The CLI is production: without --seed, seed from the wall clock's nanoseconds.
-    let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = seed.unwrap_or_else(wall_clock_seed);
     let (registry, agents) = example::start_all(&TokioNetwork, &registry)
         .await
         .context("starting example agents")?;
@@ -498,6 +487,15 @@ async fn open_engine(
         .bus()
         .subscribe(move |e| println!("{}", event_line(e, started_ms)));
     Ok((engine, agents))
+}
+
+/// A seed from the wall clock's nanoseconds: the CLI is production, not simulated, so without
+/// `--seed` (or for a fresh signal id) it draws from real time. The one place it does.
+fn wall_clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// A JSON command-line value: JSON text, or @FILE.

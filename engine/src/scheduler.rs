@@ -51,12 +51,7 @@ impl Engine {
         process: Arc<ProcessDef>,
         input: Value,
     ) -> Result<(), Error> {
-        let valid_name = !name.is_empty()
-            && name.len() <= MAX_SCHEDULE_NAME_BYTES
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid_name {
+        if !crate::name::is_plain(name, MAX_SCHEDULE_NAME_BYTES) {
             return Err(Error::BadSchedule(format!(
                 "name {name:?}: 1 to {MAX_SCHEDULE_NAME_BYTES} letters, digits, '_' or '-'"
             )));

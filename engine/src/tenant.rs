@@ -52,12 +52,7 @@ pub struct Tenant {
 impl Engine {
     /// This engine as seen by `tenant` (1 to [`MAX_TENANT_BYTES`] letters, digits, `_`, `-`).
     pub fn tenant(&self, tenant: &str) -> Result<Tenant, Error> {
-        let valid = !tenant.is_empty()
-            && tenant.len() <= MAX_TENANT_BYTES
-            && tenant
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !crate::name::is_plain(tenant, MAX_TENANT_BYTES) {
             return Err(Error::BadTenant(tenant.to_string()));
         }
         Ok(Tenant {

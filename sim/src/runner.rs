@@ -296,7 +296,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     }
                 }
                 let submitted = shared.submitted.load(Ordering::SeqCst);
-                let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+                let elapsed = sim_elapsed_ms();
                 let window_end = shared.window_end_ms.load(Ordering::SeqCst);
                 // Done once all is finished and every scripted fault has had its turn (a
                 // fault scheduled after the work ends still runs, so it is never silently
@@ -841,10 +841,7 @@ async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
         scenario.workload.signals.iter().enumerate().collect();
     due.sort_by_key(|(k, s)| (s.at_ms, *k));
     for (k, signal) in due {
-        let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
-        if signal.at_ms > elapsed_ms {
-            tokio::time::sleep(Duration::from_millis(signal.at_ms - elapsed_ms)).await;
-        }
+        sleep_until_sim_ms(signal.at_ms).await;
         for n in 0..scenario.workload.executions {
             while shared.submitted.load(Ordering::SeqCst) <= n {
                 tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
@@ -863,13 +860,24 @@ async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
     }
 }
 
+/// Simulated time since the run began (not the engine's clock, which `clock.start` and clock
+/// jumps move).
+fn sim_elapsed_ms() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
+/// Sleeps until the run is `at_ms` old (at once if it is already).
+async fn sleep_until_sim_ms(at_ms: u64) {
+    let elapsed_ms = sim_elapsed_ms();
+    if at_ms > elapsed_ms {
+        tokio::time::sleep(Duration::from_millis(at_ms - elapsed_ms)).await;
+    }
+}
+
 /// The workload's retention purge, once: a dry run records the candidates (with the cutoff),
 /// then the purge deletes them. Run again after a crash, it finds what is left to delete.
 async fn run_purge(engine: Engine, shared: Arc<Shared>, purge: crate::scenario::WorkloadPurge) {
-    let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
-    if purge.at_ms > elapsed_ms {
-        tokio::time::sleep(Duration::from_millis(purge.at_ms - elapsed_ms)).await;
-    }
+    sleep_until_sim_ms(purge.at_ms).await;
     while !shared.purge_done.load(Ordering::SeqCst) {
         let cutoff_ms = engine.clock().now_ms().saturating_sub(purge.older_than_ms);
         match engine.purge(purge.older_than_ms, true).await {

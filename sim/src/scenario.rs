@@ -425,12 +425,7 @@ impl Scenario {
             file.workload.loaded_definitions.push(Arc::new(def));
         }
         for (i, tenant) in file.workload.tenants.iter().enumerate() {
-            let valid = !tenant.is_empty()
-                && tenant.len() <= proctor::tenant::MAX_TENANT_BYTES
-                && tenant
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid {
+            if !proctor::name::is_plain(tenant, proctor::tenant::MAX_TENANT_BYTES) {
                 return Err(invalid(format!(
                     "workload.tenants[{i}]: letters, digits, '_' and '-' only"
                 )));
@@ -443,13 +438,10 @@ impl Scenario {
         }
         let at_least = usize::from(file.workload.schedules.is_empty());
         for (i, s) in file.workload.schedules.iter().enumerate() {
-            let valid_name = !s.name.is_empty()
-                && s.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid_name {
+            let max = proctor::scheduler::MAX_SCHEDULE_NAME_BYTES;
+            if !proctor::name::is_plain(&s.name, max) {
                 return Err(invalid(format!(
-                    "workload.schedules[{i}].name: letters, digits, '_' and '-' only"
+                    "workload.schedules[{i}].name: 1 to {max} letters, digits, '_' and '-'"
                 )));
             }
             if let Err(e) = s.schedule.check() {

@@ -2,8 +2,6 @@
 //! its output; the child's failure fails the step; cancelling the parent cancels the child; a
 //! restart finds the child rather than creating a second one.
 
-use std::time::Duration;
-
 use proctor::core::{ErrorKind, ExecutionStatus};
 use proctor::RecoveryConfig;
 use proctor_tests::*;
@@ -24,6 +22,15 @@ output:
   doubled: "{{steps.double.output.echo.v}}"
 "#;
 const WAITING_CHILD: &str = "name: child\nsteps:\n  - {id: wait, type: wait_signal, signal: go}\noutput: {doubled: '{{steps.wait.output.payload}}'}\n";
+
+/// The stored status of execution `id`, if it exists.
+fn status_of(t: &TestEngine, id: &str) -> Option<String> {
+    t.sql()
+        .query_row("SELECT status FROM executions WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .ok()
+}
 
 fn def(yaml: &str) -> proctor::definition::ProcessDef {
     (*process(yaml)).clone()
@@ -85,22 +92,12 @@ async fn cancelling_the_parent_cancels_the_child() {
         .await
         .unwrap();
     let child_id = format!("{}.sub", handle.id);
-    for _ in 0..200 {
-        if t.engine.load(&child_id).await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the child exists", || status_of(&t, &child_id).is_some()).await;
     t.engine.cancel(&handle.id, None).await.unwrap();
-    let mut status = None;
-    for _ in 0..200 {
-        status = t.engine.load(&child_id).await.unwrap().map(|c| c.status);
-        if status == Some(ExecutionStatus::Cancelled) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(status, Some(ExecutionStatus::Cancelled));
+    eventually("the child is cancelled", || {
+        status_of(&t, &child_id).as_deref() == Some("cancelled")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -116,12 +113,7 @@ async fn a_restart_finds_the_child_instead_of_starting_another() {
         .await
         .unwrap();
     let child_id = format!("{}.sub", handle.id);
-    for _ in 0..200 {
-        if t.engine.load(&child_id).await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the child exists", || status_of(&t, &child_id).is_some()).await;
     // A restart: recovery drives both; the parent re-issues its start and finds the child
     // (same id), which a signal then completes.
     let later = t.restart(t.now() + 1_000);

@@ -1342,7 +1342,7 @@ mod tests {
                 .unwrap();
         }
         let undo = exec.steps[0].detail.compensation.as_ref().unwrap();
-        assert_eq!(undo.status, crate::core::CompensationStatus::Retrying);
+        assert_eq!(undo.status, crate::core::CallStatus::Retrying);
         exec
     }
 
