@@ -100,6 +100,12 @@ pub enum Error {
     BadSchedule(String),
     #[error("tenant {0:?} is not 1 to 64 letters, digits, '_' or '-'")]
     BadTenant(String),
+    #[error("idempotency key {0:?} is not 1 to 255 printable ASCII characters")]
+    BadIdempotencyKey(String),
+    #[error(
+        "idempotency key {key:?} was used for execution {id} with another definition or input"
+    )]
+    KeyReused { key: String, id: String },
     #[error("no registered definition {name}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
     UnknownDefinition { name: String, version: Option<u32> },
 }
@@ -118,6 +124,23 @@ pub const CHILD_POLL_MS: u64 = 50;
 
 /// Largest signal payload, as JSON: signals are kept in the execution's row.
 pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Longest idempotency key a client may send.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// After the last agent call of a drain finishes: time for its result to be committed.
+const DRAIN_SETTLE_MS: u64 = 50;
+
+fn check_idempotency_key(key: &str) -> Result<(), Error> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadIdempotencyKey(key.to_string()))
+    }
+}
 
 /// Longest execution id a caller may choose.
 pub const MAX_EXECUTION_ID_BYTES: usize = 128;
@@ -205,6 +228,36 @@ struct Inner {
     resetting: Mutex<std::collections::BTreeSet<String>>,
     last_recovery: Mutex<Option<RecoveryReport>>,
     keep_checkpoints: Option<usize>,
+    /// Set by [`Engine::drain`]: no new agent call starts.
+    draining: std::sync::atomic::AtomicBool,
+    /// Agent calls in flight; [`Engine::drain`] waits for zero.
+    calls_in_flight: watch::Sender<usize>,
+}
+
+/// What [`Engine::drain`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DrainReport {
+    /// Agent calls in flight when draining began.
+    pub in_flight_at_start: usize,
+    /// Still in flight when the grace period ended: recovery re-dispatches them at the next
+    /// start, under the same idempotency keys.
+    pub abandoned: usize,
+}
+
+/// Counts one agent call in flight for as long as it lives (an aborted call's task drops it).
+struct CallInFlight(watch::Sender<usize>);
+
+impl CallInFlight {
+    fn new(calls: &watch::Sender<usize>) -> CallInFlight {
+        calls.send_modify(|n| *n += 1);
+        CallInFlight(calls.clone())
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// The result of [`Engine::recover`]: the report, and a handle per execution it restarted.
@@ -279,6 +332,8 @@ impl Engine {
                 last_recovery: Mutex::new(None),
                 resetting: Mutex::new(std::collections::BTreeSet::new()),
                 keep_checkpoints: config.keep_checkpoints,
+                draining: std::sync::atomic::AtomicBool::new(false),
+                calls_in_flight: watch::channel(0).0,
             }),
         })
     }
@@ -642,9 +697,94 @@ impl Engine {
         history(&*self.inner.store, id).await
     }
 
+    /// A new execution id (time-ordered, random), for a create that has no id of its own.
+    pub(crate) fn fresh_execution_id(&self) -> String {
+        self.new_execution_id(self.inner.clock.now_ms())
+    }
+
     fn new_execution_id(&self, now_ms: u64) -> String {
         let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         new_id(now_ms, &mut **rng)
+    }
+
+    /// Creates an execution of `tenant`'s definition `name` under a client's idempotency
+    /// `key`, unless the tenant already has one under that key: then returns that one, with
+    /// `created: false`, when the request is the same (definition and input), and
+    /// [`Error::KeyReused`] when it is not. A create whose outcome was lost (a crash, an
+    /// ambiguous commit) can therefore be retried with the same key and never makes two.
+    pub(crate) async fn create_idempotent_in(
+        &self,
+        tenant: &str,
+        key: &str,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<(String, bool), Error> {
+        check_idempotency_key(key)?;
+        let process = self
+            .inner
+            .store
+            .definition(tenant, name, version)
+            .await?
+            .ok_or_else(|| Error::UnknownDefinition {
+                name: name.to_string(),
+                version,
+            })?;
+        self.check_agents(&process)?;
+        let now = self.inner.clock.now_ms();
+        let id = self.new_execution_id(now);
+        let mut execution = Execution::new(id.clone(), process, input.clone(), now);
+        execution.tenant = tenant.to_string();
+        execution.idempotency_key = Some(key.to_string());
+        match self.inner.store.create(&execution).await {
+            Ok(()) => Ok((id, true)),
+            Err(store::Error::DuplicateKey { id, .. }) => {
+                let existing = self
+                    .inner
+                    .store
+                    .load(&id)
+                    .await?
+                    .ok_or_else(|| Error::UnknownExecution(id.clone()))?;
+                let same = existing.process.name == name
+                    && version.is_none_or(|v| v == existing.process.version)
+                    && existing.input == input;
+                if same {
+                    Ok((id, false))
+                } else {
+                    Err(Error::KeyReused {
+                        key: key.to_string(),
+                        id,
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Graceful shutdown: from now on no agent call starts, and this waits (at most
+    /// `grace_ms` of Clock time) for the calls in flight to finish and their results to be
+    /// committed. Whatever is left is recovered at the next start.
+    pub async fn drain(&self, grace_ms: u64) -> DrainReport {
+        use std::sync::atomic::Ordering;
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let mut calls = self.inner.calls_in_flight.subscribe();
+        let in_flight_at_start = *calls.borrow();
+        let clock = self.inner.clock.clone();
+        let deadline = clock.now_ms() + grace_ms;
+        tokio::select! {
+            _ = calls.wait_for(|n| *n == 0) => {}
+            _ = clock.sleep_until_ms(deadline) => {}
+        }
+        // A finished call's result is committed by its execution's task; give those a moment.
+        let settle = clock.now_ms() + DRAIN_SETTLE_MS;
+        clock
+            .sleep_until_ms(settle.min(deadline.max(clock.now_ms())))
+            .await;
+        let abandoned = *calls.borrow();
+        DrainReport {
+            in_flight_at_start,
+            abandoned,
+        }
     }
 
     /// Checks a signal request: an id, a name, a payload within [`MAX_SIGNAL_PAYLOAD_BYTES`].
@@ -1236,7 +1376,14 @@ impl Inner {
                     idempotency_key: call.idempotency_key.clone(),
                     input: call.input.clone(),
                 };
+                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
                 let task = tokio::spawn(async move {
+                    let Some(_counted) = counted else {
+                        // Shutting down: the call stays dispatched in storage, and recovery
+                        // sends it at the next start.
+                        return std::future::pending::<()>().await;
+                    };
                     let result = client.call(&addr, &request, call.timeout_ms).await;
                     let input = Input::AgentReturned {
                         step: call.step,

@@ -8,6 +8,7 @@
 //! the rules between them.
 
 pub mod agent;
+pub mod api;
 pub mod bus;
 pub mod clock;
 pub mod core;

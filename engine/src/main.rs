@@ -15,7 +15,7 @@ use proctor::clock::{Clock, SystemClock};
 use proctor::core::ExecutionStatus;
 use proctor::definition;
 use proctor::event::{DomainEvent, EventRecord};
-use proctor::network::TokioNetwork;
+use proctor::network::{Network as _, TokioNetwork};
 use proctor::store::{ControlAction, ControlRequest, SignalRequest, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
@@ -153,6 +153,29 @@ enum Command {
         id: Option<String>,
         #[arg(long, default_value = "proctor.db")]
         db: PathBuf,
+    },
+    /// Serve the HTTP API (see engine/openapi.yaml) until SIGTERM or Ctrl-C: recovery first,
+    /// then definitions, executions and their live event streams.
+    Serve {
+        /// SQLite database file (created if missing).
+        #[arg(long, default_value = "proctor.db")]
+        db: PathBuf,
+        /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Agents file: name -> url, or `example` for the built-in example agent.
+        #[arg(long)]
+        agents: PathBuf,
+        /// Bearer tokens file (`tokens: [{name, token, tenant}]`). Without one, the API is
+        /// open and every request acts for the default tenant: for local use only.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// On shutdown, how long requests and agent calls in progress may take to finish.
+        #[arg(long, default_value_t = 10_000)]
+        shutdown_grace_ms: u64,
+        /// Seed for the engine's random source (ids, retry jitter); random if omitted.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Serve the example agent over HTTP (POST /run) until interrupted.
     Agent {
@@ -374,6 +397,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{verb} {} execution(s)", purged.len());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            db,
+            listen,
+            agents,
+            tokens,
+            shutdown_grace_ms,
+            seed,
+        } => serve(db, listen, agents, tokens, shutdown_grace_ms, seed).await,
         Command::Agent {
             listen,
             name,
@@ -436,6 +467,86 @@ async fn run(
     let execution = handle.wait().await?;
     wait_unless_paused(&engine, recovery.handles).await?;
     outcome(execution, &db)
+}
+
+/// `proctor serve`: recovery (reported, and never fatal: the server starts anyway), then the
+/// API until a stop signal; then a graceful shutdown: stop accepting, end event streams, let
+/// requests and agent calls in progress finish within the grace period. Whatever is still
+/// in flight after it stays durable and is recovered at the next start.
+async fn serve(
+    db: PathBuf,
+    listen: String,
+    agents_path: PathBuf,
+    tokens: Option<PathBuf>,
+    grace_ms: u64,
+    seed: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let auth = match &tokens {
+        Some(path) => proctor::api::auth::Auth::load(path)?,
+        None => {
+            eprintln!("warning: no --tokens file: the API is open, acting for the default tenant");
+            proctor::api::auth::Auth::Open
+        }
+    };
+    let registry = AgentRegistry::load(&agents_path).map_err(anyhow::Error::msg)?;
+    let (registry, _agents) = example::start_all(&TokioNetwork, &registry)
+        .await
+        .context("starting example agents")?;
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let engine = Engine::new(
+        Ports {
+            clock: Arc::new(SystemClock),
+            net: Arc::new(TokioNetwork),
+            store: Arc::new(store),
+            rng: proctor::rng::seeded(seed.unwrap_or_else(wall_clock_seed)),
+        },
+        &registry,
+        EngineConfig::default(),
+    )?;
+    let api = proctor::api::Api::new(engine.clone(), auth);
+    match recover(&engine, RecoveryConfig::default()).await {
+        Ok(recovery) => println!("{}", recovery.report.summary()),
+        Err(e) => println!("recovery failed, serving anyway: {e:#}"),
+    }
+    let _control = engine.poll_control_requests(CONTROL_POLL_MS);
+    let _schedules = engine.run_schedules();
+    let listener = TokioNetwork
+        .bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    api.serve(listener, grace_ms, stop_signal()).await;
+    println!("shutting down: waiting up to {grace_ms}ms for agent calls in flight");
+    let drained = engine.drain(grace_ms).await;
+    println!(
+        "stopped: {} agent call(s) were in flight, {} left for recovery",
+        drained.in_flight_at_start, drained.abandoned
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Prints a finished execution's outcome; exit 0 when it completed, 1 when it failed.

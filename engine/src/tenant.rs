@@ -144,6 +144,33 @@ impl Tenant {
             .await
     }
 
+    /// Creates an execution of this tenant's definition `name` under idempotency `key`, or
+    /// finds the one the key already created (see [`Engine::create_idempotent_in`]); returns
+    /// its id and whether this call created it.
+    pub async fn create_idempotent(
+        &self,
+        key: &str,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<(String, bool), Error> {
+        self.engine
+            .create_idempotent_in(&self.name, key, name, version, input)
+            .await
+    }
+
+    /// Creates an execution of this tenant's definition `name` under a fresh id.
+    pub async fn create_new(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<String, Error> {
+        let id = self.engine.fresh_execution_id();
+        self.create(&id, name, version, input).await?;
+        Ok(id)
+    }
+
     /// The execution, if it exists and is this tenant's.
     pub async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
         Ok(self

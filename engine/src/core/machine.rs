@@ -222,6 +222,9 @@ pub struct Execution {
     pub compensation: Option<CompensationRun>,
     /// Signals received, in arrival order.
     pub signals: Vec<ReceivedSignal>,
+    /// The client's key for the request that created it: the tenant's other requests with
+    /// the same key return this execution instead of creating another.
+    pub idempotency_key: Option<String>,
 }
 
 /// How one dependency stands for one dependant.
@@ -261,6 +264,7 @@ impl Execution {
             tenant: DEFAULT_TENANT.to_string(),
             compensation: None,
             signals: Vec::new(),
+            idempotency_key: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub enum Error {
     Backend(String),
     #[error("an execution with id {0} already exists")]
     Duplicate(String),
+    /// The tenant already has an execution created under this idempotency key.
+    #[error("idempotency key {key:?} already created execution {id}")]
+    DuplicateKey { key: String, id: String },
     #[error("stored execution {id} is unreadable: {problem}")]
     Corrupt { id: String, problem: String },
     #[error("no definition {name} version {version}")]

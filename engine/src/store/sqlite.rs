@@ -21,15 +21,19 @@ use crate::schedule::ScheduleState;
 /// 2: `executions.detail` and `steps.detail` (compensation, loops, signals, completion order),
 /// `control_requests.signal`, `executions.tenant`, tables `definitions`, `current_definitions`, `schedules` and
 /// `schedule_fires` (created by `SCHEMA`).
-const SCHEMA_VERSION: i64 = 2;
+/// 3: `executions.idempotency_key`, unique per tenant.
+const SCHEMA_VERSION: i64 = 3;
 
 /// From each older version to the next; applied in order inside one transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "ALTER TABLE executions ADD COLUMN detail TEXT; ALTER TABLE steps ADD COLUMN detail TEXT;
      ALTER TABLE control_requests ADD COLUMN signal TEXT;
      ALTER TABLE executions ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';",
-)];
+    ),
+    (2, "ALTER TABLE executions ADD COLUMN idempotency_key TEXT;"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS executions (
@@ -48,9 +52,12 @@ CREATE TABLE IF NOT EXISTS executions (
     origin_id       TEXT,
     origin_seq      INTEGER,
     detail          TEXT,
-    tenant          TEXT NOT NULL DEFAULT 'default'
+    tenant          TEXT NOT NULL DEFAULT 'default',
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions (tenant, created_at_ms, id);
+CREATE UNIQUE INDEX IF NOT EXISTS executions_by_key ON executions (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_by_origin ON executions (origin_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     execution_id TEXT NOT NULL REFERENCES executions (id),
@@ -254,6 +261,22 @@ impl SqliteStore {
             if exists > 0 {
                 return Err(Error::Duplicate(execution.id.clone()));
             }
+            if let Some(key) = &execution.idempotency_key {
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM executions WHERE tenant = ?1 AND idempotency_key = ?2",
+                        [&execution.tenant, key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(id) = holder {
+                    return Err(Error::DuplicateKey {
+                        key: key.clone(),
+                        id,
+                    });
+                }
+            }
         }
         // Most writes update a row that exists: only its changing columns are sent, so the
         // definition and input (which never change) are not serialized again on every commit.
@@ -284,8 +307,9 @@ impl SqliteStore {
             tx.execute(
                 "INSERT INTO executions (id, process_name, process_version, definition, input,
                      status, output, error, created_at_ms, updated_at_ms, next_seq, breakpoint,
-                     origin_id, origin_seq, detail, tenant)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     origin_id, origin_seq, detail, tenant, idempotency_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17)",
                 params![
                     execution.id,
                     execution.process.name,
@@ -303,6 +327,7 @@ impl SqliteStore {
                     execution.origin.as_ref().map(|o| o.checkpoint_seq as i64),
                     detail,
                     execution.tenant,
+                    execution.idempotency_key,
                 ],
             )
             .map_err(backend)?;
@@ -535,11 +560,13 @@ impl Storage for SqliteStore {
             Option<i64>,
             Option<String>,
             String,
+            Option<String>,
         );
         let row: Option<Row> = conn
             .query_row(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
-                        next_seq, breakpoint, origin_id, origin_seq, detail, tenant
+                        next_seq, breakpoint, origin_id, origin_seq, detail, tenant,
+                        idempotency_key
                  FROM executions WHERE id = ?1",
                 [id],
                 |r| {
@@ -557,6 +584,7 @@ impl Storage for SqliteStore {
                         r.get(10)?,
                         r.get(11)?,
                         r.get(12)?,
+                        r.get(13)?,
                     ))
                 },
             )
@@ -576,6 +604,7 @@ impl Storage for SqliteStore {
             origin_seq,
             detail,
             tenant,
+            idempotency_key,
         )) = row
         else {
             return Ok(None);
@@ -609,6 +638,7 @@ impl Storage for SqliteStore {
             .unwrap_or_default();
         execution.compensation = detail.compensation;
         execution.tenant = tenant;
+        execution.idempotency_key = idempotency_key;
         execution.signals = detail.signals;
 
         let mut stmt = conn
@@ -1354,6 +1384,31 @@ mod tests {
         assert_eq!(store.load("c1").await.unwrap().unwrap(), exec);
     }
 
+    /// An idempotency key names one execution per tenant: a second create under it is
+    /// refused with the holder's id, while another tenant may use the same key.
+    #[tokio::test]
+    async fn an_idempotency_key_creates_one_execution_per_tenant() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut first = execution("k-first");
+        first.idempotency_key = Some("key-1".into());
+        store.create(&first).await.unwrap();
+        let mut second = execution("k-second");
+        second.idempotency_key = Some("key-1".into());
+        match store.create(&second).await {
+            Err(Error::DuplicateKey { key, id }) => {
+                assert_eq!((key.as_str(), id.as_str()), ("key-1", "k-first"))
+            }
+            other => panic!("expected DuplicateKey, got {other:?}"),
+        }
+        assert!(store.load("k-second").await.unwrap().is_none());
+        second.tenant = "other".into();
+        store.create(&second).await.unwrap();
+        assert_eq!(
+            store.load("k-first").await.unwrap().unwrap().idempotency_key,
+            Some("key-1".into())
+        );
+    }
+
     /// Two processes that both found an old file: the second upgrade, run after the first
     /// finished, reads the version again under the write lock and leaves the file alone.
     #[tokio::test]
@@ -1364,7 +1419,8 @@ mod tests {
         store
             .conn()
             .execute_batch(
-                "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
+                "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
+                 ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
                  ALTER TABLE control_requests DROP COLUMN signal;
                  DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
                  PRAGMA user_version = 1;",
@@ -1398,7 +1454,8 @@ mod tests {
         store
             .conn()
             .execute_batch(
-                "ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
+                "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
+                 ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
                  ALTER TABLE control_requests DROP COLUMN signal;
                  DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
                  PRAGMA user_version = 1;",
