@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod body;
+pub mod client;
 mod definitions;
 pub mod error;
 mod events;

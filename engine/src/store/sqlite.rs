@@ -1404,7 +1404,12 @@ mod tests {
         second.tenant = "other".into();
         store.create(&second).await.unwrap();
         assert_eq!(
-            store.load("k-first").await.unwrap().unwrap().idempotency_key,
+            store
+                .load("k-first")
+                .await
+                .unwrap()
+                .unwrap()
+                .idempotency_key,
             Some("key-1".into())
         );
     }
