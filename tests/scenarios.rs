@@ -197,6 +197,17 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_key_not_stored_fails_idempotent_starts",
+                || {
+                    expect_caught(
+                        "idempotent-start.yaml",
+                        Bug::KeyNotStored,
+                        "idempotent_starts",
+                        "no start was answered with it",
+                    )
+                },
+            ),
+            Trial::test(
                 "harness::planted_nondeterminism_fails_deterministic",
                 planted_nondeterminism,
             ),
@@ -205,6 +216,7 @@ mod harness {
     }
 
     const FILES: &[&str] = &[
+        "idempotent-start.yaml",
         "recovery-mid-step.yaml",
         "saga-order.yaml",
         "ten-diamonds.yaml",

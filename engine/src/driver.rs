@@ -736,6 +736,9 @@ impl Engine {
         let mut execution = Execution::new(id.clone(), process, input.clone(), now);
         execution.tenant = tenant.to_string();
         execution.idempotency_key = Some(key.to_string());
+        if crate::planted::planted(crate::planted::Bug::KeyNotStored) {
+            execution.idempotency_key = None;
+        }
         match self.inner.store.create(&execution).await {
             Ok(()) => Ok((id, true)),
             Err(store::Error::DuplicateKey { id, .. }) => {
@@ -1384,7 +1387,39 @@ impl Inner {
                         // sends it at the next start.
                         return std::future::pending::<()>().await;
                     };
-                    let result = client.call(&addr, &request, call.timeout_ms).await;
+                    // Progress lines go to the execution before the result, in the order sent.
+                    let (progress_tx, mut progress_rx) =
+                        mpsc::channel(crate::agent::MAX_PROGRESS_PER_CALL);
+                    let relay = |progress| Envelope {
+                        input: Input::AgentProgress {
+                            step: call.step,
+                            lane: call.lane,
+                            attempt: call.attempt,
+                            progress,
+                        },
+                        ack: None,
+                    };
+                    let result = {
+                        let calling = client.call_observed(
+                            &addr,
+                            &request,
+                            call.timeout_ms,
+                            Some(&progress_tx),
+                        );
+                        let mut calling = std::pin::pin!(calling);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                Some(progress) = progress_rx.recv() => {
+                                    let _ = tx.send(relay(progress)).await;
+                                }
+                                result = &mut calling => break result,
+                            }
+                        }
+                    };
+                    while let Ok(progress) = progress_rx.try_recv() {
+                        let _ = tx.send(relay(progress)).await;
+                    }
                     let input = Input::AgentReturned {
                         step: call.step,
                         lane: call.lane,

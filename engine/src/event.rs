@@ -155,6 +155,15 @@ pub enum DomainEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// An agent reported progress while working on a call (a streamed progress line):
+    /// `step` is the call's wire id (`charge`, `charge#3`, `charge#compensate`).
+    AgentProgress {
+        step: String,
+        attempt: u32,
+        kind: String,
+        #[serde(default)]
+        data: Value,
+    },
     /// A signal arrived and is kept until a `wait_signal` step consumes it.
     SignalReceived {
         signal_id: String,
@@ -195,6 +204,7 @@ impl DomainEvent {
             DomainEvent::ItemFailed { .. } => "ItemFailed",
             DomainEvent::LoopBroken { .. } => "LoopBroken",
             DomainEvent::SignalReceived { .. } => "SignalReceived",
+            DomainEvent::AgentProgress { .. } => "AgentProgress",
             DomainEvent::Audit { .. } => "Audit",
         }
     }
@@ -218,6 +228,7 @@ impl DomainEvent {
             | DomainEvent::ItemRetrying { step, .. }
             | DomainEvent::ItemFailed { step, .. }
             | DomainEvent::LoopBroken { step, .. }
+            | DomainEvent::AgentProgress { step, .. }
             | DomainEvent::BreakpointReached { step } => Some(step),
             _ => None,
         }

@@ -830,6 +830,12 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
         ),
+        DomainEvent::AgentProgress {
+            attempt,
+            kind,
+            data,
+            ..
+        } => format!("attempt {attempt}: {kind} {data}"),
         DomainEvent::SignalReceived {
             name,
             signal_id,

@@ -16,7 +16,8 @@
 //! [`Bug::name`]) in the fresh child process that performs one simulated run; nothing else ever
 //! plants, so a test process that does not ask for a bug runs the engine unchanged.
 //!
-//! The sites, each an `if crate::planted::planted(Bug::..)` branch in `core/machine.rs`:
+//! The sites, each an `if crate::planted::planted(Bug::..)` branch in `core/machine.rs` (and
+//! one in `driver.rs`):
 //! - [`Bug::NoRedispatchOnRecovery`] (`Execution::rearm`): recovery forgets the agent calls
 //!   that were in flight, so those executions stay running forever (`no_lost_execution`).
 //! - [`Bug::CompleteTwice`] (`Execution::complete_step`): a completed step records
@@ -29,6 +30,9 @@
 //!   definition order, so one seed's trace differs between processes (`deterministic`).
 //! - [`Bug::CompensateInCompletionOrder`] (`Execution::begin_compensation`): a saga undoes its
 //!   steps in the order they completed instead of the reverse (`compensation_in_reverse_order`).
+//! - [`Bug::KeyNotStored`] (`Engine::create_idempotent_in`): a start's idempotency key never
+//!   reaches the store, so a start retried after its reply was lost creates a second execution
+//!   (`idempotent_starts`).
 
 /// One deliberate defect. Names (for `PROCTOR_PLANT`) are the snake_case variant names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +48,18 @@ pub enum Bug {
     UnorderedDispatch = 4,
     /// Compensations run oldest completion first.
     CompensateInCompletionOrder = 5,
+    /// A start's idempotency key is checked but never stored with the execution.
+    KeyNotStored = 6,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::NoRedispatchOnRecovery,
         Bug::CompleteTwice,
         Bug::FreshKeyOnRecovery,
         Bug::UnorderedDispatch,
         Bug::CompensateInCompletionOrder,
+        Bug::KeyNotStored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +69,7 @@ impl Bug {
             Bug::FreshKeyOnRecovery => "fresh_key_on_recovery",
             Bug::UnorderedDispatch => "unordered_dispatch",
             Bug::CompensateInCompletionOrder => "compensate_in_completion_order",
+            Bug::KeyNotStored => "key_not_stored",
         }
     }
 

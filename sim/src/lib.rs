@@ -6,6 +6,7 @@
 //! - [`storage`]: the fault layer over the engine's SQLite store (I/O errors, ambiguous
 //!   commits, crashes before and after a write).
 //! - [`chaos`]: random faults from rates, drawn from the seed (with swarm testing).
+//! - [`client`]: the client host, which drives the workload through the engine's HTTP API.
 //! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
 //! - [`summary`]: a run's outcome in brief (JSON for sweeps, snapshots for tests).
 //! - [`trace`]: the run's trace (one line per event, simulated time first) and its hash.
@@ -13,6 +14,7 @@
 
 pub mod chaos;
 pub mod checker;
+pub mod client;
 pub mod ports;
 pub mod runner;
 pub mod scenario;

@@ -1,10 +1,10 @@
 //! One run = (scenario, seed).
 //!
 //! Hosts: `engine` runs the real driver over the sim ports and the storage fault layer,
-//! recovers on every boot, and submits the workload under ids the client drew, retrying a
-//! submission until it is acknowledged (the client half lives in the engine host until the
-//! engine has a network API: issue 6); one host per agent runs the example agent; `client`
-//! watches the durable store until every execution is terminal or the liveness bound passes.
+//! recovers on every boot, then serves the HTTP API ([`proctor::api`]) over simulated TCP;
+//! one host per agent runs the example agent; `client` ([`crate::client`]) submits the
+//! workload through that API and waits for every execution to finish or the liveness bound
+//! to pass.
 //! The SQLite store is an in-memory database held outside every host: a crash loses the
 //! engine's memory and tasks, never a committed transaction. Agents' ledgers also live
 //! outside their hosts.
@@ -28,17 +28,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proctor::agent::example::{self, Ledger};
 use proctor::agent::{AgentEndpoint, AgentRegistry};
+use proctor::api::auth::{Auth, TokenEntry};
+use proctor::api::Api;
 use proctor::core::Execution;
 use proctor::event::EventRecord;
-use proctor::store::{self, FireOutcome, SignalRequest, SqliteStore, Storage};
+use proctor::network::Network as _;
+use proctor::store::{self, FireOutcome, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 use crate::chaos;
 use crate::checker::{self, Violation};
 use crate::ports::{SimClock, SimNetwork};
-use crate::scenario::{
-    Fault, Point, Scenario, StorageFault, WorkloadSignal, AGENT_PORT, ENGINE_HOST,
-};
+use crate::scenario::{Fault, Point, Scenario, StorageFault, AGENT_PORT, API_PORT, ENGINE_HOST};
 use crate::storage::{Faults, FaultyStore, PointCrash};
 use crate::trace::Trace;
 
@@ -46,8 +47,6 @@ use crate::trace::Trace;
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
 /// One simulation step.
 pub const TICK_MS: u64 = 1;
-/// How often the client looks at the store.
-const CLIENT_POLL_MS: u64 = 20;
 /// Message latency on a healthy link.
 pub const MIN_LATENCY_MS: u64 = 1;
 pub const MAX_LATENCY_MS: u64 = 5;
@@ -68,6 +67,13 @@ pub struct Outcome {
     pub trace: Trace,
     /// Executions the client saw acknowledged, in submission order.
     pub acknowledged: Vec<String>,
+    /// Every answered start, in order (a retried start appears once, when answered).
+    pub starts: Vec<StartAck>,
+    /// The durable store's executions by idempotency key, across all tenants.
+    pub keyed: BTreeMap<String, Vec<String>>,
+    /// Executions of the scenario's process in the store that carry no idempotency key and
+    /// that no answered start, schedule or parent accounts for.
+    pub unclaimed: Vec<String>,
     /// Their final durable state and history, then the scheduled runs'.
     pub executions: Vec<(Execution, Vec<EventRecord>)>,
     /// Each schedule's decided fires: `name local (utc) outcome`, in time order.
@@ -120,20 +126,32 @@ impl Outcome {
     }
 }
 
+/// One start the API answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartAck {
+    pub key: String,
+    pub id: String,
+    /// The answer said this request created it (`false`: the key had, earlier).
+    pub created: bool,
+    pub tenant: Option<String>,
+}
+
 /// State that outlives host crashes.
-struct Shared {
-    store: SqliteStore,
+pub(crate) struct Shared {
+    pub(crate) store: SqliteStore,
     faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
+    starts: Mutex<Vec<StartAck>>,
+    /// A client task's fatal error (a refused request), for the client host to fail with.
+    client_error: Mutex<Option<String>>,
     trace: Mutex<Vec<String>>,
     boots: AtomicU32,
-    submitted: AtomicUsize,
+    /// Starts the client has had answered.
+    pub(crate) submitted: AtomicUsize,
     /// When the last fault ends (grows when a fault at a named point fires late).
-    window_end_ms: AtomicU64,
+    pub(crate) window_end_ms: AtomicU64,
     /// The engine's wall clock minus simulated time (`clock.start`, then clock jumps).
     clock_offset_ms: Arc<AtomicU64>,
-    /// `workload.versions` applied so far (the client's memory, so it survives crashes).
-    versions_applied: AtomicUsize,
     /// `workload.purge`: what its dry run listed just before it (the purge's candidates,
     /// recorded before anything is deleted, so a crash mid-purge loses no record), the cutoff,
     /// and whether it has run.
@@ -150,6 +168,38 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(line);
+    }
+
+    pub(crate) fn acknowledge(&self, ack: StartAck) {
+        self.acknowledged
+            .lock()
+            .expect("ack lock")
+            .push(ack.id.clone());
+        self.starts.lock().expect("starts lock").push(ack);
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The execution submission `n` started, once answered.
+    pub(crate) fn acknowledged_id(&self, n: usize) -> Option<String> {
+        self.acknowledged.lock().expect("ack lock").get(n).cloned()
+    }
+
+    pub(crate) fn acknowledged_ids(&self) -> Vec<String> {
+        self.acknowledged.lock().expect("ack lock").clone()
+    }
+
+    pub(crate) fn record_progress(&self, id: &str, percent: u8) {
+        let mut progress = self.progress.lock().expect("progress lock");
+        progress.entry(id.to_string()).or_default().push(percent);
+    }
+
+    pub(crate) fn client_error(&self, error: String) {
+        let mut slot = self.client_error.lock().expect("client error lock");
+        slot.get_or_insert(error);
+    }
+
+    pub(crate) fn take_client_error(&self) -> Option<String> {
+        self.client_error.lock().expect("client error lock").take()
     }
 }
 
@@ -230,12 +280,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         store: SqliteStore::open_in_memory().expect("in-memory SQLite"),
         faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
+        starts: Mutex::new(Vec::new()),
+        client_error: Mutex::new(None),
         trace: Mutex::new(Vec::new()),
         boots: AtomicU32::new(0),
         submitted: AtomicUsize::new(0),
         window_end_ms: AtomicU64::new(window_ms),
         clock_offset_ms: Arc::new(AtomicU64::new(scenario.clock_start_ms - EPOCH_MS)),
-        versions_applied: AtomicUsize::new(0),
         purge_candidates: Mutex::new(Vec::new()),
         purge_cutoff_ms: AtomicU64::new(0),
         purge_done: std::sync::atomic::AtomicBool::new(false),
@@ -278,43 +329,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
 
     {
-        let (shared, total, liveness_ms, monitor) = (
-            shared.clone(),
-            scenario.workload.executions,
-            scenario.liveness_ms,
-            scenario.workload.monitor,
-        );
-        sim.client("client", async move {
-            loop {
-                if monitor {
-                    let ids = shared.acknowledged.lock().expect("ack lock").clone();
-                    for id in ids {
-                        if let Some(e) = shared.store.load(&id).await? {
-                            let mut progress = shared.progress.lock().expect("progress lock");
-                            progress.entry(id).or_default().push(e.progress().percent);
-                        }
-                    }
-                }
-                let submitted = shared.submitted.load(Ordering::SeqCst);
-                let elapsed = sim_elapsed_ms();
-                let window_end = shared.window_end_ms.load(Ordering::SeqCst);
-                // Done once all is finished and every scripted fault has had its turn (a
-                // fault scheduled after the work ends still runs, so it is never silently
-                // skipped).
-                if submitted == total
-                    && elapsed >= window_end
-                    && shared.store.list_active().await?.is_empty()
-                {
-                    return Ok(());
-                }
-                if elapsed > window_end + liveness_ms {
-                    return Err(stuck(&shared, submitted, total, elapsed - window_end)
-                        .await
-                        .into());
-                }
-                tokio::time::sleep(Duration::from_millis(CLIENT_POLL_MS)).await;
-            }
-        });
+        let (shared, scenario) = (shared.clone(), scenario.clone());
+        sim.client("client", crate::client::run(shared, scenario));
     }
 
     let mut schedule = Schedule::default();
@@ -515,6 +531,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         count(kind.name());
     }
     let acknowledged = shared.acknowledged.lock().expect("ack lock").clone();
+    let starts = shared.starts.lock().expect("starts lock").clone();
+    let (keyed, unkeyed) = keyed_executions(&shared.store, scenario);
     let mut schedule_fires = Vec::new();
     let mut scheduled = Vec::new();
     for s in &scenario.workload.schedules {
@@ -557,6 +575,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             }
         }
     }
+    let unclaimed: Vec<String> = unkeyed
+        .into_iter()
+        .filter(|id| {
+            !acknowledged.contains(id) && !scheduled.contains(id) && !children.contains(id)
+        })
+        .collect();
     let mut executions = Vec::new();
     for id in acknowledged.iter().chain(&scheduled).chain(&children) {
         let execution = now(shared.store.load(id)).expect("store readable");
@@ -600,6 +624,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             lines: shared.trace.lock().expect("trace lock").clone(),
         },
         acknowledged,
+        starts,
+        keyed,
+        unclaimed,
         executions,
         schedule_fires,
         tenant_lists,
@@ -700,8 +727,55 @@ fn step_running_fired(
     fired
 }
 
+/// The store's executions that carry an idempotency key, by key: every tenant's listing
+/// (the workload's tenants, or the default one), paged to the end.
+/// Also returns the executions of the scenario's process that have no key.
+fn keyed_executions(
+    store: &SqliteStore,
+    scenario: &Scenario,
+) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let mut tenants = scenario.workload.tenants.clone();
+    if tenants.is_empty() {
+        tenants.push(proctor::core::DEFAULT_TENANT.to_string());
+    }
+    let mut keyed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut unkeyed = Vec::new();
+    for tenant in tenants {
+        let mut query = store::ExecutionQuery {
+            tenant,
+            limit: store::MAX_LIST_PAGE,
+            ..Default::default()
+        };
+        loop {
+            let page = now(store.list_executions(&query)).expect("store readable");
+            for summary in &page {
+                let execution = now(store.load(&summary.id)).expect("store readable");
+                match execution.and_then(|e| e.idempotency_key) {
+                    Some(key) => keyed.entry(key).or_default().push(summary.id.clone()),
+                    None if summary.definition == scenario.process.name => {
+                        unkeyed.push(summary.id.clone())
+                    }
+                    None => {}
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == store::MAX_LIST_PAGE => {
+                    query.after = Some((last.created_at_ms, last.id.clone()));
+                }
+                _ => break,
+            }
+        }
+    }
+    (keyed, unkeyed)
+}
+
 /// The liveness failure: which executions are stuck, and in what state.
-async fn stuck(shared: &Shared, submitted: usize, total: usize, after_ms: u64) -> String {
+pub(crate) async fn stuck(
+    shared: &Shared,
+    submitted: usize,
+    total: usize,
+    after_ms: u64,
+) -> String {
     let active = shared.store.list_active().await.unwrap_or_default();
     let mut details = Vec::new();
     for id in active.iter().take(MAX_STUCK_LISTED) {
@@ -718,8 +792,8 @@ async fn stuck(shared: &Shared, submitted: usize, total: usize, after_ms: u64) -
     )
 }
 
-/// One life of the engine host: recover, submit what the client has not yet had
-/// acknowledged, then serve until crashed. A storage error on the way is waited out and
+/// One life of the engine host: recover, register the workload's schedules, then serve the
+/// API until crashed. A storage error on the way is waited out and
 /// retried, as a supervisor would restart a failed start-up.
 async fn boot(
     shared: Arc<Shared>,
@@ -754,30 +828,6 @@ async fn boot(
         tracing::warn!("recovery failed, retrying: {e}");
         tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
     }
-    if !scenario.workload.signals.is_empty() {
-        tokio::spawn(send_signals(
-            engine.clone(),
-            shared.clone(),
-            scenario.clone(),
-        ));
-    }
-    for tenant in &scenario.workload.tenants {
-        let tenant = engine.tenant(tenant).expect("checked at load");
-        while let Err(e) = tenant
-            .register_definition((*scenario.process).clone())
-            .await
-        {
-            tracing::warn!(tenant = %tenant.name(), "registering failed, retrying: {e}");
-            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-        }
-    }
-    for def in &scenario.workload.loaded_definitions {
-        // Unchanged content registers as the current version: nothing new.
-        while let Err(e) = engine.register_definition((**def).clone()).await {
-            tracing::warn!(definition = %def.name, "registering failed, retrying: {e}");
-            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-        }
-    }
     for s in &scenario.workload.schedules {
         // Registering again keeps the planner's state: what fired stays fired.
         let (spec, input) = (s.schedule.clone(), s.input.clone());
@@ -800,74 +850,40 @@ async fn boot(
     if let Some(purge) = scenario.workload.purge.clone() {
         tokio::spawn(run_purge(engine.clone(), shared.clone(), purge));
     }
-    loop {
-        let n = shared.submitted.load(Ordering::SeqCst);
-        if n >= scenario.workload.executions {
-            break;
-        }
-        if let Err(e) = apply_versions(&engine, &shared, &scenario, n).await {
-            tracing::warn!("definition change failed, retrying: {e}");
-            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-            continue;
-        }
-        // The client's id for its nth submission: the same in every life of the engine, so a
-        // submission whose fate is unknown is retried, never doubled.
-        let id = format!("{}-{n:04}", scenario.name);
-        if let Err(e) = submit(&engine, &scenario, &id).await {
-            tracing::warn!(execution = %id, "submission failed, retrying: {e}");
-            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-            continue;
-        }
-        shared
-            .acknowledged
-            .lock()
-            .expect("ack lock")
-            .push(id.clone());
-        shared.submitted.fetch_add(1, Ordering::SeqCst);
-        if scenario.workload.spacing_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(scenario.workload.spacing_ms)).await;
-        }
-    }
-    std::future::pending::<()>().await;
+    let auth = if scenario.workload.tenants.is_empty() {
+        Auth::Open
+    } else {
+        Auth::Tokens(
+            scenario
+                .workload
+                .tenants
+                .iter()
+                .map(|tenant| TokenEntry {
+                    name: "client".to_string(),
+                    token: crate::client::token_for(tenant),
+                    tenant: tenant.clone(),
+                })
+                .collect(),
+        )
+    };
+    let api = Api::new(engine.clone(), auth);
+    let listener = SimNetwork
+        .bind(&format!("0.0.0.0:{API_PORT}"))
+        .await
+        .map_err(|e| format!("the API cannot listen: {e}"))?;
+    // Never stops by itself: the host dies by crash or at the end of the run.
+    api.serve(listener, 0, std::future::pending()).await;
     Ok(())
-}
-
-/// Sends the workload's signals: each to every execution once it is due and the execution
-/// acknowledged, retried until the engine takes it. Every life of the engine host sends them
-/// all again under the same signal ids, so a send whose fate a crash hid is repeated, and the
-/// engine applies each id once.
-async fn send_signals(engine: Engine, shared: Arc<Shared>, scenario: Scenario) {
-    let mut due: Vec<(usize, &WorkloadSignal)> =
-        scenario.workload.signals.iter().enumerate().collect();
-    due.sort_by_key(|(k, s)| (s.at_ms, *k));
-    for (k, signal) in due {
-        sleep_until_sim_ms(signal.at_ms).await;
-        for n in 0..scenario.workload.executions {
-            while shared.submitted.load(Ordering::SeqCst) <= n {
-                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-            }
-            let id = format!("{}-{n:04}", scenario.name);
-            let request = SignalRequest {
-                id: format!("{id}:{}:{k}", signal.name),
-                name: signal.name.clone(),
-                payload: signal.payload.clone(),
-            };
-            while let Err(e) = engine.signal(&id, request.clone()).await {
-                tracing::warn!(execution = %id, "signal failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-            }
-        }
-    }
 }
 
 /// Simulated time since the run began (not the engine's clock, which `clock.start` and clock
 /// jumps move).
-fn sim_elapsed_ms() -> u64 {
+pub(crate) fn sim_elapsed_ms() -> u64 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
 }
 
 /// Sleeps until the run is `at_ms` old (at once if it is already).
-async fn sleep_until_sim_ms(at_ms: u64) {
+pub(crate) async fn sleep_until_sim_ms(at_ms: u64) {
     let elapsed_ms = sim_elapsed_ms();
     if at_ms > elapsed_ms {
         tokio::time::sleep(Duration::from_millis(at_ms - elapsed_ms)).await;
@@ -905,95 +921,6 @@ async fn run_purge(engine: Engine, shared: Arc<Shared>, purge: crate::scenario::
                 tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
             }
         }
-    }
-}
-
-/// Registers the process as version 1 if nothing is registered yet, then applies every
-/// definition change due before submission `n` that has not been applied. A change whose
-/// fate a crash hid is applied again: registering unchanged content, or making the same
-/// version current, changes nothing.
-async fn apply_versions(
-    engine: &Engine,
-    shared: &Shared,
-    scenario: &Scenario,
-    n: usize,
-) -> Result<(), proctor::driver::Error> {
-    let versions = &scenario.workload.versions;
-    if versions.is_empty() {
-        return Ok(());
-    }
-    let name = &scenario.process.name;
-    let tenant = proctor::core::DEFAULT_TENANT;
-    if engine
-        .store()
-        .definition(tenant, name, None)
-        .await?
-        .is_none()
-    {
-        engine
-            .register_definition((*scenario.process).clone())
-            .await?;
-    }
-    loop {
-        let k = shared.versions_applied.load(Ordering::SeqCst);
-        let Some(change) = versions.get(k).filter(|c| c.after <= n) else {
-            return Ok(());
-        };
-        match (&change.loaded, change.current) {
-            (Some(process), _) => {
-                engine.register_definition((**process).clone()).await?;
-            }
-            (None, Some(version)) => engine.set_current_definition(name, version).await?,
-            (None, None) => unreachable!("checked at load"),
-        }
-        shared.versions_applied.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Creates and starts execution `id`, idempotently: it may already exist (an earlier
-/// attempt landed), and may already be running (recovery started it).
-async fn submit(
-    engine: &Engine,
-    scenario: &Scenario,
-    id: &str,
-) -> Result<(), proctor::driver::Error> {
-    let input = scenario.workload.input.clone();
-    let tenants = &scenario.workload.tenants;
-    if !tenants.is_empty() {
-        let n: usize = id[id.len() - 4..]
-            .parse()
-            .expect("workload ids end in 4 digits");
-        let tenant = engine
-            .tenant(&tenants[n % tenants.len()])?
-            .acting_as("client");
-        let name = &scenario.process.name;
-        match tenant.create(id, name, None, input).await {
-            Ok(_) | Err(proctor::driver::Error::Store(store::Error::Duplicate(_))) => {}
-            Err(e) => return Err(e),
-        }
-        return match tenant.start(id).await {
-            Ok(_) | Err(proctor::driver::Error::AlreadyLive(_)) => Ok(()),
-            Err(e) => Err(e),
-        };
-    }
-    let created = if scenario.workload.versions.is_empty() {
-        engine
-            .create_with_id(id, scenario.process.clone(), input)
-            .await
-    } else {
-        let name = &scenario.process.name;
-        engine
-            .create_registered(id, name, None, input)
-            .await
-            .map(|_| ())
-    };
-    match created {
-        Ok(()) | Err(proctor::driver::Error::Store(store::Error::Duplicate(_))) => {}
-        Err(e) => return Err(e),
-    }
-    match engine.start(id).await {
-        Ok(_) | Err(proctor::driver::Error::AlreadyLive(_)) => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

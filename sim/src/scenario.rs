@@ -32,6 +32,10 @@ use crate::runner::EPOCH_MS;
 pub const ENGINE_HOST: &str = "engine";
 /// The port every agent host serves on.
 pub const AGENT_PORT: u16 = 9000;
+/// The host that drives the workload through the API.
+pub const CLIENT_HOST: &str = "client";
+/// Where the engine host serves its HTTP API.
+pub const API_PORT: u16 = 8080;
 /// Upper bound on executions in one scenario.
 pub const MAX_EXECUTIONS: usize = 1_000;
 
@@ -263,6 +267,9 @@ pub enum Point {
     /// After the nth storage write is durable, before the engine sees the reply (so before it
     /// acts on it: no agent call, no ack to a caller).
     AfterCommit,
+    /// After the nth execution create is durable, before the engine sees the reply (so before
+    /// the API answers the client's start: the client must ask again).
+    AfterCreate,
     /// When an agent has applied the nth matching step call and its reply is on the wire.
     StepRunning,
     /// Right after the nth matching timer step started durably (its wake-up not yet armed).
@@ -274,6 +281,7 @@ impl Point {
         match self {
             Point::BeforeCommit => "before_commit",
             Point::AfterCommit => "after_commit",
+            Point::AfterCreate => "after_create",
             Point::StepRunning => "step_running",
             Point::TimerWaiting => "timer_waiting",
         }
@@ -358,6 +366,10 @@ pub struct Expect {
     /// recovery) within this many simulated ms.
     #[serde(default)]
     pub resume_within_ms: Option<u64>,
+    /// At least this many starts were answered with the execution an earlier request under
+    /// the same idempotency key created (`created: false`): the client really retried.
+    #[serde(default)]
+    pub min_replayed_starts: Option<usize>,
 }
 
 /// A loaded, checked scenario.
@@ -478,7 +490,8 @@ impl Scenario {
                 "workload.executions: must be between {at_least} and {MAX_EXECUTIONS}"
             )));
         }
-        let hosts: Vec<&str> = std::iter::once(ENGINE_HOST)
+        let hosts: Vec<&str> = [ENGINE_HOST, CLIENT_HOST]
+            .into_iter()
             .chain(agent_names.iter().map(String::as_str))
             .collect();
         // A step's compensating action is called as `<step>#compensate`, and a `foreach`

@@ -50,7 +50,7 @@ pub struct Faults {
     /// Per-write chance of each storage fault (chaos).
     pub io_error_rate: f64,
     pub ambiguous_rate: f64,
-    /// Crashes at `before_commit`, `after_commit` and `timer_waiting`.
+    /// Crashes at `before_commit`, `after_commit`, `after_create` and `timer_waiting`.
     pub crashes: Vec<PointCrash>,
     /// Set when a point crash fired: the fault index. The runner crashes the engine host and
     /// clears it; until then every write waits forever.
@@ -161,8 +161,9 @@ impl FaultyStore {
         }
     }
 
-    /// The checks after a durable write: `after_commit` and `timer_waiting` crashes.
-    async fn after_write(&self, execution: &Execution, events: &[EventRecord]) {
+    /// The checks after a durable write: `after_commit`, `after_create` (when `created`)
+    /// and `timer_waiting` crashes.
+    async fn after_write(&self, execution: &Execution, events: &[EventRecord], created: bool) {
         let timers_started: Vec<&str> = events
             .iter()
             .filter_map(|e| match &e.event {
@@ -180,6 +181,7 @@ impl FaultyStore {
         let dying = {
             let mut faults = self.faults();
             let fired = faults.fire(Point::AfterCommit, |_| true).is_some()
+                || (created && faults.fire(Point::AfterCreate, |_| true).is_some())
                 || timers_started.iter().any(|started| {
                     faults
                         .fire(Point::TimerWaiting, |c| {
@@ -215,7 +217,7 @@ impl Storage for FaultyStore {
         self.inner
             .commit(execution, steps, events, checkpoints)
             .await?;
-        self.after_write(execution, events).await;
+        self.after_write(execution, events, false).await;
         match fault {
             Some(kind) => Err(Self::spoiled(kind)),
             None => Ok(()),
@@ -228,7 +230,7 @@ impl Storage for FaultyStore {
             return Err(Self::spoiled(StorageFault::IoError));
         }
         self.inner.create(execution).await?;
-        self.after_write(execution, &[]).await;
+        self.after_write(execution, &[], true).await;
         match fault {
             Some(kind) => Err(Self::spoiled(kind)),
             None => Ok(()),

@@ -17,6 +17,9 @@ pub struct Summary {
     pub simulated_ms: u64,
     pub engine_boots: u32,
     pub acknowledged: usize,
+    /// Starts answered with the execution their idempotency key had already created.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replayed_starts: usize,
     /// Final statuses of the acknowledged executions, counted.
     pub statuses: BTreeMap<String, usize>,
     /// Faults injected, by kind.
@@ -48,6 +51,7 @@ impl Summary {
             simulated_ms: outcome.elapsed_ms,
             engine_boots: outcome.engine_boots,
             acknowledged: outcome.acknowledged.len(),
+            replayed_starts: outcome.starts.iter().filter(|s| !s.created).count(),
             statuses: outcome.status_counts(),
             faults: outcome.faults.clone(),
             chaos_kinds: outcome.chaos_kinds.clone(),
@@ -80,4 +84,8 @@ impl Summary {
             self.trace_hash
         )
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

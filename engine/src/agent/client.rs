@@ -13,7 +13,12 @@ use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use super::{AgentRequest, ErrorBody};
+use tokio::sync::mpsc;
+
+use super::{
+    AgentProgress, AgentRequest, ErrorBody, MAX_PROGRESS_KIND_BYTES, MAX_PROGRESS_LINE_BYTES,
+    MAX_PROGRESS_PER_CALL,
+};
 use crate::core::{ErrorKind, StepError};
 use crate::network::Network;
 
@@ -52,6 +57,19 @@ impl AgentClient {
         request: &AgentRequest,
         timeout_ms: u64,
     ) -> Result<Value, StepError> {
+        self.call_observed(addr, request, timeout_ms, None).await
+    }
+
+    /// [`AgentClient::call`], handing each progress line a streaming agent sends to
+    /// `progress` (at most [`MAX_PROGRESS_PER_CALL`], so a channel of that capacity never
+    /// fills), in order, before the result is returned.
+    pub async fn call_observed(
+        &self,
+        addr: &str,
+        request: &AgentRequest,
+        timeout_ms: u64,
+        progress: Option<&mpsc::Sender<AgentProgress>>,
+    ) -> Result<Value, StepError> {
         let connect = tokio::time::timeout(
             Duration::from_millis(self.limits.connect_timeout_ms),
             self.net.connect(addr),
@@ -75,7 +93,7 @@ impl AgentClient {
             }
             Ok(Ok(conn)) => conn,
         };
-        let exchange = self.exchange(conn, addr, request);
+        let exchange = self.exchange(conn, addr, request, progress);
         match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
             Err(_) => Err(StepError::new(
                 ErrorKind::Timeout,
@@ -90,6 +108,7 @@ impl AgentClient {
         conn: Box<dyn crate::network::Conn>,
         addr: &str,
         request: &AgentRequest,
+        progress: Option<&mpsc::Sender<AgentProgress>>,
     ) -> Result<Value, StepError> {
         let broken = |what: &str, e: &dyn std::fmt::Display| {
             StepError::new(ErrorKind::Connection, format!("{what} {addr}: {e}"))
@@ -111,6 +130,16 @@ impl AgentClient {
                 .await
                 .map_err(|e| broken("request to", &e))?;
             let status = response.status();
+            let streamed = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(NDJSON));
+            if status.is_success() && streamed {
+                return self
+                    .read_stream(response.into_body(), addr, status.as_u16(), progress)
+                    .await;
+            }
             let body = Limited::new(response.into_body(), self.limits.max_response_bytes)
                 .collect()
                 .await
@@ -128,13 +157,143 @@ impl AgentClient {
                     }
                 })?
                 .to_bytes();
-            Ok::<_, StepError>((status, body))
+            classify(status.as_u16(), &body)
         }
         .await;
         driver.abort();
-        let (status, body) = result?;
-        classify(status.as_u16(), &body)
+        result
     }
+
+    /// Reads a streamed (NDJSON) answer: progress lines, then the result line.
+    async fn read_stream(
+        &self,
+        mut body: hyper::body::Incoming,
+        addr: &str,
+        status: u16,
+        progress: Option<&mpsc::Sender<AgentProgress>>,
+    ) -> Result<Value, StepError> {
+        let invalid = |message: String| StepError {
+            kind: ErrorKind::InvalidResponse,
+            error_type: None,
+            message,
+            status: Some(status),
+        };
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut relayed = 0usize;
+        loop {
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                match parse_line(&line).map_err(&invalid)? {
+                    Line::Blank => {}
+                    Line::Progress(p) => {
+                        if relayed < MAX_PROGRESS_PER_CALL {
+                            relayed += 1;
+                            if let Some(tx) = progress {
+                                // Capacity MAX_PROGRESS_PER_CALL: never full.
+                                let _ = tx.try_send(p);
+                            }
+                        }
+                    }
+                    Line::Done(result) => {
+                        return result.map_err(|e| StepError {
+                            status: Some(status),
+                            ..e
+                        })
+                    }
+                }
+            }
+            if buffer.len() > MAX_PROGRESS_LINE_BYTES {
+                return Err(invalid(format!(
+                    "a line from {addr} is over {MAX_PROGRESS_LINE_BYTES} bytes"
+                )));
+            }
+            match body.frame().await {
+                None => {
+                    // The last line may lack its newline.
+                    return match parse_line(&buffer).map_err(&invalid)? {
+                        Line::Done(result) => result,
+                        _ => Err(invalid(format!(
+                            "the stream from {addr} ended without an output or error line"
+                        ))),
+                    };
+                }
+                Some(Err(e)) => {
+                    return Err(StepError::new(
+                        ErrorKind::Connection,
+                        format!("reading the stream from {addr}: {e}"),
+                    ))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len();
+                        if total > self.limits.max_response_bytes {
+                            return Err(invalid(format!(
+                                "response from {addr} is over {} bytes",
+                                self.limits.max_response_bytes
+                            )));
+                        }
+                        buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The media type of a streamed answer.
+const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a streamed answer.
+enum Line {
+    Blank,
+    Progress(AgentProgress),
+    Done(Result<Value, StepError>),
+}
+
+fn parse_line(line: &[u8]) -> Result<Line, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("stream line is not UTF-8: {e}"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Line::Blank);
+    }
+    let shown = || text.chars().take(200).collect::<String>();
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| format!("stream line is not JSON ({e}): {}", shown()))?;
+    let Value::Object(mut fields) = value else {
+        return Err(format!("stream line is not an object: {}", shown()));
+    };
+    if fields.len() != 1 {
+        return Err(format!(
+            "a stream line holds exactly one of progress, output, error: {}",
+            shown()
+        ));
+    }
+    if let Some(p) = fields.remove("progress") {
+        let p: AgentProgress = serde_json::from_value(p)
+            .map_err(|e| format!("bad progress line ({e}): {}", shown()))?;
+        if !crate::name::is_plain(&p.kind, MAX_PROGRESS_KIND_BYTES) {
+            return Err(format!("progress kind {:?} is not a plain name", p.kind));
+        }
+        return Ok(Line::Progress(p));
+    }
+    if let Some(output) = fields.remove("output") {
+        return Ok(Line::Done(Ok(output)));
+    }
+    if let Some(error) = fields.remove("error") {
+        let detail: super::ErrorDetail = serde_json::from_value(error)
+            .map_err(|e| format!("bad error line ({e}): {}", shown()))?;
+        return Ok(Line::Done(Err(StepError {
+            kind: ErrorKind::Agent,
+            error_type: Some(detail.error_type),
+            message: detail.message,
+            status: None,
+        })));
+    }
+    Err(format!(
+        "a stream line holds exactly one of progress, output, error: {}",
+        shown()
+    ))
 }
 
 /// Maps a response to the step's output or error.

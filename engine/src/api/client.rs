@@ -194,6 +194,21 @@ impl ApiClient {
         self.call(Method::POST, "/api/definitions", &[], body).await
     }
 
+    /// Registers a parsed definition (sent as JSON).
+    pub async fn register_process(
+        &self,
+        process: &crate::definition::ProcessDef,
+    ) -> Result<Registered, ClientError> {
+        let body = serde_json::to_vec(process).expect("definitions serialize");
+        self.call(
+            Method::POST,
+            "/api/definitions",
+            &[],
+            Some(("application/json", body)),
+        )
+        .await
+    }
+
     pub async fn set_current_definition(
         &self,
         name: &str,

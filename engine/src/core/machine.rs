@@ -55,6 +55,15 @@ pub enum Input {
     },
     /// Cancel the execution; a no-op once it is terminal.
     Cancel { reason: Option<String> },
+    /// An agent working on a call reported progress. Recorded as an
+    /// [`DomainEvent::AgentProgress`] while that attempt is the one in flight; dropped
+    /// otherwise (a late report of an abandoned or superseded attempt).
+    AgentProgress {
+        step: usize,
+        lane: Lane,
+        attempt: u32,
+        progress: crate::agent::AgentProgress,
+    },
     /// `input`, made by `actor`: when it changes anything, an [`DomainEvent::Audit`] naming
     /// who and what comes first in the same transition, so the audit history is exactly as
     /// durable as the change (the events are the audit log).
@@ -301,6 +310,31 @@ impl Execution {
                 let event = DomainEvent::ExecutionStarted {
                     process: self.process.name.clone(),
                     version: self.process.version,
+                };
+                self.emit(&mut cx, event);
+            }
+            Input::AgentProgress {
+                step,
+                lane,
+                attempt,
+                progress,
+            } => {
+                let current = match lane {
+                    Lane::Main => {
+                        self.is_current(step, attempt, StepStatus::Running)
+                            && matches!(self.process.steps[step].kind, StepKind::AgentTask(_))
+                    }
+                    Lane::Item(index) => self.is_item(step, index, attempt, CallStatus::Running),
+                    Lane::Compensation => self.is_compensating(step, attempt, CallStatus::Running),
+                };
+                if !current {
+                    return cx.tx;
+                }
+                let event = DomainEvent::AgentProgress {
+                    step: lane.wire_id(&self.process.steps[step].id),
+                    attempt,
+                    kind: progress.kind,
+                    data: progress.data,
                 };
                 self.emit(&mut cx, event);
             }

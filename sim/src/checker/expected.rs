@@ -1,6 +1,7 @@
 //! `expected_outcome`: the run ended as the scenario says it must (`expect.status`, final
 //! execution statuses counted, children included; `expect.steps`, final statuses of named
-//! steps counted over the executions of the scenario's process). Not one of DESIGN §4's invariants: the scenario's own claim, such as "every
+//! steps counted over the executions of the scenario's process; `expect.min_replayed_starts`,
+//! starts answered with an execution their key had already created). Not one of DESIGN §4's invariants: the scenario's own claim, such as "every
 //! booking was compensated".
 
 use std::collections::BTreeMap;
@@ -24,6 +25,15 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
                 expect.status
             ),
         ));
+    }
+    if let Some(min) = expect.min_replayed_starts {
+        let replayed = outcome.starts.iter().filter(|s| !s.created).count();
+        if replayed < min {
+            out.push(Violation::new(
+                NAME,
+                format!("{replayed} starts were answered as replays, expected at least {min}"),
+            ));
+        }
     }
     if !expect.versions.is_empty() {
         let mut seen: BTreeMap<u32, usize> = BTreeMap::new();

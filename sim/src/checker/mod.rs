@@ -8,6 +8,7 @@ mod dependencies;
 mod durable_state;
 mod expected;
 mod history;
+mod idempotency;
 mod liveness;
 mod once;
 mod progress;
@@ -77,6 +78,7 @@ pub const NAMES: &[&str] = &[
     "tenant_isolation",
     "retention_respected",
     "progress_monotonic",
+    "idempotent_starts",
 ];
 
 /// Runs every checker.
@@ -94,6 +96,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     tenants::check(scenario, outcome, &mut out);
     retention::check(scenario, outcome, &mut out);
     progress::check(scenario, outcome, &mut out);
+    idempotency::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(

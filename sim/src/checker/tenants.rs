@@ -17,10 +17,13 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
     if tenants.is_empty() {
         return;
     }
-    let owner = |id: &str| -> Option<&String> {
-        let n: usize = id.get(id.len().saturating_sub(4)..)?.parse().ok()?;
-        tenants.get(n % tenants.len())
-    };
+    // Who submitted each execution: the tenant whose token started it.
+    let submitter: std::collections::BTreeMap<&str, &String> = outcome
+        .starts
+        .iter()
+        .filter_map(|s| Some((s.id.as_str(), s.tenant.as_ref()?)))
+        .collect();
+    let owner = |id: &str| -> Option<&String> { submitter.get(id).copied() };
     for (execution, events) in &outcome.executions {
         let Some(want) = owner(&execution.id) else {
             continue;
