@@ -50,6 +50,9 @@ const INBOX_CAPACITY: usize = crate::definition::MAX_STEPS_PER_PROCESS + INBOX_S
 struct Envelope {
     input: Input,
     ack: Option<oneshot::Sender<bool>>,
+    /// An agent call's result holds the call's place in the in-flight count until the
+    /// transition that records it is committed (or the input is dropped).
+    hold: Option<CallInFlight>,
 }
 
 /// What became of an input sent to a live execution.
@@ -127,9 +130,6 @@ pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Longest idempotency key a client may send.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
-
-/// After the last agent call of a drain finishes: time for its result to be committed.
-const DRAIN_SETTLE_MS: u64 = 50;
 
 fn check_idempotency_key(key: &str) -> Result<(), Error> {
     let ok = !key.is_empty()
@@ -230,7 +230,8 @@ struct Inner {
     keep_checkpoints: Option<usize>,
     /// Set by [`Engine::drain`]: no new agent call starts.
     draining: std::sync::atomic::AtomicBool,
-    /// Agent calls in flight; [`Engine::drain`] waits for zero.
+    /// Agent calls in flight, each until its result is committed; [`Engine::drain`] waits for
+    /// zero.
     calls_in_flight: watch::Sender<usize>,
 }
 
@@ -775,14 +776,10 @@ impl Engine {
         let clock = self.inner.clock.clone();
         let deadline = clock.now_ms() + grace_ms;
         tokio::select! {
+            biased;
             _ = calls.wait_for(|n| *n == 0) => {}
             _ = clock.sleep_until_ms(deadline) => {}
         }
-        // A finished call's result is committed by its execution's task; give those a moment.
-        let settle = clock.now_ms() + DRAIN_SETTLE_MS;
-        clock
-            .sleep_until_ms(settle.min(deadline.max(clock.now_ms())))
-            .await;
         let abandoned = *calls.borrow();
         DrainReport {
             in_flight_at_start,
@@ -1111,6 +1108,7 @@ impl Engine {
         let envelope = Envelope {
             input,
             ack: Some(ack),
+            hold: None,
         };
         if inbox.send(envelope).await.is_err() {
             // The task ended between the lookup and the send.
@@ -1244,6 +1242,7 @@ impl Inner {
         let mut queue = VecDeque::from([Envelope {
             input: first,
             ack: None,
+            hold: None,
         }]);
         let mut storage_failures: u32 = 0;
         let result = loop {
@@ -1289,12 +1288,14 @@ impl Inner {
                         queue.push_front(Envelope {
                             input: Input::Recover { action },
                             ack: None,
+                            hold: None,
                         });
                     }
                     if let Some(input) = retry {
                         queue.push_back(Envelope {
                             input,
                             ack: envelope.ack,
+                            hold: None,
                         });
                     }
                     continue;
@@ -1309,6 +1310,8 @@ impl Inner {
             if let Some(ack) = envelope.ack {
                 let _ = ack.send(changed);
             }
+            // The call's result is committed: it no longer counts as in flight.
+            drop(envelope.hold);
         };
         for (_, handle) in in_flight {
             handle.abort();
@@ -1346,7 +1349,13 @@ impl Inner {
                         attempt: 1,
                         result,
                     };
-                    let _ = tx.send(Envelope { input, ack: None }).await;
+                    let _ = tx
+                        .send(Envelope {
+                            input,
+                            ack: None,
+                            hold: None,
+                        })
+                        .await;
                 });
                 ((step, Lane::Main), task.abort_handle())
             }
@@ -1382,7 +1391,7 @@ impl Inner {
                 let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
                 let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
                 let task = tokio::spawn(async move {
-                    let Some(_counted) = counted else {
+                    let Some(counted) = counted else {
                         // Shutting down: the call stays dispatched in storage, and recovery
                         // sends it at the next start.
                         return std::future::pending::<()>().await;
@@ -1398,6 +1407,7 @@ impl Inner {
                             progress,
                         },
                         ack: None,
+                        hold: None,
                     };
                     let result = {
                         let calling = client.call_observed(
@@ -1426,7 +1436,13 @@ impl Inner {
                         attempt: call.attempt,
                         result,
                     };
-                    let _ = tx.send(Envelope { input, ack: None }).await;
+                    let _ = tx
+                        .send(Envelope {
+                            input,
+                            ack: None,
+                            hold: Some(counted),
+                        })
+                        .await;
                 });
                 ((call.step, call.lane), task.abort_handle())
             }
@@ -1444,7 +1460,13 @@ impl Inner {
                         lane,
                         attempt,
                     };
-                    let _ = tx.send(Envelope { input, ack: None }).await;
+                    let _ = tx
+                        .send(Envelope {
+                            input,
+                            ack: None,
+                            hold: None,
+                        })
+                        .await;
                 });
                 ((step, lane), task.abort_handle())
             }

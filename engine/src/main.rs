@@ -533,6 +533,7 @@ async fn stop_signal() {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
+                    biased;
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
                 }

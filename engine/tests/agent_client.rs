@@ -187,3 +187,54 @@ async fn example_agent_rejects_bad_requests_with_4xx() {
     assert!(response.contains("bad_request"), "{response}");
     assert!(agent.ledger().requests.is_empty());
 }
+
+/// A streaming agent's progress lines arrive in order, before its output.
+#[tokio::test]
+async fn streamed_progress_arrives_in_order_before_the_output() {
+    let behaviour = Behaviour {
+        progress: true,
+        delay_ms: 20,
+        ..Behaviour::default()
+    };
+    let agent = example::start(&TokioNetwork, "127.0.0.1:0", "streamer", behaviour)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(proctor::agent::MAX_PROGRESS_PER_CALL);
+    let out = client()
+        .call_observed(&agent.address(), &request(), 2_000, Some(&tx))
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!({"x": 1}));
+    let mut kinds = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        assert_eq!(p.data["n"], json!(kinds.len() + 1), "{p:?}");
+        assert_eq!(p.data["step"], json!("s1"));
+        kinds.push(p.kind);
+    }
+    assert_eq!(kinds, proctor::agent::PROGRESS_KINDS);
+}
+
+#[tokio::test]
+async fn a_streamed_error_line_is_a_step_error() {
+    let body: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n{\"progress\":{\"kind\":\"agent_started\"}}\n{\"error\":{\"type\":\"quota\",\"message\":\"over quota\"}}\n";
+    let addr = raw_server(body).await;
+    let err = client().call(&addr, &request(), 1_000).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.error_type.as_deref(), err.message.as_str()),
+        (ErrorKind::Agent, Some("quota"), "over quota")
+    );
+}
+
+#[tokio::test]
+async fn a_stream_without_a_result_line_is_an_invalid_response() {
+    let body: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n{\"progress\":{\"kind\":\"agent_started\"}}\n";
+    let addr = raw_server(body).await;
+    let err = client().call(&addr, &request(), 1_000).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidResponse, "{err}");
+    assert!(err.message.contains("without an output or error"), "{err}");
+    let junk: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n{\"progress\":{\"kind\":\"no spaces allowed\"}}\n{\"output\":1}\n";
+    let addr = raw_server(junk).await;
+    let err = client().call(&addr, &request(), 1_000).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidResponse, "{err}");
+    assert!(err.message.contains("not a plain name"), "{err}");
+}

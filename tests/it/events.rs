@@ -1,5 +1,6 @@
 //! Domain events: sequences, error payloads, numbering, timestamps, and bus/store agreement.
 
+use proctor::agent::example::Behaviour;
 use proctor::core::ErrorKind;
 use proctor::event::DomainEvent;
 use proctor_tests::*;
@@ -206,4 +207,60 @@ steps:
 
     let bus = t.bus_events_of(&execution.id);
     assert_eq!(bus, events, "bus order == store order");
+}
+
+/// An agent's streamed progress becomes `AgentProgress` events of its execution, tagged with
+/// the step and attempt, in order, between the step's start and its completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_progress_is_relayed_into_the_history_in_order() {
+    let streaming = Behaviour {
+        progress: true,
+        delay_ms: 5,
+        ..Behaviour::default()
+    };
+    let t = TestEngine::start(TWO, &[("worker", streaming)]).await;
+    let (first, second) = tokio::join!(t.run(json!({})), t.run(json!({})));
+    for execution in [first, second] {
+        assert_eq!(execution.status.to_string(), "completed");
+        let events = t.events_of(&execution.id).await;
+        for step in ["a", "b"] {
+            let at = |kind: &str| {
+                events
+                    .iter()
+                    .position(|e| e.event.kind() == kind && e.event.step() == Some(step))
+                    .unwrap_or_else(|| panic!("no {kind} for {step}"))
+            };
+            let progress: Vec<&proctor::event::EventRecord> = events
+                .iter()
+                .filter(|e| e.event.kind() == "AgentProgress" && e.event.step() == Some(step))
+                .collect();
+            let kinds: Vec<&str> = progress
+                .iter()
+                .map(|e| match &e.event {
+                    DomainEvent::AgentProgress {
+                        kind,
+                        data,
+                        attempt,
+                        ..
+                    } => {
+                        // Never another execution's or step's report.
+                        assert_eq!(data["execution_id"], json!(execution.id));
+                        assert_eq!(data["step"], json!(step));
+                        assert_eq!(*attempt, 1);
+                        kind.as_str()
+                    }
+                    _ => unreachable!(),
+                })
+                .collect();
+            assert_eq!(kinds, proctor::agent::PROGRESS_KINDS, "{step}");
+            let (started, completed) = (at("StepStarted"), at("StepCompleted"));
+            for e in &progress {
+                let i = events.iter().position(|x| x.seq == e.seq).unwrap();
+                assert!(
+                    started < i && i < completed,
+                    "{step}: progress outside its attempt"
+                );
+            }
+        }
+    }
 }

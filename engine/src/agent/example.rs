@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -72,6 +73,12 @@ pub struct Behaviour {
     /// Fixed outputs by step id; other steps get the echo output.
     #[serde(default)]
     pub outputs: BTreeMap<String, Value>,
+    /// Stream the answer as NDJSON: the reference progress kinds (`agent_started` and
+    /// `agent_thinking` before the delay, `tool_executing`, `tool_completed` and
+    /// `agent_completed` after it), each with `{execution_id, step, attempt, n}`, then the
+    /// output (or the failure) as the last line. A hang sends the first two and goes silent.
+    #[serde(default)]
+    pub progress: bool,
 }
 
 impl Behaviour {
@@ -251,8 +258,10 @@ async fn serve(mut listener: Box<dyn Listener>, agent: Arc<Agent>, ledger: Arc<M
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -261,7 +270,7 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
+fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
     reply(
         status,
         json!({"error": {"type": error_type, "message": message}}),
@@ -279,8 +288,8 @@ async fn handle(
     req: Request<Incoming>,
     agent: Arc<Agent>,
     ledger: Arc<Mutex<Ledger>>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (name, behaviour) = (&agent.name, &agent.behaviour);
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let behaviour = &agent.behaviour;
     if req.method() == hyper::Method::GET && req.uri().path() == "/ledger" {
         // For tests in another process (crash tests): what this agent has seen and applied.
         let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -327,42 +336,14 @@ async fn handle(
         behaviour,
         &mut agent.rng.lock().unwrap_or_else(|p| p.into_inner()),
     );
+    if behaviour.progress {
+        return Ok(stream_answer(agent, ledger, request, rolls));
+    }
     let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
-    let outcome = {
-        let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger.requests.push(request.clone());
-        let attempts = {
-            let n = ledger
-                .attempts
-                .entry(request.idempotency_key.clone())
-                .or_insert(0);
-            *n += 1;
-            *n
-        };
-        if attempts <= behaviour.hang_first || rolls.hang {
-            Outcome::Hang
-        } else if attempts <= behaviour.fail_first
-            || behaviour.fail_steps.contains(&request.step_id)
-            || rolls.fail
-        {
-            Outcome::Fail(attempts)
-        } else {
-            // Apply the effect once per key; a repeated key gets the same answer without a new
-            // effect.
-            let effects = ledger
-                .effects
-                .entry(request.idempotency_key.clone())
-                .or_insert(0);
-            if *effects == 0 {
-                *effects = 1;
-            }
-            Outcome::Answer
-        }
-    };
-    match outcome {
+    match decide(behaviour, &rolls, &ledger, &request) {
         // Recorded above, so the simulator sees the attempt; only the caller's timeout ends it.
         Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
         Outcome::Fail(attempts) => {
@@ -370,31 +351,145 @@ async fn handle(
                 .fail_status
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let error_type = behaviour.error_type.as_deref().unwrap_or("unavailable");
-            Ok(error_reply(
-                status,
-                error_type,
-                &format!(
-                    "{name} failing attempt {attempts} of {}",
-                    request.idempotency_key
-                ),
-            ))
+            let (error_type, message) = failure(&agent, &request, attempts);
+            Ok(error_reply(status, &error_type, &message))
         }
-        Outcome::Answer => {
-            let output = behaviour
-                .outputs
-                .get(&request.step_id)
-                .cloned()
-                .unwrap_or_else(|| {
-                    json!({
-                        "agent": name,
-                        "step": request.step_id,
-                        "attempt": request.attempt,
-                        "echo": request.input,
-                    })
-                });
-            Ok(reply(StatusCode::OK, output))
+        Outcome::Answer => Ok(reply(StatusCode::OK, output(&agent, &request))),
+    }
+}
+
+/// The failure an attempt gets: its `error.type` and message.
+fn failure(agent: &Agent, request: &AgentRequest, attempts: u32) -> (String, String) {
+    let error_type = agent
+        .behaviour
+        .error_type
+        .as_deref()
+        .unwrap_or("unavailable");
+    let message = format!(
+        "{} failing attempt {attempts} of {}",
+        agent.name, request.idempotency_key
+    );
+    (error_type.to_string(), message)
+}
+
+/// The output of a successful attempt.
+fn output(agent: &Agent, request: &AgentRequest) -> Value {
+    agent
+        .behaviour
+        .outputs
+        .get(&request.step_id)
+        .cloned()
+        .unwrap_or_else(|| {
+            json!({
+                "agent": agent.name,
+                "step": request.step_id,
+                "attempt": request.attempt,
+                "echo": request.input,
+            })
+        })
+}
+
+/// A streamed (NDJSON) answer, written by a task as the work goes on.
+fn stream_answer(
+    agent: Arc<Agent>,
+    ledger: Arc<Mutex<Ledger>>,
+    request: AgentRequest,
+    rolls: Rolls,
+) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        let line = |value: Value| Bytes::from(format!("{value}\n"));
+        let mut progress = |kind: &str| {
+            n += 1;
+            line(json!({"progress": {"kind": kind, "data": {
+                "execution_id": request.execution_id,
+                "step": request.step_id,
+                "attempt": request.attempt,
+                "n": n,
+            }}}))
+        };
+        let delay_ms = agent.behaviour.delay_ms.saturating_add(rolls.latency_ms);
+        for kind in ["agent_started", "agent_thinking"] {
+            if tx.send(progress(kind)).await.is_err() {
+                return;
+            }
         }
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        let last = match decide(&agent.behaviour, &rolls, &ledger, &request) {
+            Outcome::Hang => {
+                // Silent until the caller gives up (dropping the receiver ends this task).
+                tx.closed().await;
+                return;
+            }
+            Outcome::Fail(attempts) => {
+                let (error_type, message) = failure(&agent, &request, attempts);
+                line(json!({"error": {"type": error_type, "message": message}}))
+            }
+            Outcome::Answer => {
+                for kind in ["tool_executing", "tool_completed", "agent_completed"] {
+                    if tx.send(progress(kind)).await.is_err() {
+                        return;
+                    }
+                }
+                line(json!({"output": output(&agent, &request)}))
+            }
+        };
+        let _ = tx.send(last).await;
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes)),
+            rx,
+        ))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// Records the attempt in the ledger and decides what it gets (applying the effect, once per
+/// key, when it is answered).
+fn decide(
+    behaviour: &Behaviour,
+    rolls: &Rolls,
+    ledger: &Mutex<Ledger>,
+    request: &AgentRequest,
+) -> Outcome {
+    let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger.requests.push(request.clone());
+    let attempts = {
+        let n = ledger
+            .attempts
+            .entry(request.idempotency_key.clone())
+            .or_insert(0);
+        *n += 1;
+        *n
+    };
+    if attempts <= behaviour.hang_first || rolls.hang {
+        Outcome::Hang
+    } else if attempts <= behaviour.fail_first
+        || behaviour.fail_steps.contains(&request.step_id)
+        || rolls.fail
+    {
+        Outcome::Fail(attempts)
+    } else {
+        // Apply the effect once per key; a repeated key gets the same answer without a new
+        // effect.
+        let effects = ledger
+            .effects
+            .entry(request.idempotency_key.clone())
+            .or_insert(0);
+        if *effects == 0 {
+            *effects = 1;
+        }
+        Outcome::Answer
     }
 }
 

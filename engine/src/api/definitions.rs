@@ -1,13 +1,13 @@
 //! `/api/definitions`: register (a new version), list, get by name and version, roll back.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Caller;
-use super::body::{content_type, Json};
+use super::body::{content_type, Json, Path, RawBody};
 use super::error::ApiError;
 use super::views::Registered;
 use super::AppState;
@@ -19,7 +19,7 @@ use crate::definition::{self, Format};
 pub async fn register(
     Caller(tenant): Caller,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let format = match content_type(&headers).as_str() {
         "application/json" => Format::Json,

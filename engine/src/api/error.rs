@@ -1,7 +1,7 @@
 //! The API's one error shape: `{"error": {"type": ..., "message": ...}}` with a 4xx or 5xx
 //! status, for every failure a handler, an extractor or the router can meet.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -108,6 +108,18 @@ impl From<JsonRejection> for ApiError {
             StatusCode::BAD_REQUEST
         } else {
             status
+        };
+        ApiError::new(status, kind, rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> ApiError {
+        let status = rejection.status();
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
         };
         ApiError::new(status, kind, rejection.body_text())
     }

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
 use super::auth::Caller;
-use super::body::Query;
+use super::body::{Path, Query};
 use super::error::ApiError;
 use super::{AppState, KEEP_ALIVE_MS, MAX_EVENTS_PAGE};
 use crate::event::{DomainEvent, EventRecord};
@@ -105,6 +105,7 @@ pub async fn stream(
     tokio::spawn(async move {
         let _permit = permit;
         tokio::select! {
+            biased;
             _ = follow(tenant, id, after, stored, live, tx) => {}
             _ = shutdown.wait_for(|s| *s) => {}
         }

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::auth::Caller;
-use super::body::{Json, OptionalJson, Query};
+use super::body::{Json, OptionalJson, Path, Query};
 use super::error::ApiError;
 use super::views::{ExecutionPage, ExecutionView, Started};
 use super::AppState;

@@ -130,15 +130,18 @@ impl Api {
         let mut stop = std::pin::pin!(stop);
         let mut shutdown = self.shutdown.subscribe();
         loop {
+            // Stopping comes first: a stream of new connections must not keep it waiting.
             let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                biased;
                 _ = &mut stop => break,
                 _ = shutdown.wait_for(|s| *s) => break,
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                biased;
                 _ = &mut stop => break,
                 _ = shutdown.wait_for(|s| *s) => break,
+                accepted = listener.accept() => accepted,
             };
             let conn = match accepted {
                 Ok((conn, _peer)) => conn,
@@ -164,6 +167,7 @@ impl Api {
         drop(listener);
         let sleep = tokio::time::sleep(Duration::from_millis(grace_ms));
         tokio::select! {
+            biased;
             _ = graceful.shutdown() => {}
             _ = sleep => tracing::warn!("requests still in progress after {grace_ms}ms; leaving them"),
         }

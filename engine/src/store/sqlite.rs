@@ -175,6 +175,12 @@ fn upgrade(conn: &mut Connection) -> Result<(), Error> {
 /// Distinct definitions kept parsed; past this the cache starts over.
 pub const MAX_CACHED_DEFINITIONS: usize = 64;
 
+/// A u64 time as SQLite's i64, clamped: `u64::MAX` must stay "later than anything", not wrap
+/// around to -1.
+fn clamp_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 fn backend(e: impl std::fmt::Display) -> Error {
     Error::Backend(e.to_string())
 }
@@ -891,8 +897,9 @@ impl Storage for SqliteStore {
                     query.tenant,
                     query.status,
                     query.definition,
-                    query.created_from_ms.map(|v| v as i64),
-                    query.created_to_ms.map(|v| v as i64),
+                    // Times past i64::MAX (no real time) are clamped rather than wrapped.
+                    query.created_from_ms.map(clamp_ms),
+                    query.created_to_ms.map(clamp_ms),
                     after_ms,
                     after_id,
                     i64::from(query.after.is_some()),

@@ -13,6 +13,7 @@ mod liveness;
 mod once;
 mod progress;
 mod recovery_time;
+mod relay;
 mod retention;
 mod tenants;
 mod timers;
@@ -79,6 +80,7 @@ pub const NAMES: &[&str] = &[
     "retention_respected",
     "progress_monotonic",
     "idempotent_starts",
+    "progress_relayed",
 ];
 
 /// Runs every checker.
@@ -97,6 +99,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     retention::check(scenario, outcome, &mut out);
     progress::check(scenario, outcome, &mut out);
     idempotency::check(scenario, outcome, &mut out);
+    relay::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
