@@ -548,15 +548,7 @@ impl Engine {
         version: Option<u32>,
         input: Value,
     ) -> Result<u32, Error> {
-        let process = self
-            .inner
-            .store
-            .definition(tenant, name, version)
-            .await?
-            .ok_or_else(|| Error::UnknownDefinition {
-                name: name.to_string(),
-                version,
-            })?;
+        let process = self.registered(tenant, name, version).await?;
         let pinned = process.version;
         self.create_with_id_in(tenant, id, process, input).await?;
         Ok(pinned)
@@ -708,6 +700,23 @@ impl Engine {
         new_id(now_ms, &mut **rng)
     }
 
+    /// `tenant`'s registered definition `name` (`version`, or the current one).
+    pub(crate) async fn registered(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<ProcessDef>, Error> {
+        self.inner
+            .store
+            .definition(tenant, name, version)
+            .await?
+            .ok_or_else(|| Error::UnknownDefinition {
+                name: name.to_string(),
+                version,
+            })
+    }
+
     /// Creates an execution of `tenant`'s definition `name` under a client's idempotency
     /// `key`, unless the tenant already has one under that key: then returns that one, with
     /// `created: false`, when the request is the same (definition and input), and
@@ -722,15 +731,7 @@ impl Engine {
         input: Value,
     ) -> Result<(String, bool), Error> {
         check_idempotency_key(key)?;
-        let process = self
-            .inner
-            .store
-            .definition(tenant, name, version)
-            .await?
-            .ok_or_else(|| Error::UnknownDefinition {
-                name: name.to_string(),
-                version,
-            })?;
+        let process = self.registered(tenant, name, version).await?;
         self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
         let id = self.new_execution_id(now);

@@ -117,15 +117,7 @@ impl Tenant {
         process: &str,
         input: Value,
     ) -> Result<(), Error> {
-        let def = self
-            .engine
-            .store()
-            .definition(&self.name, process, None)
-            .await?
-            .ok_or_else(|| Error::UnknownDefinition {
-                name: process.to_string(),
-                version: None,
-            })?;
+        let def = self.engine.registered(&self.name, process, None).await?;
         self.engine
             .register_schedule_in(&self.name, name, spec, def, input)
             .await

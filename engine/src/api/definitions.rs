@@ -74,16 +74,8 @@ async fn one(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let def = state
         .engine
-        .store()
-        .definition(tenant.name(), name, version)
-        .await
-        .map_err(crate::driver::Error::from)?
-        .ok_or_else(|| {
-            ApiError::from(crate::driver::Error::UnknownDefinition {
-                name: name.to_string(),
-                version,
-            })
-        })?;
+        .registered(tenant.name(), name, version)
+        .await?;
     Ok(axum::Json(json!({
         "name": def.name,
         "version": def.version,

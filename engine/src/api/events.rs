@@ -168,26 +168,18 @@ async fn follow(
     }
     loop {
         let record = match live.recv().await {
-            Ok(record) => record,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Fell behind the live buffer: the store has everything.
-                match tenant.events(&id).await {
-                    Ok(stored) => {
-                        if send_new(&stored, &mut sent, &tx).await {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(execution = %id, "event stream reload failed: {e}"),
-                }
-                continue;
-            }
+            Ok(record) => Some(record),
+            // Fell behind the live buffer: the store has everything.
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if record.execution_id != id || record.seq <= sent {
-            continue;
+        if let Some(record) = &record {
+            if record.execution_id != id || record.seq <= sent {
+                continue;
+            }
         }
-        if record.seq > sent + 1 {
-            // A gap: fill it from the store (which has this record too).
+        // A lag, or a gap before this record: fill it from the store (which has it too).
+        if record.as_ref().is_none_or(|r| r.seq > sent + 1) {
             match tenant.events(&id).await {
                 Ok(stored) => {
                     if send_new(&stored, &mut sent, &tx).await {
@@ -198,6 +190,7 @@ async fn follow(
             }
             continue;
         }
+        let Some(record) = record else { continue };
         if send_new(std::slice::from_ref(&record), &mut sent, &tx).await {
             return;
         }
