@@ -16,6 +16,13 @@
 //!   injected by kind, invariant checks, failures), then each failure with its `repro` command.
 //!   Fails if any run failed.
 //!
+//! - `load [--clients N] [--seconds S]`: the load test of `proctor serve`
+//!   (`engine/benches/load.rs`, optimised): starts the server on loopback with a temporary
+//!   database and the example agent, drives it with N concurrent clients (default 16, at most
+//!   256) for S seconds (default 10, at most 120), each looping start-then-get, and prints
+//!   requests, errors, requests/s and latency percentiles per kind, and the executions by
+//!   status. Fails if a request failed or the server did not exit 0 on SIGTERM.
+//!
 //! A later issue adds `shrink` here.
 
 mod chaos;
@@ -44,8 +51,9 @@ fn main() -> Result<()> {
         Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("repro") => repro(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
-        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro, chaos"),
-        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro, chaos"),
+        Some("load") => load(&args[1..]),
+        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro, chaos, load"),
+        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro, chaos, load"),
     }
 }
 
@@ -68,6 +76,29 @@ fn bench(name: Option<&str>) -> Result<()> {
         .context("running cargo bench")?;
     if !status.success() {
         bail!("bench {bench} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The load test of `proctor serve`: the `load` bench (engine/benches/load.rs), built in the
+/// bench profile, with its arguments.
+fn load(args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .args([
+            "bench",
+            "--package",
+            "proctor-engine",
+            "--bench",
+            "load",
+            "--",
+        ])
+        .args(args)
+        .current_dir(tidy::workspace_root())
+        .status()
+        .context("running cargo bench")?;
+    if !status.success() {
+        bail!("load test failed ({status})");
     }
     Ok(())
 }
