@@ -208,6 +208,17 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_stream_resumes_late_fails_stream_complete",
+                || {
+                    expect_caught(
+                        "stream-resume.yaml",
+                        Bug::StreamResumesLate,
+                        "stream_complete",
+                        "they differ from position",
+                    )
+                },
+            ),
+            Trial::test(
                 "harness::planted_nondeterminism_fails_deterministic",
                 planted_nondeterminism,
             ),
@@ -219,6 +230,7 @@ mod harness {
         "idempotent-start.yaml",
         "recovery-mid-step.yaml",
         "saga-order.yaml",
+        "stream-resume.yaml",
         "ten-diamonds.yaml",
     ];
 

@@ -17,7 +17,7 @@
 //! plants, so a test process that does not ask for a bug runs the engine unchanged.
 //!
 //! The sites, each an `if crate::planted::planted(Bug::..)` branch in `core/machine.rs` (and
-//! one in `driver.rs`):
+//! one in `driver.rs`, one in `api/events.rs`):
 //! - [`Bug::NoRedispatchOnRecovery`] (`Execution::rearm`): recovery forgets the agent calls
 //!   that were in flight, so those executions stay running forever (`no_lost_execution`).
 //! - [`Bug::CompleteTwice`] (`Execution::complete_step`): a completed step records
@@ -33,6 +33,8 @@
 //! - [`Bug::KeyNotStored`] (`Engine::create_idempotent_in`): a start's idempotency key never
 //!   reaches the store, so a start retried after its reply was lost creates a second execution
 //!   (`idempotent_starts`).
+//! - [`Bug::StreamResumesLate`] (`api::events::stream`): a stream resumed after event N
+//!   starts at N + 2, so a reconnecting client misses one event (`stream_complete`).
 
 /// One deliberate defect. Names (for `PROCTOR_PLANT`) are the snake_case variant names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,16 +52,19 @@ pub enum Bug {
     CompensateInCompletionOrder = 5,
     /// A start's idempotency key is checked but never stored with the execution.
     KeyNotStored = 6,
+    /// A resumed event stream starts one event late (an off-by-one on `Last-Event-ID`).
+    StreamResumesLate = 7,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::NoRedispatchOnRecovery,
         Bug::CompleteTwice,
         Bug::FreshKeyOnRecovery,
         Bug::UnorderedDispatch,
         Bug::CompensateInCompletionOrder,
         Bug::KeyNotStored,
+        Bug::StreamResumesLate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Bug {
             Bug::UnorderedDispatch => "unordered_dispatch",
             Bug::CompensateInCompletionOrder => "compensate_in_completion_order",
             Bug::KeyNotStored => "key_not_stored",
+            Bug::StreamResumesLate => "stream_resumes_late",
         }
     }
 

@@ -24,7 +24,7 @@ use proctor::store::Storage;
 
 use crate::ports::SimNetwork;
 use crate::runner::{sim_elapsed_ms, sleep_until_sim_ms, stuck, Shared, StartAck};
-use crate::scenario::{Scenario, WorkloadSignal, API_PORT, ENGINE_HOST};
+use crate::scenario::{Scenario, WorkloadCancel, WorkloadSignal, API_PORT, ENGINE_HOST};
 
 /// How often the client polls the API for its executions.
 const POLL_MS: u64 = 25;
@@ -32,6 +32,9 @@ const POLL_MS: u64 = 25;
 const RETRY_MS: u64 = 50;
 /// One request's bound: past it, the client treats the request as unanswered.
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// A live stream silent this long is given up and opened again from the last event seen (a
+/// partitioned link drops bytes without a word).
+const STREAM_SILENCE_MS: u64 = 1_000;
 
 /// The bearer token the scenario's tenant `tenant` is configured with.
 pub(crate) fn token_for(tenant: &str) -> String {
@@ -129,6 +132,25 @@ pub(crate) async fn run(shared: Arc<Shared>, scenario: Scenario) -> turmoil::Res
             }
         });
     }
+    if let Some(cancel) = scenario.workload.cancel.clone() {
+        let (shared, scenario, clients) = (shared.clone(), scenario.clone(), clients.clone());
+        tokio::spawn(async move {
+            if let Err(e) = send_cancels(&shared, &scenario, &clients, cancel).await {
+                shared.client_error(e.to_string());
+            }
+        });
+    }
+    if scenario.workload.stream {
+        for n in 0..scenario.workload.executions {
+            let (shared, scenario, clients) = (shared.clone(), scenario.clone(), clients.clone());
+            tokio::spawn(async move {
+                let client = clients.of(tenant_of(&scenario, n)).clone();
+                if let Err(e) = follow_stream(&shared, &client, n).await {
+                    shared.client_error(e.to_string());
+                }
+            });
+        }
+    }
     {
         // Submitting runs beside the waiting, so progress is sampled from the first start.
         let (shared, scenario, clients) = (shared.clone(), scenario.clone(), clients.clone());
@@ -202,12 +224,7 @@ async fn send_signals(
     for (k, signal) in due {
         sleep_until_sim_ms(signal.at_ms).await;
         for n in 0..scenario.workload.executions {
-            let id = loop {
-                if let Some(id) = shared.acknowledged_id(n) {
-                    break id;
-                }
-                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-            };
+            let id = acknowledged(shared, n).await;
             let client = clients.of(tenant_of(scenario, n));
             let signal_id = format!("{}:{}:{k}", key_of(scenario, n), signal.name);
             until_answered("signalling", || {
@@ -218,6 +235,72 @@ async fn send_signals(
         }
     }
     Ok(())
+}
+
+/// The execution submission `n` started, once acknowledged.
+async fn acknowledged(shared: &Shared, n: usize) -> String {
+    loop {
+        if let Some(id) = shared.acknowledged_id(n) {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    }
+}
+
+/// Cancels every `every`th execution once the run is `at_ms` old.
+async fn send_cancels(
+    shared: &Shared,
+    scenario: &Scenario,
+    clients: &Clients,
+    cancel: WorkloadCancel,
+) -> Result<(), Box<dyn std::error::Error>> {
+    sleep_until_sim_ms(cancel.at_ms).await;
+    for n in (0..scenario.workload.executions).step_by(cancel.every.max(1)) {
+        let id = acknowledged(shared, n).await;
+        let client = clients.of(tenant_of(scenario, n));
+        until_answered("cancelling", || client.cancel(&id, Some("workload cancel")))
+            .await
+            .map_err(|e| refused(&format!("cancel {id}"), e))?;
+    }
+    Ok(())
+}
+
+/// Follows execution `n`'s live event stream to its terminal event, opening it again after
+/// every failure (a crash, a partition, a shutdown) from the last event seen, and records
+/// every event delivered.
+async fn follow_stream(
+    shared: &Shared,
+    client: &ApiClient,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let id = acknowledged(shared, n).await;
+    let mut last = 0;
+    loop {
+        match client.stream(&id, last).await {
+            Ok(mut stream) => loop {
+                let silence = Duration::from_millis(STREAM_SILENCE_MS);
+                match tokio::time::timeout(silence, stream.next()).await {
+                    Ok(Some(Ok(record))) => {
+                        shared.record_streamed(&id, record.seq, record.event.kind());
+                        last = record.seq;
+                        if matches!(
+                            record.event.kind(),
+                            "ExecutionCompleted" | "ExecutionFailed" | "ExecutionCancelled"
+                        ) {
+                            return Ok(());
+                        }
+                    }
+                    // Ended, broken or silent: open it again.
+                    _ => break,
+                }
+            },
+            Err(e) if e.status().is_some_and(|s| s < 500) => {
+                return Err(refused(&format!("the stream of {id}"), e))
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    }
 }
 
 /// Polls until every started execution is terminal in the client's view and in the store,
@@ -265,7 +348,8 @@ async fn wait_for_the_end(
         let submitted = shared.submitted.load(Ordering::SeqCst);
         let elapsed = sim_elapsed_ms();
         let window_end = shared.window_end_ms.load(Ordering::SeqCst);
-        let all_seen = acknowledged.iter().all(|id| finished.contains(id));
+        let all_seen = acknowledged.iter().all(|id| finished.contains(id))
+            && (!scenario.workload.stream || shared.streams_ended(&acknowledged));
         // Done once all is finished and every scripted fault has had its turn (a fault
         // scheduled after the work ends still runs, so it is never silently skipped).
         if submitted == total

@@ -85,6 +85,8 @@ pub struct Outcome {
     pub purge_cutoff_ms: u64,
     /// With `workload.monitor`: the progress percentages the client saw, per execution.
     pub progress: BTreeMap<String, Vec<u8>>,
+    /// With `workload.stream`: what each execution's live stream delivered, `(seq, kind)`.
+    pub streamed: BTreeMap<String, Vec<(u64, String)>>,
     pub ledgers: BTreeMap<String, Ledger>,
     pub engine_boots: u32,
     /// Faults injected, by kind (`engine_crash`, `partition`, `io_error`, ...).
@@ -160,6 +162,9 @@ pub(crate) struct Shared {
     purge_done: std::sync::atomic::AtomicBool,
     /// `workload.monitor`: each execution's progress percentages as the client saw them.
     progress: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// `workload.stream`: per execution, the events the client's stream delivered
+    /// (`seq`, kind), across reconnects.
+    streamed: Mutex<BTreeMap<String, Vec<(u64, String)>>>,
 }
 
 impl Shared {
@@ -191,6 +196,30 @@ impl Shared {
     pub(crate) fn record_progress(&self, id: &str, percent: u8) {
         let mut progress = self.progress.lock().expect("progress lock");
         progress.entry(id.to_string()).or_default().push(percent);
+    }
+
+    pub(crate) fn record_streamed(&self, id: &str, seq: u64, kind: &str) {
+        let mut streamed = self.streamed.lock().expect("stream lock");
+        streamed
+            .entry(id.to_string())
+            .or_default()
+            .push((seq, kind.to_string()));
+    }
+
+    /// Every one of `ids` has had its stream deliver its terminal event.
+    pub(crate) fn streams_ended(&self, ids: &[String]) -> bool {
+        let streamed = self.streamed.lock().expect("stream lock");
+        ids.iter().all(|id| {
+            streamed
+                .get(id)
+                .and_then(|s| s.last())
+                .is_some_and(|(_, kind)| {
+                    matches!(
+                        kind.as_str(),
+                        "ExecutionCompleted" | "ExecutionFailed" | "ExecutionCancelled"
+                    )
+                })
+        })
     }
 
     pub(crate) fn client_error(&self, error: String) {
@@ -291,6 +320,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         purge_cutoff_ms: AtomicU64::new(0),
         purge_done: std::sync::atomic::AtomicBool::new(false),
         progress: Mutex::new(BTreeMap::new()),
+        streamed: Mutex::new(BTreeMap::new()),
     });
 
     let mut ledgers = BTreeMap::new();
@@ -633,6 +663,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         purge_candidates: shared.purge_candidates.lock().expect("purge lock").clone(),
         purge_cutoff_ms: shared.purge_cutoff_ms.load(Ordering::SeqCst),
         progress: shared.progress.lock().expect("progress lock").clone(),
+        streamed: shared.streamed.lock().expect("stream lock").clone(),
         ledgers,
         engine_boots: shared.boots.load(Ordering::SeqCst),
         faults: injected,

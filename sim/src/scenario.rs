@@ -127,6 +127,27 @@ pub struct Workload {
     /// it polls, for `progress_monotonic`.
     #[serde(default)]
     pub monitor: bool,
+    /// The client follows every execution's live event stream (SSE) to its end, reconnecting
+    /// after each failure from the last event it saw, for `stream_complete`.
+    #[serde(default)]
+    pub stream: bool,
+    /// The client cancels some executions through the API.
+    #[serde(default)]
+    pub cancel: Option<WorkloadCancel>,
+}
+
+/// Once the run is `at_ms` old, cancel every `every`th execution (0, every, 2 × every, ...)
+/// as soon as it is acknowledged, asked until answered.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadCancel {
+    pub at_ms: u64,
+    #[serde(default = "default_every")]
+    pub every: usize,
+}
+
+fn default_every() -> usize {
+    1
 }
 
 /// A retention purge of finished executions last changed more than `older_than_ms` ago.

@@ -89,6 +89,11 @@ pub async fn stream(
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not an event number"))?,
         None => q.after.unwrap_or(0),
     };
+    let after = if after > 0 && crate::planted::planted(crate::planted::Bug::StreamResumesLate) {
+        after + 1
+    } else {
+        after
+    };
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -102,12 +107,16 @@ pub async fn stream(
     let stored = tenant.events(&id).await?;
     let (tx, rx) = mpsc::channel::<Event>(STREAM_QUEUE);
     let mut shutdown = state.shutdown.clone();
+    let reader = tx.clone();
     tokio::spawn(async move {
         let _permit = permit;
         tokio::select! {
             biased;
-            _ = follow(tenant, id, after, stored, live, tx) => {}
             _ = shutdown.wait_for(|s| *s) => {}
+            // The reader left: stop now, not at the execution's next event (which may never
+            // come: it may stay paused for days), so its stream slot is freed.
+            _ = reader.closed() => {}
+            _ = follow(tenant, id, after, stored, live, tx) => {}
         }
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {

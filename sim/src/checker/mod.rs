@@ -15,6 +15,7 @@ mod progress;
 mod recovery_time;
 mod relay;
 mod retention;
+mod stream;
 mod tenants;
 mod timers;
 
@@ -81,6 +82,7 @@ pub const NAMES: &[&str] = &[
     "progress_monotonic",
     "idempotent_starts",
     "progress_relayed",
+    "stream_complete",
 ];
 
 /// Runs every checker.
@@ -100,6 +102,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     progress::check(scenario, outcome, &mut out);
     idempotency::check(scenario, outcome, &mut out);
     relay::check(scenario, outcome, &mut out);
+    stream::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
