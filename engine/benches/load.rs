@@ -27,6 +27,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser as _;
 use proctor::api::client::{ApiClient, ClientError};
 use proctor::network::TokioNetwork;
 use serde_json::json;
@@ -145,44 +146,28 @@ struct Args {
     seconds: u64,
 }
 
+/// The arguments after `--` (clap: `--clients 8` and `--clients=8` alike, bounds checked).
 fn parse_args(args: &[String]) -> Result<Args> {
-    let mut parsed = Args {
-        clients: DEFAULT_CLIENTS,
-        seconds: DEFAULT_SECONDS,
-    };
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        // Both `--clients 8` and `--clients=8`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) => (flag, Some(value.to_string())),
-            None => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| rest.next().cloned())
-                .with_context(|| format!("`{flag}` needs a value; {USAGE}"))
-        };
-        match flag {
-            "--clients" => parsed.clients = number(flag, &value()?)?,
-            "--seconds" => parsed.seconds = number(flag, &value()?)?,
-            _ => bail!("unknown argument `{arg}`; {USAGE}"),
-        }
-    }
-    if !(1..=MAX_CLIENTS).contains(&parsed.clients) {
-        bail!("`--clients` must be 1 to {MAX_CLIENTS}; {USAGE}");
-    }
-    if !(1..=MAX_SECONDS).contains(&parsed.seconds) {
-        bail!("`--seconds` must be 1 to {MAX_SECONDS}; {USAGE}");
-    }
-    Ok(parsed)
+    let parsed =
+        Cli::try_parse_from(std::iter::once("load").chain(args.iter().map(String::as_str)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Args {
+        clients: parsed.clients as usize,
+        seconds: parsed.seconds,
+    })
 }
 
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .ok()
-        .with_context(|| format!("`{flag}` takes a number, not `{value}`; {USAGE}"))
+#[derive(clap::Parser)]
+#[command(about = "Load test of `proctor serve`", override_usage = USAGE)]
+struct Cli {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = DEFAULT_CLIENTS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CLIENTS as u64))]
+    clients: u64,
+    /// How long to drive the server.
+    #[arg(long, default_value_t = DEFAULT_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
+    seconds: u64,
 }
 
 /// A running `proctor serve`; killed on drop if it is still running (an error midway).

@@ -55,6 +55,16 @@ struct Envelope {
     hold: Option<CallInFlight>,
 }
 
+/// Hands a result or wake-up to its execution's task (nobody to tell if the task is gone).
+async fn post(tx: &mpsc::Sender<Envelope>, input: Input) {
+    let envelope = Envelope {
+        input,
+        ack: None,
+        hold: None,
+    };
+    let _ = tx.send(envelope).await;
+}
+
 /// What became of an input sent to a live execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -1350,13 +1360,7 @@ impl Inner {
                         attempt: 1,
                         result,
                     };
-                    let _ = tx
-                        .send(Envelope {
-                            input,
-                            ack: None,
-                            hold: None,
-                        })
-                        .await;
+                    post(&tx, input).await;
                 });
                 ((step, Lane::Main), task.abort_handle())
             }
@@ -1461,13 +1465,7 @@ impl Inner {
                         lane,
                         attempt,
                     };
-                    let _ = tx
-                        .send(Envelope {
-                            input,
-                            ack: None,
-                            hold: None,
-                        })
-                        .await;
+                    post(&tx, input).await;
                 });
                 ((step, lane), task.abort_handle())
             }
