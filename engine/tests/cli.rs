@@ -345,3 +345,32 @@ fn purge_lists_then_deletes_finished_executions() {
         "{out}"
     );
 }
+
+/// A bad tokens file stops `proctor serve` before it listens, naming the file, the entry and
+/// the problem.
+#[test]
+fn serve_refuses_a_bad_tokens_file_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        "tokens:\n  - { name: ci, token: short, tenant: acme }\n",
+    )
+    .unwrap();
+    let out = proctor()
+        .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
+        .arg(example("agents.yaml"))
+        .arg("--db")
+        .arg(dir.path().join("p.db"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tokens.yaml: tokens[0] (ci): token must be at least 16"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
