@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser as _;
 use proctor::api::client::{ApiClient, ClientError};
+use proctor::core::ExecutionStatus;
 use proctor::network::TokioNetwork;
 use serde_json::json;
 
@@ -73,14 +74,9 @@ steps:
 const AGENTS: &str = "agents:\n  worker: { example: { delay_ms: 0 } }\n";
 
 /// Execution statuses, as the listing API names them.
-const STATUSES: &[&str] = &[
-    "pending",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-];
+fn statuses() -> impl Iterator<Item = &'static str> {
+    ExecutionStatus::ALL.iter().map(|s| s.as_str())
+}
 
 fn main() {
     // `cargo bench` passes `--bench` to every bench binary.
@@ -603,7 +599,7 @@ async fn run_client(n: usize, client: ApiClient, deadline: Instant, stats: Share
 /// starts there were) bounds the pages read.
 async fn count_by_status(client: &ApiClient, expected: u64) -> Result<BTreeMap<String, u64>> {
     const PAGE: u64 = 500;
-    let mut counts: BTreeMap<String, u64> = STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut counts: BTreeMap<String, u64> = statuses().map(|s| (s.to_string(), 0)).collect();
     let mut after: Option<String> = None;
     for _ in 0..expected / PAGE + 3 {
         let query = match &after {
@@ -725,18 +721,17 @@ impl Outcome {
 
 /// `completed=1200 running=3 (1203 in all)`, zero counts left out.
 fn format_counts(counts: &BTreeMap<String, u64>) -> String {
-    let mut parts: Vec<String> = STATUSES
-        .iter()
+    let mut parts: Vec<String> = statuses()
         .filter_map(|s| {
             counts
-                .get(*s)
+                .get(s)
                 .filter(|&&n| n > 0)
                 .map(|n| format!("{s}={n}"))
         })
         .collect();
     // A status the API grew after this was written still shows.
     for (s, n) in counts {
-        if *n > 0 && !STATUSES.contains(&s.as_str()) {
+        if *n > 0 && s.parse::<ExecutionStatus>().is_err() {
             parts.push(format!("{s}={n}"));
         }
     }

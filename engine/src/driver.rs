@@ -65,6 +65,24 @@ async fn post(tx: &mpsc::Sender<Envelope>, input: Input) {
     let _ = tx.send(envelope).await;
 }
 
+/// How a new execution is created, beyond its id, process and input.
+struct Creation<'a> {
+    tenant: &'a str,
+    /// Pause once this step completes.
+    breakpoint: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+impl Default for Creation<'_> {
+    fn default() -> Self {
+        Creation {
+            tenant: DEFAULT_TENANT,
+            breakpoint: None,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// What became of an input sent to a live execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -397,7 +415,11 @@ impl Engine {
     ) -> Result<String, Error> {
         let now = self.inner.clock.now_ms();
         let id = self.new_execution_id(now);
-        self.create_stored(id.clone(), process, input, breakpoint, DEFAULT_TENANT)
+        let creation = Creation {
+            breakpoint,
+            ..Creation::default()
+        };
+        self.create_stored(id.clone(), process, input, creation)
             .await?;
         Ok(id)
     }
@@ -425,7 +447,11 @@ impl Engine {
         input: Value,
     ) -> Result<(), Error> {
         check_execution_id(id)?;
-        self.create_stored(id.to_string(), process, input, None, tenant)
+        let creation = Creation {
+            tenant,
+            ..Creation::default()
+        };
+        self.create_stored(id.to_string(), process, input, creation)
             .await
     }
 
@@ -569,14 +595,14 @@ impl Engine {
         id: String,
         process: Arc<ProcessDef>,
         input: Value,
-        breakpoint: Option<String>,
-        tenant: &str,
+        creation: Creation<'_>,
     ) -> Result<(), Error> {
         self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
         let mut execution = Execution::new(id, process, input, now);
-        execution.breakpoint = breakpoint;
-        execution.tenant = tenant.to_string();
+        execution.breakpoint = creation.breakpoint;
+        execution.tenant = creation.tenant.to_string();
+        execution.idempotency_key = creation.idempotency_key;
         self.inner.store.create(&execution).await?;
         Ok(())
     }
@@ -742,18 +768,23 @@ impl Engine {
     ) -> Result<(String, bool), Error> {
         check_idempotency_key(key)?;
         let process = self.registered(tenant, name, version).await?;
-        self.check_agents(&process)?;
-        let now = self.inner.clock.now_ms();
-        let id = self.new_execution_id(now);
-        let mut execution = Execution::new(id.clone(), process, input.clone(), now);
-        execution.tenant = tenant.to_string();
-        execution.idempotency_key = Some(key.to_string());
-        if crate::planted::planted(crate::planted::Bug::KeyNotStored) {
-            execution.idempotency_key = None;
-        }
-        match self.inner.store.create(&execution).await {
+        let id = self.fresh_execution_id();
+        let stored_key = if crate::planted::planted(crate::planted::Bug::KeyNotStored) {
+            None
+        } else {
+            Some(key.to_string())
+        };
+        let created = Creation {
+            tenant,
+            idempotency_key: stored_key,
+            ..Creation::default()
+        };
+        match self
+            .create_stored(id.clone(), process, input.clone(), created)
+            .await
+        {
             Ok(()) => Ok((id, true)),
-            Err(store::Error::DuplicateKey { id, .. }) => {
+            Err(Error::Store(store::Error::DuplicateKey { id, .. })) => {
                 let existing = self
                     .inner
                     .store
@@ -772,7 +803,7 @@ impl Engine {
                     })
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 

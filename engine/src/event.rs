@@ -209,6 +209,16 @@ impl DomainEvent {
         }
     }
 
+    /// The execution's last event: it completed, failed or was cancelled.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            DomainEvent::ExecutionCompleted { .. }
+                | DomainEvent::ExecutionFailed { .. }
+                | DomainEvent::ExecutionCancelled { .. }
+        )
+    }
+
     /// The step the event is about, if any.
     pub fn step(&self) -> Option<&str> {
         match self {

@@ -283,15 +283,6 @@ async fn read_to_end(stream: &mut EventStream, what: &str) -> Vec<EventRecord> {
     records
 }
 
-fn is_terminal(event: &DomainEvent) -> bool {
-    matches!(
-        event,
-        DomainEvent::ExecutionCompleted { .. }
-            | DomainEvent::ExecutionFailed { .. }
-            | DomainEvent::ExecutionCancelled { .. }
-    )
-}
-
 fn seqs(records: &[EventRecord]) -> Vec<u64> {
     records.iter().map(|r| r.seq).collect()
 }
@@ -425,7 +416,7 @@ async fn follow_an_execution_over_sse_to_completion() {
         );
     }
     assert_eq!(
-        streamed.iter().filter(|r| is_terminal(&r.event)).count(),
+        streamed.iter().filter(|r| r.event.is_terminal()).count(),
         1,
         "one terminal event"
     );
@@ -511,7 +502,7 @@ async fn restart_mid_stream_loses_no_event() {
         exited.output()
     );
     assert!(
-        !before.iter().any(|r| is_terminal(&r.event)),
+        !before.iter().any(|r| r.event.is_terminal()),
         "draining starts no agent call, so the execution cannot have finished: {:?}",
         kinds(&before)
     );

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proctor::api::client::{ApiClient, ClientError};
+use proctor::core::ExecutionStatus;
 use proctor::store::Storage;
 
 use crate::ports::SimNetwork;
@@ -281,12 +282,9 @@ async fn follow_stream(
                 let silence = Duration::from_millis(STREAM_SILENCE_MS);
                 match tokio::time::timeout(silence, stream.next()).await {
                     Ok(Some(Ok(record))) => {
-                        shared.record_streamed(&id, record.seq, record.event.kind());
+                        shared.record_streamed(&id, &record);
                         last = record.seq;
-                        if matches!(
-                            record.event.kind(),
-                            "ExecutionCompleted" | "ExecutionFailed" | "ExecutionCancelled"
-                        ) {
+                        if record.event.is_terminal() {
                             return Ok(());
                         }
                     }
@@ -331,7 +329,7 @@ async fn wait_for_the_end(
                 let listed: BTreeSet<&str> =
                     page.executions.iter().map(|e| e.id.as_str()).collect();
                 for e in &page.executions {
-                    if matches!(e.status.as_str(), "completed" | "failed" | "cancelled") {
+                    if e.status.parse().is_ok_and(ExecutionStatus::is_terminal) {
                         finished.insert(e.id.clone());
                     }
                 }

@@ -18,7 +18,7 @@
 //! engine's RNG (`seed` mixed with the boot number), the agents', the chaos plan's and the
 //! storage layer's, each its own stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     /// `workload.stream`: per execution, the events the client's stream delivered
     /// (`seq`, kind), across reconnects.
     streamed: Mutex<BTreeMap<String, Vec<(u64, String)>>>,
+    /// The executions whose stream delivered their terminal event.
+    streams_ended: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -198,28 +200,25 @@ impl Shared {
         progress.entry(id.to_string()).or_default().push(percent);
     }
 
-    pub(crate) fn record_streamed(&self, id: &str, seq: u64, kind: &str) {
-        let mut streamed = self.streamed.lock().expect("stream lock");
-        streamed
+    pub(crate) fn record_streamed(&self, id: &str, record: &EventRecord) {
+        self.streamed
+            .lock()
+            .expect("stream lock")
             .entry(id.to_string())
             .or_default()
-            .push((seq, kind.to_string()));
+            .push((record.seq, record.event.kind().to_string()));
+        if record.event.is_terminal() {
+            self.streams_ended
+                .lock()
+                .expect("stream lock")
+                .insert(id.to_string());
+        }
     }
 
     /// Every one of `ids` has had its stream deliver its terminal event.
     pub(crate) fn streams_ended(&self, ids: &[String]) -> bool {
-        let streamed = self.streamed.lock().expect("stream lock");
-        ids.iter().all(|id| {
-            streamed
-                .get(id)
-                .and_then(|s| s.last())
-                .is_some_and(|(_, kind)| {
-                    matches!(
-                        kind.as_str(),
-                        "ExecutionCompleted" | "ExecutionFailed" | "ExecutionCancelled"
-                    )
-                })
-        })
+        let ended = self.streams_ended.lock().expect("stream lock");
+        ids.iter().all(|id| ended.contains(id))
     }
 
     pub(crate) fn client_error(&self, error: String) {
@@ -321,6 +320,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         purge_done: std::sync::atomic::AtomicBool::new(false),
         progress: Mutex::new(BTreeMap::new()),
         streamed: Mutex::new(BTreeMap::new()),
+        streams_ended: Mutex::new(BTreeSet::new()),
     });
 
     let mut ledgers = BTreeMap::new();

@@ -21,7 +21,7 @@ use super::auth::Caller;
 use super::body::{Path, Query};
 use super::error::ApiError;
 use super::{AppState, KEEP_ALIVE_MS, MAX_EVENTS_PAGE};
-use crate::event::{DomainEvent, EventRecord};
+use crate::event::EventRecord;
 
 /// Events a stream holds for a slow reader before it waits.
 const STREAM_QUEUE: usize = 256;
@@ -62,15 +62,6 @@ pub async fn history(
 pub struct StreamQuery {
     #[serde(default)]
     after: Option<u64>,
-}
-
-fn is_terminal(event: &DomainEvent) -> bool {
-    matches!(
-        event,
-        DomainEvent::ExecutionCompleted { .. }
-            | DomainEvent::ExecutionFailed { .. }
-            | DomainEvent::ExecutionCancelled { .. }
-    )
 }
 
 pub async fn stream(
@@ -162,7 +153,7 @@ async fn follow(
                 return true;
             }
             *sent = record.seq;
-            if is_terminal(&record.event) {
+            if record.event.is_terminal() {
                 return true;
             }
         }
@@ -172,7 +163,7 @@ async fn follow(
         return;
     }
     // An execution already finished before `after` has nothing more to say.
-    if stored.iter().any(|r| is_terminal(&r.event)) {
+    if stored.iter().any(|r| r.event.is_terminal()) {
         return;
     }
     loop {

@@ -14,6 +14,7 @@ use super::body::{Json, OptionalJson, Path, Query};
 use super::error::ApiError;
 use super::views::{ExecutionPage, ExecutionView, Started};
 use super::AppState;
+use crate::core::ExecutionStatus;
 use crate::driver::{Error, Reset};
 use crate::store::{ExecutionQuery, SignalRequest, MAX_LIST_PAGE};
 use crate::tenant::Tenant;
@@ -114,25 +115,17 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-const STATUSES: &[&str] = &[
-    "pending",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-];
-
 /// One page of the tenant's executions, newest first.
 pub async fn list(
     Caller(tenant): Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(status) = &q.status {
-        if !STATUSES.contains(&status.as_str()) {
+        if status.parse::<ExecutionStatus>().is_err() {
+            let all: Vec<&str> = ExecutionStatus::ALL.iter().map(|s| s.as_str()).collect();
             return Err(ApiError::bad_request(format!(
                 "status {status:?} is not one of {}",
-                STATUSES.join(", ")
+                all.join(", ")
             )));
         }
     }

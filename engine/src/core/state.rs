@@ -37,6 +37,9 @@ pub enum StepStatus {
 macro_rules! string_enum {
     ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
         impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),*];
+
             pub fn as_str(self) -> &'static str {
                 match self { $($ty::$variant => $text),* }
             }

@@ -14,7 +14,10 @@ pub(super) fn check(scenario: &Scenario, outcome: &Outcome, out: &mut Vec<Violat
         return;
     }
     for p in &outcome.purge_candidates {
-        let finished = matches!(p.status.as_str(), "completed" | "failed" | "cancelled");
+        let finished = p
+            .status
+            .parse()
+            .is_ok_and(proctor::core::ExecutionStatus::is_terminal);
         if !finished || p.updated_at_ms >= outcome.purge_cutoff_ms {
             out.push(
                 Violation::new(
