@@ -23,6 +23,24 @@ output:
 "#;
 const WAITING_CHILD: &str = "name: child\nsteps:\n  - {id: wait, type: wait_signal, signal: go}\noutput: {doubled: '{{steps.wait.output.payload}}'}\n";
 
+/// A parent started whose child (waiting for a signal) exists: the engine, the parent's
+/// handle and the child's id.
+async fn parent_waiting_on_its_child() -> (TestEngine, proctor::ExecutionHandle, String) {
+    let t = TestEngine::start(PARENT, &[("worker", Default::default())]).await;
+    t.engine
+        .register_definition(def(WAITING_CHILD))
+        .await
+        .unwrap();
+    let handle = t
+        .engine
+        .submit(t.process.clone(), json!({"n": 1}))
+        .await
+        .unwrap();
+    let child_id = format!("{}.sub", handle.id);
+    eventually("the child exists", || status_of(&t, &child_id).is_some()).await;
+    (t, handle, child_id)
+}
+
 /// The stored status of execution `id`, if it exists.
 fn status_of(t: &TestEngine, id: &str) -> Option<String> {
     t.sql()
@@ -81,18 +99,7 @@ async fn an_unregistered_or_failing_child_fails_the_step() {
 
 #[tokio::test]
 async fn cancelling_the_parent_cancels_the_child() {
-    let t = TestEngine::start(PARENT, &[("worker", Default::default())]).await;
-    t.engine
-        .register_definition(def(WAITING_CHILD))
-        .await
-        .unwrap();
-    let handle = t
-        .engine
-        .submit(t.process.clone(), json!({"n": 1}))
-        .await
-        .unwrap();
-    let child_id = format!("{}.sub", handle.id);
-    eventually("the child exists", || status_of(&t, &child_id).is_some()).await;
+    let (t, handle, child_id) = parent_waiting_on_its_child().await;
     t.engine.cancel(&handle.id, None).await.unwrap();
     eventually("the child is cancelled", || {
         status_of(&t, &child_id).as_deref() == Some("cancelled")
@@ -102,18 +109,7 @@ async fn cancelling_the_parent_cancels_the_child() {
 
 #[tokio::test]
 async fn a_restart_finds_the_child_instead_of_starting_another() {
-    let t = TestEngine::start(PARENT, &[("worker", Default::default())]).await;
-    t.engine
-        .register_definition(def(WAITING_CHILD))
-        .await
-        .unwrap();
-    let handle = t
-        .engine
-        .submit(t.process.clone(), json!({"n": 1}))
-        .await
-        .unwrap();
-    let child_id = format!("{}.sub", handle.id);
-    eventually("the child exists", || status_of(&t, &child_id).is_some()).await;
+    let (t, handle, child_id) = parent_waiting_on_its_child().await;
     // A restart: recovery drives both; the parent re-issues its start and finds the child
     // (same id), which a signal then completes.
     let later = t.restart(t.now() + 1_000);
