@@ -10,7 +10,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::scenario::{Chaos, Fault, ENGINE_HOST};
+use crate::scenario::{Chaos, DiskFault, Fault, Point, ENGINE_HOST};
 
 /// Random faults start on this grid.
 const SLOT_MS: u64 = 100;
@@ -20,6 +20,8 @@ const MAX_OUTAGE_MS: u64 = 2_000;
 /// Bounds of a slow link's latency.
 const MIN_SLOW_MS: u64 = 20;
 const MAX_SLOW_MS: u64 = 500;
+/// A random power cut strikes within this many of the engine's disk writes after it is armed.
+const MAX_CUT_WRITE: u32 = 64;
 
 /// The faults one seed's chaos adds to the run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +31,8 @@ pub struct Plan {
     /// Per-write chances of storage faults, during the chaos window.
     pub io_error_rate: f64,
     pub ambiguous_rate: f64,
+    /// Per disk operation: the chance of EIO, during the chaos window.
+    pub disk_error_rate: f64,
     /// The kinds this seed enabled.
     pub kinds: Vec<&'static str>,
 }
@@ -45,6 +49,9 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
         ("latency", chaos.latency_rate),
         ("io_error", chaos.storage_error_rate),
         ("ambiguous_commit", chaos.ambiguous_commit_rate),
+        ("disk_error", chaos.disk_error_rate),
+        ("disk_full", chaos.disk_full_rate),
+        ("power_cut", chaos.power_cut_rate),
     ]
     .into_iter()
     .filter(|(_, rate)| *rate > 0.0)
@@ -74,6 +81,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
     // never overlap, so each repair or restart undoes exactly the fault it belongs to.
     let mut host_up_at = vec![0u64; hosts.len()];
     let mut link_free_at = vec![[0u64; 3]; links.len()];
+    let mut disk_free_at = 0u64;
     let mut faults = Vec::new();
     let per_slot = |rate_per_s: f64| (rate_per_s * SLOT_MS as f64 / 1_000.0).min(1.0);
     let mut at_ms = SLOT_MS;
@@ -94,6 +102,29 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
             if host_up_at[i] <= at_ms {
                 host_up_at[i] = at_ms + down;
                 faults.push(crash(at_ms, &hosts[i], down));
+            }
+        }
+        let cut = per_slot(rate("power_cut"));
+        if cut > 0.0 && rng.random_bool(cut) && host_up_at[0] <= at_ms {
+            let down = outage(&mut rng);
+            let nth = rng.random_range(1..=MAX_CUT_WRITE);
+            // When it strikes is known only in the run; until then the engine counts as up.
+            faults.push(Fault {
+                point: Some(Point::DiskWrite),
+                nth,
+                ..crash(at_ms, ENGINE_HOST, down)
+            });
+        }
+        let full = per_slot(rate("disk_full"));
+        if full > 0.0 && rng.random_bool(full) {
+            let lasts = outage(&mut rng);
+            if disk_free_at <= at_ms {
+                disk_free_at = at_ms + lasts;
+                faults.push(Fault {
+                    disk: Some(DiskFault::Full),
+                    for_ms: Some(lasts),
+                    ..blank(at_ms)
+                });
             }
         }
         for (k, kind) in ["partition", "hold", "latency"].into_iter().enumerate() {
@@ -127,6 +158,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
         faults,
         io_error_rate: rate("io_error"),
         ambiguous_rate: rate("ambiguous_commit"),
+        disk_error_rate: rate("disk_error"),
         kinds: kinds.into_iter().map(|(k, _)| k).collect(),
     }
 }
@@ -160,6 +192,9 @@ mod tests {
             latency_rate: 1.0,
             storage_error_rate: 0.01,
             ambiguous_commit_rate: 0.01,
+            disk_error_rate: 0.001,
+            disk_full_rate: 0.5,
+            power_cut_rate: 1.0,
             swarm: true,
         }
     }
@@ -182,12 +217,12 @@ mod tests {
             ..chaos()
         };
         let p = plan(&c, &agents, 3);
-        assert_eq!(p.kinds.len(), 7);
+        assert_eq!(p.kinds.len(), 10);
         let mut engine_up_at = 0;
         for f in p
             .faults
             .iter()
-            .filter(|f| f.crash.as_deref() == Some("engine"))
+            .filter(|f| f.crash.as_deref() == Some("engine") && f.point.is_none())
         {
             let at = f.at_ms.expect("timed");
             assert!(

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use proctor::api::client::{ApiClient, ClientError};
 use proctor::core::ExecutionStatus;
-use proctor::store::Storage;
 
 use crate::ports::SimNetwork;
 use crate::runner::{sim_elapsed_ms, sleep_until_sim_ms, stuck, Shared, StartAck};
@@ -350,11 +349,7 @@ async fn wait_for_the_end(
             && (!scenario.workload.stream || shared.streams_ended(&acknowledged));
         // Done once all is finished and every scripted fault has had its turn (a fault
         // scheduled after the work ends still runs, so it is never silently skipped).
-        if submitted == total
-            && all_seen
-            && elapsed >= window_end
-            && shared.store.list_active().await?.is_empty()
-        {
+        if submitted == total && all_seen && elapsed >= window_end && shared.store_is_idle().await {
             return Ok(());
         }
         if elapsed > window_end + scenario.liveness_ms {

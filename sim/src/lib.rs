@@ -3,11 +3,15 @@
 //!
 //! - [`ports`]: the engine's Clock and Network on turmoil (simulated time, simulated TCP).
 //! - [`scenario`]: scenario files (process, agents, workload, faults, expectations).
+//! - [`disk`]: the simulated disk (volatile until synced, torn and lost writes at a power cut,
+//!   EIO, a full disk) and [`vfs`], the SQLite VFS that puts the engine's database on it.
 //! - [`storage`]: the fault layer over the engine's SQLite store (I/O errors, ambiguous
 //!   commits, crashes before and after a write).
 //! - [`chaos`]: random faults from rates, drawn from the seed (with swarm testing).
 //! - [`client`]: the client host, which drives the workload through the engine's HTTP API.
 //! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
+//! - [`shrink`]: a failing run's fault schedule written out and reduced (delta debugging) to a
+//!   minimal one that fails the same way.
 //! - [`summary`]: a run's outcome in brief (JSON for sweeps, snapshots for tests).
 //! - [`trace`]: the run's trace (one line per event, simulated time first) and its hash.
 //! - [`checker`]: the invariants, one module each.
@@ -15,12 +19,15 @@
 pub mod chaos;
 pub mod checker;
 pub mod client;
+pub mod disk;
 pub mod ports;
 pub mod runner;
 pub mod scenario;
+pub mod shrink;
 pub mod storage;
 pub mod summary;
 pub mod trace;
+pub mod vfs;
 
 pub use runner::{run, Outcome};
 pub use scenario::Scenario;

@@ -5,9 +5,12 @@
 //! one host per agent runs the example agent; `client` ([`crate::client`]) submits the
 //! workload through that API and waits for every execution to finish or the liveness bound
 //! to pass.
-//! The SQLite store is an in-memory database held outside every host: a crash loses the
-//! engine's memory and tasks, never a committed transaction. Agents' ledgers also live
-//! outside their hosts.
+//! The engine's SQLite database lives on a simulated disk ([`crate::disk`], reached through
+//! [`crate::vfs`]) that outlives the engine host: a crash loses the engine's memory, its
+//! connection and every write the disk had not synced (the scenario's `disk` says which of
+//! those survive), and the next life opens the file again, as SQLite would after a power cut.
+//! The run's outcome is read after one last power cut, so it is what the disk made durable.
+//! Agents' ledgers live outside their hosts.
 //!
 //! Faults come from the scenario's script and from its chaos rates (drawn from the seed
 //! before the run). The runner applies timed faults between simulation steps, crashes the
@@ -33,13 +36,16 @@ use proctor::api::Api;
 use proctor::core::Execution;
 use proctor::event::EventRecord;
 use proctor::network::Network as _;
-use proctor::store::{self, FireOutcome, SqliteStore, Storage};
+use proctor::store::{self, FireOutcome, SqliteOptions, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 use crate::chaos;
 use crate::checker::{self, Violation};
+use crate::disk::Disk;
 use crate::ports::{SimClock, SimNetwork};
-use crate::scenario::{Fault, Point, Scenario, StorageFault, AGENT_PORT, API_PORT, ENGINE_HOST};
+use crate::scenario::{
+    DiskFault, DiskSpec, Fault, Point, Scenario, StorageFault, AGENT_PORT, API_PORT, ENGINE_HOST,
+};
 use crate::storage::{Faults, FaultyStore, PointCrash};
 use crate::trace::Trace;
 
@@ -140,7 +146,11 @@ pub struct StartAck {
 
 /// State that outlives host crashes.
 pub(crate) struct Shared {
-    pub(crate) store: SqliteStore,
+    /// The engine's disk, and the database connection of the engine's current life (`None`
+    /// while it is down or still opening it).
+    disk: Disk,
+    disk_spec: DiskSpec,
+    store: Mutex<Option<SqliteStore>>,
     faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
     starts: Mutex<Vec<StartAck>>,
@@ -170,6 +180,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn live_store(&self) -> Option<SqliteStore> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The engine is up and its store shows nothing active (an unreadable store is not idle).
+    pub(crate) async fn store_is_idle(&self) -> bool {
+        match self.live_store() {
+            Some(store) => store.list_active().await.is_ok_and(|a| a.is_empty()),
+            None => false,
+        }
+    }
+
+    /// The power goes out on the engine host: its connection is gone and the disk keeps only
+    /// what it must (or may) keep. Before the host's tasks are dropped, so the dead
+    /// connection finds itself fenced off as it closes.
+    fn cut_power(&self) {
+        self.disk.lock().crash();
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn trace(&self, line: String) {
         self.trace
             .lock()
@@ -250,6 +280,10 @@ enum Action {
     Heal(Link, String, String),
     Storage(StorageFault, u32),
     ClockJump(u64),
+    Disk(DiskFault, u32),
+    DiskFull(bool),
+    /// Arm a power cut at the engine's nth disk write from now (the scenario fault's index).
+    ArmCut(usize, u64),
 }
 
 /// Timed actions, by (time, order of scheduling).
@@ -304,8 +338,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     let mut faults = Faults::new(seed);
     faults.io_error_rate = plan.io_error_rate;
     faults.ambiguous_rate = plan.ambiguous_rate;
+    crate::vfs::seed_prng(seed);
+    let disk = Disk::new(seed, scenario.disk.unsynced_at_crash);
+    disk.lock().error_rate = plan.disk_error_rate;
     let shared = Arc::new(Shared {
-        store: SqliteStore::open_in_memory().expect("in-memory SQLite"),
+        disk,
+        disk_spec: scenario.disk,
+        store: Mutex::new(None),
         faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
         starts: Mutex::new(Vec::new()),
@@ -377,7 +416,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                 seen: 0,
             };
             unfired.insert(i, describe_point(&crash));
-            if point == Point::StepRunning {
+            if point == Point::DiskWrite {
+                let at = fault.at_ms.unwrap_or(0);
+                schedule.at(at, Action::ArmCut(i, u64::from(fault.nth)));
+            } else if point == Point::StepRunning {
                 step_crashes.push(crash);
             } else {
                 shared
@@ -420,12 +462,20 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             schedule.at(at, Action::Storage(kind, fault.commits.unwrap_or(1)));
         } else if let Some(jump_ms) = fault.clock_jump_ms {
             schedule.at(at, Action::ClockJump(jump_ms));
+        } else if let Some(kind) = fault.disk {
+            if kind == DiskFault::Full {
+                schedule.at(at, Action::DiskFull(true));
+                schedule.at(until, Action::DiskFull(false));
+            } else {
+                schedule.at(at, Action::Disk(kind, fault.ops.unwrap_or(1)));
+            }
         }
     }
 
     let mut injected: BTreeMap<String, usize> = BTreeMap::new();
     let mut count = |kind: &str| *injected.entry(kind.to_string()).or_insert(0) += 1;
-    let storage_chaos = plan.io_error_rate > 0.0 || plan.ambiguous_rate > 0.0;
+    let storage_chaos =
+        plan.io_error_rate > 0.0 || plan.ambiguous_rate > 0.0 || plan.disk_error_rate > 0.0;
     let mut storage_chaos_on = storage_chaos;
     let mut engine_restarts_ms = Vec::new();
     let sim_error = loop {
@@ -435,6 +485,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             let mut faults = shared.faults.lock().expect("faults lock");
             faults.io_error_rate = 0.0;
             faults.ambiguous_rate = 0.0;
+            shared.disk.lock().error_rate = 0.0;
             storage_chaos_on = false;
         }
         // Crashes at named points that fired: in a storage write, or (checked here, and only
@@ -446,6 +497,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             .dying
             .into_iter()
             .collect();
+        let cut = shared.disk.lock().cut.take();
+        if let Some(fault) = cut {
+            count("power_cut");
+            fired.push(fault);
+        }
         if !step_crashes.is_empty() && sim.is_host_running(ENGINE_HOST) {
             let running = step_running_fired(&mut step_crashes, &ledgers);
             fired.extend(running.into_iter().map(|crash| crash.fault));
@@ -472,6 +528,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                         shared.faults.lock().expect("faults lock").dying = None;
                     }
                     if sim.is_host_running(host.as_str()) {
+                        if host == ENGINE_HOST {
+                            shared.cut_power();
+                        }
                         sim.crash(host.as_str());
                         count(if host == ENGINE_HOST {
                             "engine_crash"
@@ -536,6 +595,21 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     count("clock_jump");
                     format!("clock jumps {jump_ms}ms forward")
                 }
+                Action::Disk(kind, ops) => {
+                    shared.disk.lock().arm(kind.op(), ops);
+                    format!("disk {} x{ops}", kind.name())
+                }
+                Action::ArmCut(fault, nth) => {
+                    shared.disk.lock().arm_cut(fault, nth);
+                    format!("power cut armed at disk write #{nth} from now")
+                }
+                Action::DiskFull(full) => {
+                    shared.disk.lock().full = full;
+                    if full {
+                        count(DiskFault::Full.name());
+                    }
+                    format!("disk {}", if full { "full" } else { "has space again" })
+                }
                 Action::Storage(kind, commits) => {
                     let mut faults = shared.faults.lock().expect("faults lock");
                     faults.spoil.push((kind, commits));
@@ -551,7 +625,27 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         }
     };
     let elapsed_ms = sim.elapsed().as_millis() as u64;
+    // The outcome is what survives one last power cut, with every disk fault cleared.
+    shared.cut_power();
     drop(sim);
+    let disk_stats;
+    let (store, sim_error) = {
+        let mut disk = shared.disk.lock();
+        disk.full = false;
+        disk.error_rate = 0.0;
+        let stats = disk.stats.clone();
+        drop(disk);
+        disk_stats = stats;
+        match open_store(&shared) {
+            Ok(store) => (store, sim_error),
+            Err(e) => (
+                SqliteStore::open_in_memory().expect("in-memory SQLite"),
+                Some(format!(
+                    "the database does not open after the final power cut: {e}"
+                )),
+            ),
+        }
+    };
 
     let (storage_writes, storage_faults) = {
         let faults = shared.faults.lock().expect("faults lock");
@@ -560,13 +654,26 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     for kind in storage_faults {
         count(kind.name());
     }
+    // What the power cuts did to unsynced writes, and the disk operations that failed with EIO
+    // (scripted or chaos), counted per write or operation.
+    for (kind, n) in [
+        ("unsynced_write_lost", disk_stats.lost),
+        ("torn_write", disk_stats.torn),
+        (DiskFault::ReadError.name(), disk_stats.read_errors),
+        (DiskFault::WriteError.name(), disk_stats.write_errors),
+        (DiskFault::SyncError.name(), disk_stats.sync_errors),
+    ] {
+        if n > 0 {
+            injected.insert(kind.to_string(), n as usize);
+        }
+    }
     let acknowledged = shared.acknowledged.lock().expect("ack lock").clone();
     let starts = shared.starts.lock().expect("starts lock").clone();
-    let (keyed, unkeyed) = keyed_executions(&shared.store, scenario);
+    let (keyed, unkeyed) = keyed_executions(&store, scenario);
     let mut schedule_fires = Vec::new();
     let mut scheduled = Vec::new();
     for s in &scenario.workload.schedules {
-        let fires = now(shared.store.fires(&s.name, false)).expect("store readable");
+        let fires = now(store.fires(&s.name, false)).expect("store readable");
         // A run of missed fires (a long clock jump) reads as one line.
         for group in fires
             .chunk_by(|a, b| a.outcome == FireOutcome::Missed && b.outcome == FireOutcome::Missed)
@@ -597,7 +704,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     // Sub-process children, checked like the rest.
     let mut children = Vec::new();
     for id in &acknowledged {
-        if let Some(parent) = now(shared.store.load(id)).expect("store readable") {
+        if let Some(parent) = now(store.load(id)).expect("store readable") {
             for (step, def) in parent.process.steps.iter().enumerate() {
                 if matches!(def.kind, proctor::definition::StepKind::Subprocess(_)) {
                     children.push(parent.child_id(step));
@@ -613,8 +720,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         .collect();
     let mut executions = Vec::new();
     for id in acknowledged.iter().chain(&scheduled).chain(&children) {
-        let execution = now(shared.store.load(id)).expect("store readable");
-        let events = now(shared.store.events(id)).expect("store readable");
+        let execution = now(store.load(id)).expect("store readable");
+        let events = now(store.events(id)).expect("store readable");
         if let Some(execution) = execution {
             executions.push((execution, events));
         }
@@ -627,7 +734,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             limit: store::MAX_LIST_PAGE,
             ..Default::default()
         };
-        let mut ids: Vec<String> = now(shared.store.list_executions(&query))
+        let mut ids: Vec<String> = now(store.list_executions(&query))
             .expect("store readable")
             .into_iter()
             .map(|s| s.id)
@@ -669,7 +776,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         faults: injected,
         chaos_kinds: plan.kinds.iter().map(|k| k.to_string()).collect(),
         storage_writes,
-        unfired: unfired.into_values().collect(),
+        // A chaos fault at a point may rightly never fire (the run ended first); a scripted
+        // one must.
+        unfired: unfired
+            .into_iter()
+            .filter(|(i, _)| *i < scenario.faults.len())
+            .map(|(_, why)| why)
+            .collect(),
         window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
         engine_restarts_ms,
         elapsed_ms,
@@ -800,6 +913,21 @@ fn keyed_executions(
     (keyed, unkeyed)
 }
 
+/// The engine's database file on its disk.
+const DATABASE_FILE: &str = "proctor.db";
+
+/// Opens the engine's database on the simulated disk, as the engine host does at boot.
+fn open_store(shared: &Shared) -> Result<SqliteStore, store::Error> {
+    SqliteStore::open_with(
+        &shared.disk.path(DATABASE_FILE),
+        &SqliteOptions {
+            vfs: Some(crate::vfs::VFS_NAME.to_string()),
+            synchronous: shared.disk_spec.synchronous.store_setting(),
+            exclusive: true,
+        },
+    )
+}
+
 /// The liveness failure: which executions are stuck, and in what state.
 pub(crate) async fn stuck(
     shared: &Shared,
@@ -807,10 +935,15 @@ pub(crate) async fn stuck(
     total: usize,
     after_ms: u64,
 ) -> String {
-    let active = shared.store.list_active().await.unwrap_or_default();
+    let Some(store) = shared.live_store() else {
+        return format!(
+            "liveness: {submitted} of {total} submitted, the engine still down {after_ms}ms after the fault window"
+        );
+    };
+    let active = store.list_active().await.unwrap_or_default();
     let mut details = Vec::new();
     for id in active.iter().take(MAX_STUCK_LISTED) {
-        let state = match shared.store.load(id).await {
+        let state = match store.load(id).await {
             Ok(Some(e)) => format!("{} (steps {})", e.status, checker::unfinished_steps(&e)),
             _ => "unreadable".to_string(),
         };
@@ -833,7 +966,19 @@ async fn boot(
     seed: u64,
 ) -> turmoil::Result {
     let boot = shared.boots.fetch_add(1, Ordering::SeqCst) + 1;
-    let store = FaultyStore::new(shared.store.clone(), shared.faults.clone());
+    // Opening runs SQLite's crash recovery (the WAL's replay); a disk fault fails it, and a
+    // supervisor would try again.
+    let sqlite = loop {
+        match open_store(&shared) {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!("opening the database failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    };
+    *shared.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(sqlite.clone());
+    let store = FaultyStore::new(sqlite, shared.faults.clone());
     let engine = Engine::new(
         Ports {
             clock: Arc::new(SimClock::new(shared.clock_offset_ms.clone())),

@@ -23,9 +23,10 @@ use proctor::agent::example::Behaviour;
 use proctor::core::StepStatus;
 use proctor::definition::{self, ProcessDef, StepKind};
 use proctor::schedule::ScheduleSpec;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::disk::Unsynced;
 use crate::runner::EPOCH_MS;
 
 /// The engine's host name; agents are hosts named after themselves.
@@ -66,6 +67,41 @@ struct File {
     seeds: u64,
     #[serde(default)]
     clock: Option<ClockSpec>,
+    #[serde(default)]
+    disk: DiskSpec,
+}
+
+/// The engine's disk: how SQLite syncs (production: `full`) and what a power cut does to
+/// writes that were never synced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    #[serde(default)]
+    pub synchronous: SyncMode,
+    #[serde(default)]
+    pub unsynced_at_crash: Unsynced,
+}
+
+/// SQLite's `synchronous` setting for the engine's database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// The production setting.
+    #[default]
+    Full,
+    Normal,
+    /// Never sync: the negative control, which must lose acknowledged state.
+    Off,
+}
+
+impl SyncMode {
+    pub fn store_setting(self) -> proctor::store::Synchronous {
+        match self {
+            SyncMode::Full => proctor::store::Synchronous::Full,
+            SyncMode::Normal => proctor::store::Synchronous::Normal,
+            SyncMode::Off => proctor::store::Synchronous::Off,
+        }
+    }
 }
 
 /// Where the engine's wall clock starts (it still advances with simulated time, and jumps
@@ -195,55 +231,99 @@ pub struct WorkloadSignal {
 }
 
 /// One scripted fault: a trigger (`at_ms`, or a named `point`) and one action.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// Simulated ms from the start of the run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<u64>,
     /// Or: the engine crashes at a named point in its work (see [`Point`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<Point>,
     /// With `point: step_running` or `timer_waiting`: only this step counts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// With `point`: the occurrence that triggers it (1 = the first).
-    #[serde(default = "default_nth")]
+    #[serde(default = "default_nth", skip_serializing_if = "is_default_nth")]
     pub nth: u32,
     /// Crash this host; it restarts `restart_after_ms` later (never, if absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_after_ms: Option<u64>,
     /// Cut the link between two hosts: bytes on open connections are dropped, new
     /// connections refused.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<(String, String)>,
     /// Hold the link: messages queue and are delivered, late, on release.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<(String, String)>,
     /// Slow the link: messages take up to `latency_ms`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<(String, String)>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
     /// How long a partition, hold or latency change lasts (until the end of the fault window
     /// if absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_ms: Option<u64>,
     /// The engine's next `commits` storage writes fail this way.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageFault>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commits: Option<u32>,
     /// Move the engine's wall clock forward this far at once (simulated time goes on as
     /// before): downtime as the scheduler sees it, and DST transitions within a short run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_jump_ms: Option<u64>,
+    /// A fault of the engine's disk, below SQLite: `full` (for `for_ms`, or to the end of the
+    /// fault window), or the next `ops` reads, writes or syncs fail with EIO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<u32>,
 }
+
+/// A fault of the simulated disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFault {
+    /// Writes that grow a file fail (ENOSPC).
+    Full,
+    ReadError,
+    WriteError,
+    SyncError,
+}
+
+impl DiskFault {
+    /// The operation an EIO fault fails (`full` fails writes).
+    pub fn op(self) -> crate::disk::Op {
+        match self {
+            DiskFault::ReadError => crate::disk::Op::Read,
+            DiskFault::Full | DiskFault::WriteError => crate::disk::Op::Write,
+            DiskFault::SyncError => crate::disk::Op::Sync,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFault::Full => "disk_full",
+            DiskFault::ReadError => "read_error",
+            DiskFault::WriteError => "write_error",
+            DiskFault::SyncError => "sync_error",
+        }
+    }
+}
+
+/// Most disk operations one `ops` fault may fail.
+pub const MAX_FAULTY_OPS: u32 = 1_000;
 
 fn default_nth() -> u32 {
     1
+}
+
+fn is_default_nth(nth: &u32) -> bool {
+    *nth == default_nth()
 }
 
 impl Fault {
@@ -275,12 +355,14 @@ impl Default for Fault {
             storage: None,
             commits: None,
             clock_jump_ms: None,
+            disk: None,
+            ops: None,
         }
     }
 }
 
 /// Named points at which the engine host dies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Point {
     /// Before the nth storage write (commit or create) reaches the disk.
@@ -295,6 +377,9 @@ pub enum Point {
     StepRunning,
     /// Right after the nth matching timer step started durably (its wake-up not yet armed).
     TimerWaiting,
+    /// A power cut during the nth disk write (counted from `at_ms`, if given): the engine's
+    /// SQLite dies in the middle of whatever it was writing.
+    DiskWrite,
 }
 
 impl Point {
@@ -305,12 +390,13 @@ impl Point {
             Point::AfterCreate => "after_create",
             Point::StepRunning => "step_running",
             Point::TimerWaiting => "timer_waiting",
+            Point::DiskWrite => "disk_write",
         }
     }
 }
 
 /// How a storage write fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageFault {
     /// Nothing is written; the engine gets an I/O error.
@@ -331,7 +417,7 @@ impl StorageFault {
 /// Random faults (chaos): rates per simulated second for timed faults, per storage write for
 /// storage faults. With `swarm` (the default), each seed enables a random non-empty subset of
 /// the kinds that have a rate, so a sweep also explores runs dominated by one kind.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Chaos {
     /// Random faults start within this window; the liveness phase follows it.
@@ -350,6 +436,15 @@ pub struct Chaos {
     pub storage_error_rate: f64,
     #[serde(default)]
     pub ambiguous_commit_rate: f64,
+    /// Per disk operation (read, write, sync): the chance it fails with EIO.
+    #[serde(default)]
+    pub disk_error_rate: f64,
+    /// Per second: the chance the disk fills up for a while.
+    #[serde(default)]
+    pub disk_full_rate: f64,
+    /// Per second: the chance of a power cut in one of the engine's next disk writes.
+    #[serde(default)]
+    pub power_cut_rate: f64,
     #[serde(default = "default_true")]
     pub swarm: bool,
 }
@@ -408,6 +503,7 @@ pub struct Scenario {
     pub seeds: u64,
     /// The engine's wall clock at simulated time 0 (ms since the Unix epoch).
     pub clock_start_ms: u64,
+    pub disk: DiskSpec,
 }
 
 impl Scenario {
@@ -563,6 +659,7 @@ impl Scenario {
             expect: file.expect,
             seeds: file.seeds,
             clock_start_ms,
+            disk: file.disk,
         })
     }
 
@@ -606,13 +703,30 @@ fn check_fault(
         fault.latency.is_some(),
         fault.storage.is_some(),
         fault.clock_jump_ms.is_some(),
+        fault.disk.is_some(),
     ];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(
             "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `storage`, \
-             `clock_jump_ms`"
+             `clock_jump_ms`, `disk`"
                 .into(),
         );
+    }
+    if let Some(disk) = fault.disk {
+        if fault.at_ms.is_none() {
+            return Err("disk: a disk fault needs `at_ms`".into());
+        }
+        if disk == DiskFault::Full && fault.ops.is_some() {
+            return Err("ops: not with `disk: full` (it lasts `for_ms`)".into());
+        }
+        if fault.ops.is_some_and(|n| n == 0 || n > MAX_FAULTY_OPS) {
+            return Err(format!("ops: must be between 1 and {MAX_FAULTY_OPS}"));
+        }
+        if disk != DiskFault::Full && fault.for_ms.is_some() {
+            return Err("for_ms: only with `disk: full` (an EIO fault counts `ops`)".into());
+        }
+    } else if fault.ops.is_some() {
+        return Err("ops: only with `disk`".into());
     }
     if let Some(jump) = fault.clock_jump_ms {
         if fault.at_ms.is_none() {
@@ -628,10 +742,16 @@ fn check_fault(
         return Err("storage: a storage fault needs `at_ms`".into());
     }
     match (fault.at_ms, fault.point) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => return Err("at_ms: give exactly one of `at_ms` or `point`".into()),
+        (Some(_), None) | (None, Some(_)) | (Some(_), Some(Point::DiskWrite)) => {}
+        _ => {
+            return Err(
+                "at_ms: give exactly one of `at_ms` or `point` (both only with \
+                 `point: disk_write`, which counts writes from `at_ms`)"
+                    .into(),
+            )
+        }
     }
-    if fault.at_ms.is_some() && fault.nth != default_nth() {
+    if fault.point.is_none() && fault.nth != default_nth() {
         return Err("nth: only with `point` (a timed fault happens once, at `at_ms`)".into());
     }
     if let Some(point) = fault.point {
@@ -697,8 +817,9 @@ fn check_fault(
         && fault.partition.is_none()
         && fault.hold.is_none()
         && fault.latency.is_none()
+        && fault.disk != Some(DiskFault::Full)
     {
-        return Err("for_ms: only with `partition`, `hold` or `latency`".into());
+        return Err("for_ms: only with `partition`, `hold`, `latency` or `disk: full`".into());
     }
     Ok(())
 }
@@ -717,6 +838,9 @@ fn check_chaos(chaos: &Chaos) -> Result<(), String> {
         ("latency_rate", chaos.latency_rate, 100.0),
         ("storage_error_rate", chaos.storage_error_rate, 1.0),
         ("ambiguous_commit_rate", chaos.ambiguous_commit_rate, 1.0),
+        ("disk_error_rate", chaos.disk_error_rate, 1.0),
+        ("disk_full_rate", chaos.disk_full_rate, 100.0),
+        ("power_cut_rate", chaos.power_cut_rate, 100.0),
     ] {
         if !rate.is_finite() || !(0.0..=max).contains(&rate) {
             return Err(format!("{field}: must be between 0 and {max}, got {rate}"));

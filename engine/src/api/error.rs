@@ -84,9 +84,9 @@ impl From<Error> for ApiError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             // Storage trouble passes (a full disk is freed, a lock is released): retry later.
-            Error::Store(store::Error::Backend(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            Error::Store(
+                store::Error::Backend(_) | store::Error::DiskFull(_) | store::Error::Io(_),
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Store(store::Error::Corrupt { .. })
             | Error::UnresolvedAgent(_)
             | Error::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -17,12 +17,18 @@ use crate::definition::ProcessDef;
 use crate::event::EventRecord;
 use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The disk is full: nothing was written. Passes once space is freed.
+    #[error("storage is full, nothing was written: {0}")]
+    DiskFull(String),
+    /// The device failed a read, write or sync. A failed commit may or may not have landed.
+    #[error("storage I/O error: {0}")]
+    Io(String),
     #[error("an execution with id {0} already exists")]
     Duplicate(String),
     /// The tenant already has an execution created under this idempotency key.

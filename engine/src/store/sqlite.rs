@@ -181,26 +181,96 @@ fn clamp_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-fn backend(e: impl std::fmt::Display) -> Error {
+/// A backend failure, classified where the caller can act on the class: a full disk and an
+/// I/O error pass (once space is freed, once the device answers again), unlike a bug.
+fn backend<E: std::fmt::Display + 'static>(e: E) -> Error {
+    let any: &dyn std::any::Any = &e;
+    if let Some(rusqlite::Error::SqliteFailure(failure, _)) = any.downcast_ref::<rusqlite::Error>()
+    {
+        match failure.code {
+            rusqlite::ErrorCode::DiskFull => return Error::DiskFull(e.to_string()),
+            rusqlite::ErrorCode::SystemIoFailure => return Error::Io(e.to_string()),
+            _ => {}
+        }
+    }
     Error::Backend(e.to_string())
 }
 
+/// How durable a commit is when it returns (SQLite's `synchronous`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The production setting: the WAL is synced at every commit, so a commit that returned
+    /// survives power loss.
+    #[default]
+    Full,
+    /// WAL synced only at checkpoints: a power cut may lose the latest commits.
+    Normal,
+    /// Never synced: a power cut may lose anything. Only for showing what that costs.
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+/// How [`SqliteStore::open_with`] opens its file. The defaults are the production settings.
+#[derive(Clone, Debug, Default)]
+pub struct SqliteOptions {
+    /// A registered SQLite VFS to do the file I/O (the simulator's disk); the OS's if `None`.
+    pub vfs: Option<String>,
+    pub synchronous: Synchronous,
+    /// Hold the database's lock for the connection's life (`locking_mode=EXCLUSIVE`, set before
+    /// WAL is entered, so SQLite keeps the WAL index in the heap and needs no shared memory).
+    /// Other processes cannot open the file meanwhile; a VFS without shared memory needs it.
+    pub exclusive: bool,
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`, with the production settings.
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
-        let conn = Connection::open(path).map_err(backend)?;
+        SqliteStore::open_with(path, &SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database file at `path` as `options` say.
+    pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, Error> {
+        let conn = match &options.vfs {
+            None => Connection::open(path),
+            Some(vfs) => Connection::open_with_flags_and_vfs(
+                path,
+                rusqlite::OpenFlags::default(),
+                vfs.as_str(),
+            ),
+        }
+        .map_err(backend)?;
+        if options.exclusive {
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+                .map_err(backend)?;
+        }
+        // Sorts and statement journals stay in memory: nothing temporary touches the disk.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        SqliteStore::init(conn)
+        let synchronous = options.synchronous;
+        SqliteStore::init(conn, synchronous)
     }
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
-        SqliteStore::init(Connection::open_in_memory().map_err(backend)?)
+        SqliteStore::init(
+            Connection::open_in_memory().map_err(backend)?,
+            Synchronous::Full,
+        )
     }
 
-    fn init(conn: Connection) -> Result<SqliteStore, Error> {
-        conn.pragma_update(None, "synchronous", "FULL")
+    fn init(conn: Connection, synchronous: Synchronous) -> Result<SqliteStore, Error> {
+        conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;

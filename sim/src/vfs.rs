@@ -1,0 +1,628 @@
+//! The SQLite VFS that puts the engine's database on the simulated disk ([`crate::disk`]).
+//!
+//! SQLite's C file I/O never passes through Rust's `std::fs`, so a simulated disk must sit
+//! below SQLite itself: this VFS (registered once per process as [`VFS_NAME`]) turns SQLite's
+//! file calls into [`DiskState`] operations on the disk its path names. The engine opens the
+//! file with its production settings (WAL, `synchronous=FULL`) plus exclusive locking: this
+//! VFS has no shared memory (version 1 I/O methods), and SQLite keeps the WAL index in the
+//! heap when the lock is held for the connection's life. One connection uses a disk at a time
+//! within a life, so locks need no more than the crash fence ([`DiskState::may_lock`]).
+//!
+//! Written against `rusqlite::ffi` (the SQLite bindings the engine already links) rather than
+//! a VFS wrapper crate: the one maintained wrapper builds its own bindings with bindgen, which
+//! needs libclang on every machine that builds the simulator.
+//!
+//! Every callback is panic-free by construction (a panic cannot unwind into C): locks are
+//! taken poisoned or not, and every pointer SQLite hands over is checked for null.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr::{null, null_mut};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+
+use rusqlite::ffi;
+
+use crate::disk::{disk_of, DiskError, DiskState};
+use crate::runner::EPOCH_MS;
+
+/// The name the engine opens its database with (`SqliteOptions::vfs`).
+pub const VFS_NAME: &str = "proctor-sim";
+const VFS_NAME_C: &CStr = c"proctor-sim";
+/// Longest path SQLite may hand us.
+const MAX_PATH_BYTES: c_int = 512;
+/// The sector SQLite pads WAL frames to. The device claims no atomic or power-safe writes
+/// (`xDeviceCharacteristics` is 0), so SQLite assumes the worst the crash model can do.
+const SECTOR_BYTES: c_int = 512;
+
+/// SQLite allocates `szOsFile` bytes per open file and hands them to `xOpen`; this is that
+/// block: SQLite's base struct first, then our handle.
+#[repr(C)]
+struct SimFile {
+    base: ffi::sqlite3_file,
+    handle: *mut Handle,
+}
+
+enum Handle {
+    Disk {
+        disk: Arc<Mutex<DiskState>>,
+        name: String,
+        /// The life it was opened in: after a crash it is fenced off.
+        generation: u64,
+        delete_on_close: bool,
+    },
+    /// A nameless temporary file: memory only (never durable, never faulted).
+    Temp(Vec<u8>),
+}
+
+fn lock(disk: &Mutex<DiskState>) -> MutexGuard<'_, DiskState> {
+    disk.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static IO_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// Registers the VFS (once per process). Not the default VFS: only connections that name it
+/// use it.
+pub fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let vfs = Box::new(ffi::sqlite3_vfs {
+            iVersion: 2,
+            szOsFile: std::mem::size_of::<SimFile>() as c_int,
+            mxPathname: MAX_PATH_BYTES,
+            pNext: null_mut(),
+            zName: VFS_NAME_C.as_ptr(),
+            pAppData: null_mut(),
+            xOpen: Some(x_open),
+            xDelete: Some(x_delete),
+            xAccess: Some(x_access),
+            xFullPathname: Some(x_full_pathname),
+            xDlOpen: None,
+            xDlError: None,
+            xDlSym: None,
+            xDlClose: None,
+            xRandomness: Some(x_randomness),
+            xSleep: Some(x_sleep),
+            xCurrentTime: Some(x_current_time),
+            xGetLastError: Some(x_get_last_error),
+            xCurrentTimeInt64: Some(x_current_time_int64),
+            xSetSystemCall: None,
+            xGetSystemCall: None,
+            xNextSystemCall: None,
+        });
+        // SQLite keeps the pointer for the life of the process: leaked on purpose.
+        // SAFETY: a fully initialised vfs struct that is never freed.
+        let rc = unsafe { ffi::sqlite3_vfs_register(Box::leak(vfs), 0) };
+        assert_eq!(rc, ffi::SQLITE_OK, "registering the simulator's VFS");
+    });
+}
+
+/// Reseeds SQLite's process-wide PRNG (WAL salts come from it), so a run's disk bytes are a
+/// function of its seed too.
+pub fn seed_prng(seed: u64) {
+    // SAFETY: a documented test-control op taking an int and a (null) connection.
+    unsafe {
+        ffi::sqlite3_test_control(
+            ffi::SQLITE_TESTCTRL_PRNG_SEED,
+            (seed as u32) as c_int,
+            null_mut::<ffi::sqlite3>(),
+        );
+    }
+}
+
+/// SAFETY: `file` is a block SQLite allocated for this VFS, initialised by `x_open`.
+unsafe fn handle<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut Handle> {
+    let file = file as *mut SimFile;
+    if file.is_null() {
+        return None;
+    }
+    (*file).handle.as_mut()
+}
+
+/// SAFETY: `name` is null or a NUL-terminated string.
+unsafe fn path<'a>(name: *const c_char) -> Option<&'a str> {
+    if name.is_null() {
+        None
+    } else {
+        CStr::from_ptr(name).to_str().ok()
+    }
+}
+
+unsafe extern "C" fn x_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let out = file as *mut SimFile;
+    if out.is_null() {
+        return ffi::SQLITE_CANTOPEN;
+    }
+    // A failed open must leave pMethods null, so SQLite does not call xClose on it.
+    (*out).base.pMethods = null();
+    (*out).handle = null_mut();
+    let handle = if name.is_null() {
+        Handle::Temp(Vec::new())
+    } else {
+        let Some(name) = path(name) else {
+            return ffi::SQLITE_CANTOPEN;
+        };
+        let Some(disk) = disk_of(name) else {
+            return ffi::SQLITE_CANTOPEN;
+        };
+        let create = flags & ffi::SQLITE_OPEN_CREATE != 0;
+        let opened = lock(&disk).open(name, create);
+        let Ok(generation) = opened else {
+            return ffi::SQLITE_CANTOPEN;
+        };
+        Handle::Disk {
+            disk,
+            name: name.to_string(),
+            generation,
+            delete_on_close: flags & ffi::SQLITE_OPEN_DELETEONCLOSE != 0,
+        }
+    };
+    (*out).handle = Box::into_raw(Box::new(handle));
+    (*out).base.pMethods = &IO_METHODS;
+    if !out_flags.is_null() {
+        *out_flags = flags;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
+    let file = file as *mut SimFile;
+    if file.is_null() || (*file).handle.is_null() {
+        return ffi::SQLITE_OK;
+    }
+    let handle = Box::from_raw((*file).handle);
+    (*file).handle = null_mut();
+    if let Handle::Disk {
+        disk,
+        name,
+        generation,
+        delete_on_close,
+    } = *handle
+    {
+        let mut disk = lock(&disk);
+        disk.close(&name, generation);
+        if delete_on_close && disk.may_lock(generation) {
+            let _ = disk.delete(&name);
+        }
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let (Some(handle), Ok(amount), Ok(offset)) = (
+        handle(file),
+        usize::try_from(amount),
+        usize::try_from(offset),
+    ) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    if buf.is_null() {
+        return ffi::SQLITE_IOERR_READ;
+    }
+    let out = std::slice::from_raw_parts_mut(buf as *mut u8, amount);
+    let read = match handle {
+        Handle::Temp(bytes) => {
+            let n = bytes.len().saturating_sub(offset).min(amount);
+            out[..n].copy_from_slice(&bytes[offset..offset + n]);
+            Ok(n)
+        }
+        Handle::Disk {
+            disk,
+            name,
+            generation,
+            ..
+        } => lock(disk).read(name, *generation, offset, out),
+    };
+    match read {
+        Ok(n) if n == amount => ffi::SQLITE_OK,
+        Ok(n) => {
+            // SQLite requires the unread tail zeroed on a short read.
+            out[n..].fill(0);
+            ffi::SQLITE_IOERR_SHORT_READ
+        }
+        Err(_) => ffi::SQLITE_IOERR_READ,
+    }
+}
+
+unsafe extern "C" fn x_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let (Some(handle), Ok(amount), Ok(offset)) = (
+        handle(file),
+        usize::try_from(amount),
+        usize::try_from(offset),
+    ) else {
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    if buf.is_null() {
+        return ffi::SQLITE_IOERR_WRITE;
+    }
+    let data = std::slice::from_raw_parts(buf as *const u8, amount);
+    let written = match handle {
+        Handle::Temp(bytes) => {
+            if bytes.len() < offset + amount {
+                bytes.resize(offset + amount, 0);
+            }
+            bytes[offset..offset + amount].copy_from_slice(data);
+            Ok(())
+        }
+        Handle::Disk {
+            disk,
+            name,
+            generation,
+            ..
+        } => lock(disk).write(name, *generation, offset, data),
+    };
+    match written {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(DiskError::Full) => ffi::SQLITE_FULL,
+        Err(_) => ffi::SQLITE_IOERR_WRITE,
+    }
+}
+
+unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    let (Some(handle), Ok(size)) = (handle(file), usize::try_from(size)) else {
+        return ffi::SQLITE_IOERR_TRUNCATE;
+    };
+    let done = match handle {
+        Handle::Temp(bytes) => {
+            bytes.truncate(size);
+            Ok(())
+        }
+        Handle::Disk {
+            disk,
+            name,
+            generation,
+            ..
+        } => lock(disk).truncate(name, *generation, size),
+    };
+    match done {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(_) => ffi::SQLITE_IOERR_TRUNCATE,
+    }
+}
+
+unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
+    let synced = match handle(file) {
+        None => Err(DiskError::NotFound),
+        Some(Handle::Temp(_)) => Ok(()),
+        Some(Handle::Disk {
+            disk,
+            name,
+            generation,
+            ..
+        }) => lock(disk).sync(name, *generation),
+    };
+    match synced {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(_) => ffi::SQLITE_IOERR_FSYNC,
+    }
+}
+
+unsafe extern "C" fn x_file_size(
+    file: *mut ffi::sqlite3_file,
+    size: *mut ffi::sqlite3_int64,
+) -> c_int {
+    let len = match handle(file) {
+        None => Err(DiskError::NotFound),
+        Some(Handle::Temp(bytes)) => Ok(bytes.len()),
+        Some(Handle::Disk {
+            disk,
+            name,
+            generation,
+            ..
+        }) => lock(disk).size(name, *generation),
+    };
+    match len {
+        Ok(len) if !size.is_null() => {
+            *size = len as ffi::sqlite3_int64;
+            ffi::SQLITE_OK
+        }
+        _ => ffi::SQLITE_IOERR_FSTAT,
+    }
+}
+
+unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    match handle(file) {
+        // A dead life's connection asks for the lock as it closes (to checkpoint and delete
+        // the WAL): refused, so it leaves the files to the living.
+        Some(Handle::Disk {
+            disk, generation, ..
+        }) if !lock(disk).may_lock(*generation) => ffi::SQLITE_BUSY,
+        _ => ffi::SQLITE_OK,
+    }
+}
+
+unsafe extern "C" fn x_unlock(_file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_check_reserved_lock(
+    _file: *mut ffi::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
+    if !out.is_null() {
+        *out = 0;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_file_control(
+    _file: *mut ffi::sqlite3_file,
+    _op: c_int,
+    _arg: *mut c_void,
+) -> c_int {
+    ffi::SQLITE_NOTFOUND
+}
+
+unsafe extern "C" fn x_sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
+    SECTOR_BYTES
+}
+
+unsafe extern "C" fn x_device_characteristics(_file: *mut ffi::sqlite3_file) -> c_int {
+    0
+}
+
+unsafe extern "C" fn x_delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    _sync_dir: c_int,
+) -> c_int {
+    let Some(disk) = path(name).and_then(disk_of) else {
+        return ffi::SQLITE_IOERR_DELETE_NOENT;
+    };
+    let deleted = lock(&disk).delete(path(name).unwrap_or_default());
+    match deleted {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(DiskError::NotFound) => ffi::SQLITE_IOERR_DELETE_NOENT,
+        Err(_) => ffi::SQLITE_IOERR_DELETE,
+    }
+}
+
+unsafe extern "C" fn x_access(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    if out.is_null() {
+        return ffi::SQLITE_IOERR_ACCESS;
+    }
+    let name = path(name);
+    let len = name
+        .and_then(|n| disk_of(n).map(|d| (n, d)))
+        .and_then(|(n, d)| lock(&d).len(n));
+    // As the unix VFS does: an empty file "does not exist" (a WAL truncated to nothing).
+    let exists = match len {
+        Some(len) => flags != ffi::SQLITE_ACCESS_EXISTS || len > 0,
+        None => false,
+    };
+    *out = c_int::from(exists);
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_full_pathname(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    out_len: c_int,
+    out: *mut c_char,
+) -> c_int {
+    if name.is_null() || out.is_null() {
+        return ffi::SQLITE_CANTOPEN;
+    }
+    let bytes = CStr::from_ptr(name).to_bytes_with_nul();
+    if bytes.len() > usize::try_from(out_len).unwrap_or(0) {
+        return ffi::SQLITE_CANTOPEN;
+    }
+    std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, out, bytes.len());
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_randomness(
+    _vfs: *mut ffi::sqlite3_vfs,
+    len: c_int,
+    out: *mut c_char,
+) -> c_int {
+    // Nothing random may enter a run except from its seed ([`seed_prng`] seeds SQLite's PRNG).
+    if let (false, Ok(n)) = (out.is_null(), usize::try_from(len)) {
+        std::ptr::write_bytes(out, 0, n);
+    }
+    len
+}
+
+unsafe extern "C" fn x_sleep(_vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
+    // One connection per life never waits for a lock; sleeping would stall the simulation.
+    micros
+}
+
+/// The Julian day of the Unix epoch, in ms, as SQLite counts time.
+const UNIX_EPOCH_JULIAN_MS: i64 = 210_866_760_000_000;
+
+unsafe extern "C" fn x_current_time(_vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
+    // SQL's own clock is unused by the engine (times are bound parameters); a constant keeps
+    // it out of the run.
+    if !out.is_null() {
+        *out = (UNIX_EPOCH_JULIAN_MS + EPOCH_MS as i64) as f64 / 86_400_000.0;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_current_time_int64(
+    _vfs: *mut ffi::sqlite3_vfs,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
+    if !out.is_null() {
+        *out = UNIX_EPOCH_JULIAN_MS + EPOCH_MS as i64;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_get_last_error(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _len: c_int,
+    _out: *mut c_char,
+) -> c_int {
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use proctor::core::Execution;
+    use proctor::definition::{self, Format};
+    use proctor::store::{self, SqliteOptions, SqliteStore, Storage, Synchronous};
+    use serde_json::json;
+
+    use super::*;
+    use crate::disk::{Disk, Op, Unsynced};
+
+    /// The store's methods never wait: polls once.
+    fn now<F: Future>(future: F) -> F::Output {
+        match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("a store call waited"),
+        }
+    }
+
+    fn open(disk: &Disk, synchronous: Synchronous) -> Result<SqliteStore, store::Error> {
+        SqliteStore::open_with(
+            &disk.path("proctor.db"),
+            &SqliteOptions {
+                vfs: Some(VFS_NAME.to_string()),
+                synchronous,
+                exclusive: true,
+            },
+        )
+    }
+
+    fn execution(id: &str) -> Execution {
+        let yaml = "name: t\nsteps:\n  - { id: wait, type: timer, duration: 1s }\n";
+        let def = definition::parse("t.yaml", yaml, Format::Yaml).expect("parses");
+        // A sizeable input, so that the WAL fills and checkpoints within the test.
+        let input = json!({ "pad": "x".repeat(2_000) });
+        Execution::new(id.to_string(), std::sync::Arc::new(def), input, 1_000)
+    }
+
+    fn stored(store: &SqliteStore) -> usize {
+        now(store.list_active()).expect("lists").len()
+    }
+
+    #[test]
+    fn with_full_sync_every_acknowledged_create_survives_power_cuts() {
+        let mut torn_or_lost = 0;
+        for seed in 0..8 {
+            let disk = Disk::new(seed, Unsynced::Random);
+            let mut created = 0;
+            for life in 0..6 {
+                let store = open(&disk, Synchronous::Full).expect("reopens after a crash");
+                let found = stored(&store);
+                // The create whose sync failed last life may have landed, or not.
+                assert!(
+                    found == created || found == created + 1,
+                    "seed {seed} life {life}: {found} of {created} acknowledged"
+                );
+                created = found;
+                for _ in 0..40 {
+                    now(store.create(&execution(&format!("e{created}")))).expect("creates");
+                    created += 1;
+                }
+                // A commit whose sync fails leaves its WAL frames volatile for the crash.
+                disk.lock().arm(Op::Sync, 1);
+                let ambiguous = now(store.create(&execution(&format!("e{created}"))));
+                assert!(
+                    matches!(ambiguous, Err(store::Error::Io(_))),
+                    "{ambiguous:?}"
+                );
+                disk.lock().crash();
+            }
+            let s = disk.lock().stats.clone();
+            torn_or_lost += s.torn + s.lost;
+        }
+        assert!(torn_or_lost > 0, "the crashes never lost a write");
+    }
+
+    #[test]
+    fn with_sync_off_a_power_cut_loses_acknowledged_creates() {
+        let disk = Disk::new(1, Unsynced::Lose);
+        let store = open(&disk, Synchronous::Off).expect("opens");
+        for i in 0..10 {
+            now(store.create(&execution(&format!("e{i}")))).expect("creates");
+        }
+        assert_eq!(stored(&store), 10);
+        disk.lock().crash();
+        drop(store);
+        let store = open(&disk, Synchronous::Off).expect("reopens");
+        assert_eq!(stored(&store), 0, "nothing was ever synced");
+    }
+
+    #[test]
+    fn disk_full_and_eio_are_named_errors_and_pass() {
+        let disk = Disk::new(2, Unsynced::Random);
+        let store = open(&disk, Synchronous::Full).expect("opens");
+        disk.lock().full = true;
+        let full = now(store.create(&execution("a")));
+        assert!(matches!(full, Err(store::Error::DiskFull(_))), "{full:?}");
+        disk.lock().full = false;
+        now(store.create(&execution("a"))).expect("space again");
+        disk.lock().arm(Op::Sync, 1);
+        let failed = now(store.create(&execution("b")));
+        assert!(matches!(failed, Err(store::Error::Io(_))), "{failed:?}");
+        now(store.create(&execution("c"))).expect("the device answers again");
+        assert!(now(store.load("a")).expect("reads").is_some());
+        assert!(now(store.load("c")).expect("reads").is_some());
+    }
+
+    #[test]
+    fn a_dead_life_cannot_touch_the_next_one() {
+        let disk = Disk::new(3, Unsynced::Keep);
+        let old = open(&disk, Synchronous::Full).expect("opens");
+        now(old.create(&execution("a"))).expect("creates");
+        disk.lock().crash();
+        let new = open(&disk, Synchronous::Full).expect("reopens");
+        assert!(now(old.create(&execution("ghost"))).is_err(), "fenced");
+        // The old connection closes (as a crashed host's tasks drop): no checkpoint, no
+        // deleted WAL under the new one.
+        drop(old);
+        now(new.create(&execution("b"))).expect("creates");
+        disk.lock().crash();
+        drop(new);
+        let again = open(&disk, Synchronous::Full).expect("reopens");
+        assert_eq!(stored(&again), 2);
+        assert!(now(again.load("ghost")).expect("reads").is_none());
+    }
+}
