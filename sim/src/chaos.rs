@@ -20,6 +20,9 @@ const MAX_OUTAGE_MS: u64 = 2_000;
 /// Bounds of a slow link's latency.
 const MIN_SLOW_MS: u64 = 20;
 const MAX_SLOW_MS: u64 = 500;
+/// Bounds of a loss burst's per-ms chance of a momentary break.
+const MIN_LOSS: f64 = 0.05;
+const MAX_LOSS: f64 = 0.5;
 /// A random power cut strikes within this many of the engine's disk writes after it is armed.
 const MAX_CUT_WRITE: u32 = 64;
 
@@ -47,6 +50,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
         ("partition", chaos.partition_rate),
         ("hold", chaos.hold_rate),
         ("latency", chaos.latency_rate),
+        ("loss", chaos.loss_rate),
         ("io_error", chaos.storage_error_rate),
         ("ambiguous_commit", chaos.ambiguous_commit_rate),
         ("disk_error", chaos.disk_error_rate),
@@ -80,7 +84,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
     // When each host is back up, and each link whole again: faults of one kind on one target
     // never overlap, so each repair or restart undoes exactly the fault it belongs to.
     let mut host_up_at = vec![0u64; hosts.len()];
-    let mut link_free_at = vec![[0u64; 3]; links.len()];
+    let mut link_free_at = vec![[0u64; 4]; links.len()];
     let mut disk_free_at = 0u64;
     let mut faults = Vec::new();
     let per_slot = |rate_per_s: f64| (rate_per_s * SLOT_MS as f64 / 1_000.0).min(1.0);
@@ -127,7 +131,10 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
                 });
             }
         }
-        for (k, kind) in ["partition", "hold", "latency"].into_iter().enumerate() {
+        for (k, kind) in ["partition", "hold", "latency", "loss"]
+            .into_iter()
+            .enumerate()
+        {
             let p = per_slot(rate(kind));
             if p == 0.0 || links.is_empty() || !rng.random_bool(p) {
                 continue;
@@ -135,6 +142,8 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
             let l = rng.random_range(0..links.len());
             let lasts = outage(&mut rng);
             let slow_ms = rng.random_range(MIN_SLOW_MS..=MAX_SLOW_MS);
+            // Drawn only for loss, so adding the kind shifted no other kind's draws.
+            let loss_rate = (kind == "loss").then(|| rng.random_range(MIN_LOSS..=MAX_LOSS));
             if link_free_at[l][k] > at_ms {
                 continue;
             }
@@ -145,6 +154,10 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
             match kind {
                 "partition" => fault.partition = link,
                 "hold" => fault.hold = link,
+                "loss" => {
+                    fault.loss = link;
+                    fault.loss_rate = loss_rate;
+                }
                 _ => {
                     fault.latency = link;
                     fault.latency_ms = Some(slow_ms);
@@ -195,6 +208,7 @@ mod tests {
             disk_error_rate: 0.001,
             disk_full_rate: 0.5,
             power_cut_rate: 1.0,
+            loss_rate: 1.0,
             swarm: true,
         }
     }
@@ -217,7 +231,7 @@ mod tests {
             ..chaos()
         };
         let p = plan(&c, &agents, 3);
-        assert_eq!(p.kinds.len(), 10);
+        assert_eq!(p.kinds.len(), 11);
         let mut engine_up_at = 0;
         for f in p
             .faults

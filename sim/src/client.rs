@@ -24,7 +24,9 @@ use proctor::core::ExecutionStatus;
 
 use crate::ports::SimNetwork;
 use crate::runner::{sim_elapsed_ms, sleep_until_sim_ms, stuck, Shared, StartAck};
-use crate::scenario::{Scenario, WorkloadCancel, WorkloadSignal, API_PORT, ENGINE_HOST};
+use crate::scenario::{
+    Scenario, WorkloadCancel, WorkloadPause, WorkloadSignal, API_PORT, ENGINE_HOST,
+};
 
 /// How often the client polls the API for its executions.
 const POLL_MS: u64 = 25;
@@ -128,6 +130,14 @@ pub(crate) async fn run(shared: Arc<Shared>, scenario: Scenario) -> turmoil::Res
         let (shared, scenario, clients) = (shared.clone(), scenario.clone(), clients.clone());
         tokio::spawn(async move {
             if let Err(e) = send_signals(&shared, &scenario, &clients).await {
+                shared.client_error(e.to_string());
+            }
+        });
+    }
+    if let Some(pause) = scenario.workload.pause.clone() {
+        let (shared, scenario, clients) = (shared.clone(), scenario.clone(), clients.clone());
+        tokio::spawn(async move {
+            if let Err(e) = send_pauses(&shared, &scenario, &clients, pause).await {
                 shared.client_error(e.to_string());
             }
         });
@@ -245,6 +255,39 @@ async fn acknowledged(shared: &Shared, n: usize) -> String {
         }
         tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
     }
+}
+
+/// Pauses every `every`th execution once the run is `at_ms` old, then resumes those it paused
+/// `resume_after_ms` later. A 409 means the execution had ended (or was not paused): nothing
+/// to do.
+async fn send_pauses(
+    shared: &Shared,
+    scenario: &Scenario,
+    clients: &Clients,
+    pause: WorkloadPause,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const CONFLICT: u16 = 409;
+    sleep_until_sim_ms(pause.at_ms).await;
+    let mut paused = Vec::new();
+    for n in (0..scenario.workload.executions).step_by(pause.every.max(1)) {
+        let id = acknowledged(shared, n).await;
+        let client = clients.of(tenant_of(scenario, n));
+        match until_answered("pausing", || client.pause(&id)).await {
+            Ok(_) => paused.push((n, id)),
+            Err(e) if e.status() == Some(CONFLICT) => {}
+            Err(e) => return Err(refused(&format!("pause {id}"), e)),
+        }
+    }
+    sleep_until_sim_ms(pause.at_ms + pause.resume_after_ms).await;
+    for (n, id) in paused {
+        let client = clients.of(tenant_of(scenario, n));
+        match until_answered("resuming", || client.resume(&id)).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(CONFLICT) => {}
+            Err(e) => return Err(refused(&format!("resume {id}"), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Cancels every `every`th execution once the run is `at_ms` old.

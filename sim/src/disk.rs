@@ -173,6 +173,20 @@ impl DiskState {
         *self.armed.entry(op).or_insert(0) += count;
     }
 
+    /// Suspends the EIO faults (armed and rate) for an observer's reads, which must neither
+    /// fail nor use up the run's faults; [`DiskState::resume_faults`] puts them back.
+    pub fn suspend_faults(&mut self) -> SuspendedFaults {
+        SuspendedFaults {
+            armed: std::mem::take(&mut self.armed),
+            error_rate: std::mem::replace(&mut self.error_rate, 0.0),
+        }
+    }
+
+    pub fn resume_faults(&mut self, suspended: SuspendedFaults) {
+        self.armed = suspended.armed;
+        self.error_rate = suspended.error_rate;
+    }
+
     /// The power goes out during the `nth` write from now (1 = the next one); `fault` names
     /// it in [`DiskState::cut`].
     pub fn arm_cut(&mut self, fault: usize, nth: u64) {
@@ -395,6 +409,13 @@ impl DiskState {
         // Armed faults belonged to the old life's operations.
         self.armed.clear();
     }
+}
+
+/// EIO faults taken out of the disk while an observer reads (see `suspend_faults`).
+#[derive(Debug)]
+pub struct SuspendedFaults {
+    armed: BTreeMap<Op, u32>,
+    error_rate: f64,
 }
 
 /// The process-wide registry the VFS finds disks in, by the id in their path.

@@ -101,6 +101,8 @@ pub struct Outcome {
     pub chaos_kinds: Vec<String>,
     /// Storage writes the engine attempted.
     pub storage_writes: u64,
+    /// Fault coverage: `fault × state` for each engine state a fault met.
+    pub coverage: BTreeSet<String>,
     /// Scripted faults at named points that never fired: the run did not test what the
     /// scenario says it tests.
     pub unfired: Vec<String>,
@@ -151,6 +153,13 @@ pub(crate) struct Shared {
     disk: Disk,
     disk_spec: DiskSpec,
     store: Mutex<Option<SqliteStore>>,
+    /// The engine host is up but has not finished recovering: its scan is running, or an
+    /// execution it recovers has not yet committed its `ExecutionRecovered` (recovery hands
+    /// each one to its own task).
+    recovering: std::sync::atomic::AtomicBool,
+    awaiting_recovery: Mutex<BTreeSet<String>>,
+    /// The executions whose `ExecutionRecovered` this life has published.
+    recovered_in_life: Mutex<BTreeSet<String>>,
     faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
     starts: Mutex<Vec<StartAck>>,
@@ -180,6 +189,42 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The states the engine is in now, for fault coverage: read from its live database with
+    /// the disk's faults suspended, so that observing changes nothing in the run.
+    fn engine_states(&self, engine_up: bool) -> BTreeSet<&'static str> {
+        let mut states = BTreeSet::new();
+        if !engine_up {
+            states.insert("engine_down");
+            return states;
+        }
+        if self.recovering.load(Ordering::SeqCst)
+            || !self
+                .awaiting_recovery
+                .lock()
+                .expect("recovery lock")
+                .is_empty()
+        {
+            states.insert("recovering");
+        }
+        let Some(store) = self.live_store() else {
+            return states;
+        };
+        let suspended = self.disk.lock().suspend_faults();
+        // Fails only if a power cut has fenced the connection: then there is nothing to read.
+        if let Ok(active) = now(store.list_active()) {
+            if active.is_empty() {
+                states.insert("idle");
+            }
+            for id in active.iter().take(MAX_OBSERVED_EXECUTIONS) {
+                if let Ok(Some(execution)) = now(store.load(id)) {
+                    states.extend(execution_states(&execution));
+                }
+            }
+        }
+        self.disk.lock().resume_faults(suspended);
+        states
+    }
+
     fn live_store(&self) -> Option<SqliteStore> {
         self.store.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -266,6 +311,8 @@ enum Link {
     Partition,
     Hold,
     Latency(u64),
+    /// Per-ms chance of a momentary break (turmoil's link fail rate).
+    Loss(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -345,6 +392,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         disk,
         disk_spec: scenario.disk,
         store: Mutex::new(None),
+        recovering: std::sync::atomic::AtomicBool::new(false),
+        awaiting_recovery: Mutex::new(BTreeSet::new()),
+        recovered_in_life: Mutex::new(BTreeSet::new()),
         faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
         starts: Mutex::new(Vec::new()),
@@ -458,6 +508,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             let ms = fault.latency_ms.expect("checked at load");
             schedule.at(at, Action::Cut(Link::Latency(ms), a.clone(), b.clone()));
             schedule.at(until, Action::Heal(Link::Latency(ms), a, b));
+        } else if fault.loss.is_some() {
+            let (a, b) = link(&fault.loss);
+            let rate = fault.loss_rate.expect("checked at load");
+            schedule.at(at, Action::Cut(Link::Loss(rate), a.clone(), b.clone()));
+            schedule.at(until, Action::Heal(Link::Loss(rate), a, b));
         } else if let Some(kind) = fault.storage {
             schedule.at(at, Action::Storage(kind, fault.commits.unwrap_or(1)));
         } else if let Some(jump_ms) = fault.clock_jump_ms {
@@ -473,6 +528,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
 
     let mut injected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut coverage: BTreeSet<String> = BTreeSet::new();
+    let mut cover = |fault: &str, states: BTreeSet<&'static str>| {
+        for state in states {
+            coverage.insert(format!("{fault} × {state}"));
+        }
+    };
     let mut count = |kind: &str| *injected.entry(kind.to_string()).or_insert(0) += 1;
     let storage_chaos =
         plan.io_error_rate > 0.0 || plan.ambiguous_rate > 0.0 || plan.disk_error_rate > 0.0;
@@ -529,6 +590,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     }
                     if sim.is_host_running(host.as_str()) {
                         if host == ENGINE_HOST {
+                            // A power cut in a write has already fenced the connection: its
+                            // state cannot be read, only the crash's.
+                            if why.starts_with("at point disk_write") {
+                                let mut states = shared.engine_states(true);
+                                states.insert("in_write");
+                                cover("power_cut", states);
+                            } else {
+                                cover("engine_crash", shared.engine_states(true));
+                            }
                             shared.cut_power();
                         }
                         sim.crash(host.as_str());
@@ -561,6 +631,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                 }
                 Action::Cut(link, a, b) => {
                     let (a_, b_) = (a.as_str(), b.as_str());
+                    if a == ENGINE_HOST || b == ENGINE_HOST {
+                        let up = sim.is_host_running(ENGINE_HOST);
+                        cover(link_name(&link, true), shared.engine_states(up));
+                    }
                     match link {
                         Link::Partition => {
                             sim.partition(a_, b_);
@@ -573,6 +647,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                         Link::Latency(ms) => {
                             sim.set_link_max_message_latency(a_, b_, Duration::from_millis(ms));
                             count("latency");
+                        }
+                        Link::Loss(rate) => {
+                            sim.set_link_fail_rate(a_, b_, rate);
+                            count("loss");
                         }
                     }
                     format!("{} {a} {b}", link_name(&link, true))
@@ -587,15 +665,24 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                             b_,
                             Duration::from_millis(MAX_LATENCY_MS),
                         ),
+                        Link::Loss(_) => sim.set_link_fail_rate(a_, b_, 0.0),
                     }
                     format!("{} {a} {b}", link_name(&link, false))
                 }
                 Action::ClockJump(jump_ms) => {
+                    cover(
+                        "clock_jump",
+                        shared.engine_states(sim.is_host_running(ENGINE_HOST)),
+                    );
                     shared.clock_offset_ms.fetch_add(jump_ms, Ordering::SeqCst);
                     count("clock_jump");
                     format!("clock jumps {jump_ms}ms forward")
                 }
                 Action::Disk(kind, ops) => {
+                    cover(
+                        kind.name(),
+                        shared.engine_states(sim.is_host_running(ENGINE_HOST)),
+                    );
                     shared.disk.lock().arm(kind.op(), ops);
                     format!("disk {} x{ops}", kind.name())
                 }
@@ -604,6 +691,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     format!("power cut armed at disk write #{nth} from now")
                 }
                 Action::DiskFull(full) => {
+                    if full {
+                        let up = sim.is_host_running(ENGINE_HOST);
+                        cover(DiskFault::Full.name(), shared.engine_states(up));
+                    }
                     shared.disk.lock().full = full;
                     if full {
                         count(DiskFault::Full.name());
@@ -611,6 +702,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     format!("disk {}", if full { "full" } else { "has space again" })
                 }
                 Action::Storage(kind, commits) => {
+                    cover(
+                        kind.name(),
+                        shared.engine_states(sim.is_host_running(ENGINE_HOST)),
+                    );
                     let mut faults = shared.faults.lock().expect("faults lock");
                     faults.spoil.push((kind, commits));
                     format!("storage {} x{commits}", kind.name())
@@ -785,6 +880,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             .collect(),
         window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
         engine_restarts_ms,
+        coverage,
         elapsed_ms,
         sim_error,
         violations: Vec::new(),
@@ -830,6 +926,8 @@ fn link_name(link: &Link, cut: bool) -> &'static str {
         (Link::Hold, false) => "release",
         (Link::Latency(_), true) => "slow",
         (Link::Latency(_), false) => "unslow",
+        (Link::Loss(_), true) => "loss",
+        (Link::Loss(_), false) => "lossless",
     }
 }
 
@@ -913,6 +1011,41 @@ fn keyed_executions(
     (keyed, unkeyed)
 }
 
+/// Most active executions one coverage observation inspects.
+const MAX_OBSERVED_EXECUTIONS: usize = 64;
+
+/// The coverage states of one active execution.
+fn execution_states(execution: &Execution) -> Vec<&'static str> {
+    use proctor::core::{ExecutionStatus, StepStatus};
+    use proctor::definition::StepKind;
+    let mut states = Vec::new();
+    match execution.status {
+        ExecutionStatus::Paused => states.push("paused"),
+        // Created, its start not yet committed (a start is a create, then a start).
+        ExecutionStatus::Pending => states.push("created"),
+        _ => {}
+    }
+    if execution.compensation.is_some() {
+        states.push("compensating");
+    }
+    let mut busy = false;
+    for (step, def) in execution.steps.iter().zip(&execution.process.steps) {
+        match step.status {
+            StepStatus::Retrying => states.push("retry_backoff"),
+            StepStatus::Running => states.push(match def.kind {
+                StepKind::Timer(_) | StepKind::WaitSignal(_) => "timer_pending",
+                _ => "step_running",
+            }),
+            _ => continue,
+        }
+        busy = true;
+    }
+    if !busy && execution.status == ExecutionStatus::Running && execution.compensation.is_none() {
+        states.push("between_steps");
+    }
+    states
+}
+
 /// The engine's database file on its disk.
 const DATABASE_FILE: &str = "proctor.db";
 
@@ -989,8 +1122,30 @@ async fn boot(
         &registry,
         EngineConfig::default(),
     )?;
+    shared.recovering.store(true, Ordering::SeqCst);
+    shared
+        .recovered_in_life
+        .lock()
+        .expect("recovery lock")
+        .clear();
     let trace = shared.clone();
     engine.bus().subscribe(move |e| {
+        if matches!(
+            e.event,
+            proctor::event::DomainEvent::ExecutionRecovered { .. }
+        ) {
+            let id = &e.execution_id;
+            trace
+                .awaiting_recovery
+                .lock()
+                .expect("recovery lock")
+                .remove(id);
+            trace
+                .recovered_in_life
+                .lock()
+                .expect("recovery lock")
+                .insert(id.clone());
+        }
         trace.trace(format!(
             "{:>8} {} #{} {} {}",
             e.at_ms.saturating_sub(EPOCH_MS),
@@ -1000,10 +1155,35 @@ async fn boot(
             e.event.step().unwrap_or("-")
         ));
     });
-    while let Err(e) = engine.recover(RecoveryConfig::default()).await {
-        tracing::warn!("recovery failed, retrying: {e}");
-        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    let recovery = loop {
+        match engine.recover(RecoveryConfig::default()).await {
+            Ok(recovery) => break recovery,
+            Err(e) => {
+                tracing::warn!("recovery failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    };
+    {
+        let recovered = shared.recovered_in_life.lock().expect("recovery lock");
+        let mut awaiting = shared.awaiting_recovery.lock().expect("recovery lock");
+        awaiting.clear();
+        awaiting.extend(
+            recovery
+                .report
+                .actions
+                .iter()
+                .filter(|(id, action)| {
+                    matches!(
+                        action,
+                        proctor::core::RecoveryAction::Resume
+                            | proctor::core::RecoveryAction::RetryStep
+                    ) && !recovered.contains(id)
+                })
+                .map(|(id, _)| id.clone()),
+        );
     }
+    shared.recovering.store(false, Ordering::SeqCst);
     for s in &scenario.workload.schedules {
         // Registering again keeps the planner's state: what fired stays fired.
         let (spec, input) = (s.schedule.clone(), s.input.clone());

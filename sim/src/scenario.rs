@@ -167,9 +167,25 @@ pub struct Workload {
     /// after each failure from the last event it saw, for `stream_complete`.
     #[serde(default)]
     pub stream: bool,
+    /// The client pauses some executions through the API, then resumes them.
+    #[serde(default)]
+    pub pause: Option<WorkloadPause>,
     /// The client cancels some executions through the API.
     #[serde(default)]
     pub cancel: Option<WorkloadCancel>,
+}
+
+/// Once the run is `at_ms` old, pause every `every`th execution (0, every, 2 × every, ...)
+/// as soon as it is acknowledged, asked until answered (one that has already ended answers
+/// 409 and is left alone); `resume_after_ms` later, resume them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPause {
+    pub at_ms: u64,
+    #[serde(default = "default_every")]
+    pub every: usize,
+    /// How long after `at_ms` the client resumes them.
+    pub resume_after_ms: u64,
 }
 
 /// Once the run is `at_ms` old, cancel every `every`th execution (0, every, 2 × every, ...)
@@ -263,6 +279,12 @@ pub struct Fault {
     pub latency: Option<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Bursts of loss on the link: every simulated ms, with chance `loss_rate`, the link
+    /// breaks for a moment and drops what is in flight on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_rate: Option<f64>,
     /// How long a partition, hold or latency change lasts (until the end of the fault window
     /// if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +373,8 @@ impl Default for Fault {
             hold: None,
             latency: None,
             latency_ms: None,
+            loss: None,
+            loss_rate: None,
             for_ms: None,
             storage: None,
             commits: None,
@@ -442,6 +466,10 @@ pub struct Chaos {
     /// Per second: the chance the disk fills up for a while.
     #[serde(default)]
     pub disk_full_rate: f64,
+    /// Loss bursts on a random link per second (50 ms to 2 s, each ms losing with a chance of
+    /// 5 to 50 %).
+    #[serde(default)]
+    pub loss_rate: f64,
     /// Per second: the chance of a power cut in one of the engine's next disk writes.
     #[serde(default)]
     pub power_cut_rate: f64,
@@ -701,14 +729,15 @@ fn check_fault(
         fault.partition.is_some(),
         fault.hold.is_some(),
         fault.latency.is_some(),
+        fault.loss.is_some(),
         fault.storage.is_some(),
         fault.clock_jump_ms.is_some(),
         fault.disk.is_some(),
     ];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(
-            "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `storage`, \
-             `clock_jump_ms`, `disk`"
+            "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `loss`, \
+             `storage`, `clock_jump_ms`, `disk`"
                 .into(),
         );
     }
@@ -787,6 +816,7 @@ fn check_fault(
         ("partition", &fault.partition),
         ("hold", &fault.hold),
         ("latency", &fault.latency),
+        ("loss", &fault.loss),
     ] {
         if let Some((a, b)) = link {
             known(field, a)?;
@@ -798,6 +828,16 @@ fn check_fault(
     }
     if fault.latency.is_some() != fault.latency_ms.is_some() {
         return Err("latency_ms: `latency: [a, b]` and `latency_ms` go together".into());
+    }
+    if fault.loss.is_some() != fault.loss_rate.is_some() {
+        return Err("loss_rate: `loss: [a, b]` and `loss_rate` go together".into());
+    }
+    if let Some(rate) = fault.loss_rate {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(format!(
+                "loss_rate: must be above 0 and at most 1, got {rate}"
+            ));
+        }
     }
     if fault.storage.is_some() {
         if let Some(n) = fault.commits {
@@ -817,9 +857,12 @@ fn check_fault(
         && fault.partition.is_none()
         && fault.hold.is_none()
         && fault.latency.is_none()
+        && fault.loss.is_none()
         && fault.disk != Some(DiskFault::Full)
     {
-        return Err("for_ms: only with `partition`, `hold`, `latency` or `disk: full`".into());
+        return Err(
+            "for_ms: only with `partition`, `hold`, `latency`, `loss` or `disk: full`".into(),
+        );
     }
     Ok(())
 }
@@ -836,6 +879,7 @@ fn check_chaos(chaos: &Chaos) -> Result<(), String> {
         ("partition_rate", chaos.partition_rate, 100.0),
         ("hold_rate", chaos.hold_rate, 100.0),
         ("latency_rate", chaos.latency_rate, 100.0),
+        ("loss_rate", chaos.loss_rate, 100.0),
         ("storage_error_rate", chaos.storage_error_rate, 1.0),
         ("ambiguous_commit_rate", chaos.ambiguous_commit_rate, 1.0),
         ("disk_error_rate", chaos.disk_error_rate, 1.0),

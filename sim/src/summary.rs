@@ -9,6 +9,29 @@ use serde::{Deserialize, Serialize};
 use crate::checker;
 use crate::runner::Outcome;
 
+/// `fault × state` pairs that a sweep over every scenario must hit at least once (`cargo xtask
+/// chaos` fails otherwise): a crash of the engine in each state a crash can find it in, a power
+/// cut inside a write, and each kind of storage fault while a step runs. Not listed:
+/// `between_steps`, which the engine never leaves durable (the transition that finishes a step
+/// starts its successors), and faults met while the engine is down.
+pub const REQUIRED_COVERAGE: &[&str] = &[
+    "engine_crash × step_running",
+    "engine_crash × retry_backoff",
+    "engine_crash × timer_pending",
+    "engine_crash × paused",
+    "engine_crash × compensating",
+    "engine_crash × recovering",
+    "engine_crash × created",
+    "engine_crash × idle",
+    "power_cut × in_write",
+    "power_cut × recovering",
+    "partition × step_running",
+    "io_error × step_running",
+    "ambiguous_commit × step_running",
+    "disk_full × step_running",
+    "sync_error × step_running",
+];
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub scenario: String,
@@ -37,6 +60,10 @@ pub struct Summary {
     pub trace_hash: String,
     pub violations: Vec<String>,
     pub repro: String,
+    /// Fault coverage: `fault × engine state` for each state a fault met (see
+    /// `runner::engine_states`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<String>,
     /// Schedule scenarios: each fire, `name local (utc) outcome`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule_fires: Vec<String>,
@@ -67,6 +94,7 @@ impl Summary {
             trace_hash: format!("{:016x}", outcome.trace.hash()),
             violations: outcome.violations.iter().map(|v| v.to_string()).collect(),
             repro: outcome.repro(),
+            coverage: outcome.coverage.iter().cloned().collect(),
             schedule_fires: outcome.schedule_fires.clone(),
         }
     }
