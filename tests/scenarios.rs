@@ -219,6 +219,72 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_retry_with_fresh_key_fails_effect_at_most_once",
+                || {
+                    expect_caught(
+                        "retry-after-lost-reply.yaml",
+                        Bug::RetryWithFreshKey,
+                        "effect_at_most_once",
+                        "applied the step's effect under 2 keys",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_join_ignores_pending_fails_dependencies_respected",
+                || {
+                    expect_caught(
+                        "join-waits-for-all.yaml",
+                        Bug::JoinIgnoresPending,
+                        "dependencies_respected",
+                        "before dependency",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_timer_recomputed_on_restart_fails_timers_not_late",
+                || {
+                    expect_caught(
+                        "timer-restart.yaml",
+                        Bug::TimerRecomputedOnRestart,
+                        "timers_not_late",
+                        "after it was due",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_recovery_fails_fresh_executions_fails_age_limit_respected",
+                || {
+                    expect_caught(
+                        "recovery-young.yaml",
+                        Bug::RecoveryFailsFreshExecutions,
+                        "age_limit_respected",
+                        "failed by recovery as older than the age limit",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_compensation_retried_past_policy_fails_retries_within_policy",
+                || {
+                    expect_caught(
+                        "compensation-budget.yaml",
+                        Bug::CompensationRetriedPastPolicy,
+                        "retries_within_policy",
+                        "compensation attempt 21 started",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_signal_delivered_twice_fails_effect_at_most_once",
+                || {
+                    expect_caught(
+                        "signal-resent.yaml",
+                        Bug::SignalDeliveredTwice,
+                        "effect_at_most_once",
+                        "received twice",
+                    )
+                },
+            ),
+            Trial::test(
                 "harness::planted_nondeterminism_fails_deterministic",
                 planted_nondeterminism,
             ),
@@ -227,11 +293,17 @@ mod harness {
     }
 
     const FILES: &[&str] = &[
+        "compensation-budget.yaml",
         "idempotent-start.yaml",
+        "join-waits-for-all.yaml",
         "recovery-mid-step.yaml",
+        "recovery-young.yaml",
+        "retry-after-lost-reply.yaml",
         "saga-order.yaml",
+        "signal-resent.yaml",
         "stream-resume.yaml",
         "ten-diamonds.yaml",
+        "timer-restart.yaml",
     ];
 
     fn file(name: &str) -> PathBuf {

@@ -1008,7 +1008,12 @@ impl Engine {
                 }
             };
             let now_ms = self.inner.clock.now_ms();
-            let action = execution.recovery_action(now_ms, config.max_age_ms());
+            let mut max_age_ms = config.max_age_ms();
+            if crate::planted::planted(crate::planted::Bug::RecoveryFailsFreshExecutions) {
+                // Planted bug (test-only, see `planted`): the limit's hours taken for milliseconds.
+                max_age_ms = config.max_age_hours;
+            }
+            let action = execution.recovery_action(now_ms, max_age_ms);
             report.count(&id, action);
             if config.dry_run {
                 self.inner.release(&id);

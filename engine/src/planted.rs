@@ -3,21 +3,24 @@
 //! class of bug it claims to. A checker that never fails proves nothing; these are its
 //! mutation tests.
 //!
-//! The switch exists only with the `planted-bugs` cargo feature, which is test-only: the one
-//! thing that enables it is the dev-dependency of `proctor-tests` (tests/Cargo.toml), so
-//! `cargo build` (release or not) and the installed binaries never have it. (A test build of the
-//! whole workspace may unify the feature in; there nothing but the harness's child processes
-//! calls `plant`.)
+//! The switch exists only with the `planted-bugs` cargo feature, which is test-only: it is
+//! enabled by the dev-dependency of `proctor-tests` (tests/Cargo.toml) and by the simulator's
+//! own `planted-bugs` feature (sim/Cargo.toml), which only `cargo xtask mutants` and
+//! `cargo xtask repro --plant` ask for, so `cargo build` (release or not) and the installed
+//! binaries never have it. (A test build of the whole workspace may unify the feature in; there
+//! too nothing plants a bug unless asked to, below.)
 //! Without the feature [`planted`] is a `const fn` returning `false`, so every bug site in the
 //! engine is `if false { .. }` and compiles to nothing, and `plant` does not exist.
 //!
 //! With the feature, the planted bug is process-global (an atomic), set by `plant` before a
 //! run starts. tests/scenarios.rs plants the bug named by `PROCTOR_PLANT=<name>` (see
-//! [`Bug::name`]) in the fresh child process that performs one simulated run; nothing else ever
-//! plants, so a test process that does not ask for a bug runs the engine unchanged.
+//! [`Bug::name`]) in the fresh child process that performs one simulated run, and
+//! `proctor-sim run/repro --plant <name>` in its own process; nothing else ever plants, so a
+//! process that does not ask for a bug runs the engine unchanged. `cargo xtask mutants` sweeps
+//! every bug over every scenario until an invariant catches it.
 //!
 //! The sites, each an `if crate::planted::planted(Bug::..)` branch in `core/machine.rs` (and
-//! one in `driver.rs`, one in `api/events.rs`):
+//! two in `driver.rs`, one in `api/events.rs`):
 //! - [`Bug::NoRedispatchOnRecovery`] (`Execution::rearm`): recovery forgets the agent calls
 //!   that were in flight, so those executions stay running forever (`no_lost_execution`).
 //! - [`Bug::CompleteTwice`] (`Execution::complete_step`): a completed step records
@@ -35,6 +38,24 @@
 //!   (`idempotent_starts`).
 //! - [`Bug::StreamResumesLate`] (`api::events::stream`): a stream resumed after event N
 //!   starts at N + 2, so a reconnecting client misses one event (`stream_complete`).
+//! - [`Bug::RetryWithFreshKey`] (`Execution::call_command`): a retry (attempt > 1) carries the
+//!   key with the attempt appended, so an agent that applied an attempt whose reply was lost
+//!   (a timeout, a cut link) applies the step's effect again (`effect_at_most_once`).
+//! - [`Bug::JoinIgnoresPending`] (`Execution::readiness`): a join starts as soon as one
+//!   dependency satisfied it, while others are still pending or running
+//!   (`dependencies_respected`).
+//! - [`Bug::TimerRecomputedOnRestart`] (`Execution::rearm`): recovery re-arms a running timer
+//!   at now + its full duration instead of its stored deadline, so a timer interrupted by a
+//!   restart fires late by up to its whole duration (`timers_not_late`).
+//! - [`Bug::RecoveryFailsFreshExecutions`] (`Engine::recover`): the age limit is passed in
+//!   hours where milliseconds are expected, so recovery fails every execution older than a few
+//!   milliseconds as too old (`age_limit_respected`).
+//! - [`Bug::CompensationRetriedPastPolicy`] (`Execution::compensation_attempt_failed`): an
+//!   off-by-one on the compensating action's retry budget tries it once more than its policy
+//!   allows (`retries_within_policy`).
+//! - [`Bug::SignalDeliveredTwice`] (`Input::Signal` in `Execution::apply`): a signal is no
+//!   longer deduplicated by its sender's id, so a signal re-sent after its reply was lost is
+//!   received twice (`effect_at_most_once`).
 
 /// One deliberate defect. Names (for `PROCTOR_PLANT`) are the snake_case variant names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +75,22 @@ pub enum Bug {
     KeyNotStored = 6,
     /// A resumed event stream starts one event late (an off-by-one on `Last-Event-ID`).
     StreamResumesLate = 7,
+    /// A retried agent call (attempt > 1) carries a new idempotency key.
+    RetryWithFreshKey = 8,
+    /// A step starts once one dependency satisfied it, without waiting for the others.
+    JoinIgnoresPending = 9,
+    /// Recovery re-arms a running timer at now + its duration instead of its stored deadline.
+    TimerRecomputedOnRestart = 10,
+    /// Recovery compares ages with the age limit in hours taken as milliseconds.
+    RecoveryFailsFreshExecutions = 11,
+    /// A compensating action is retried once more than its retry policy allows.
+    CompensationRetriedPastPolicy = 12,
+    /// A signal is not deduplicated by its sender's id.
+    SignalDeliveredTwice = 13,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 13] = [
         Bug::NoRedispatchOnRecovery,
         Bug::CompleteTwice,
         Bug::FreshKeyOnRecovery,
@@ -65,6 +98,12 @@ impl Bug {
         Bug::CompensateInCompletionOrder,
         Bug::KeyNotStored,
         Bug::StreamResumesLate,
+        Bug::RetryWithFreshKey,
+        Bug::JoinIgnoresPending,
+        Bug::TimerRecomputedOnRestart,
+        Bug::RecoveryFailsFreshExecutions,
+        Bug::CompensationRetriedPastPolicy,
+        Bug::SignalDeliveredTwice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +115,12 @@ impl Bug {
             Bug::CompensateInCompletionOrder => "compensate_in_completion_order",
             Bug::KeyNotStored => "key_not_stored",
             Bug::StreamResumesLate => "stream_resumes_late",
+            Bug::RetryWithFreshKey => "retry_with_fresh_key",
+            Bug::JoinIgnoresPending => "join_ignores_pending",
+            Bug::TimerRecomputedOnRestart => "timer_recomputed_on_restart",
+            Bug::RecoveryFailsFreshExecutions => "recovery_fails_fresh_executions",
+            Bug::CompensationRetriedPastPolicy => "compensation_retried_past_policy",
+            Bug::SignalDeliveredTwice => "signal_delivered_twice",
         }
     }
 
@@ -127,6 +172,19 @@ mod tests {
             assert_eq!(Bug::from_name(bug.name()), Some(bug));
         }
         assert_eq!(Bug::from_name("no_such_bug"), None);
+    }
+
+    /// `ALL` lists the bugs once each, in discriminant order without gaps (1, 2, ...), and no
+    /// two share a name.
+    #[test]
+    fn all_lists_every_bug_once() {
+        for (i, bug) in Bug::ALL.into_iter().enumerate() {
+            assert_eq!(bug as usize, i + 1, "{} is out of place in ALL", bug.name());
+        }
+        let mut names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Bug::ALL.len(), "two bugs share a name");
     }
 
     /// Nothing in the engine's own tests plants a bug (a plant would leak into every test

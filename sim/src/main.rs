@@ -1,9 +1,16 @@
 //! `proctor-sim`: runs one simulated run in this (fresh) process.
 //!
-//! - `proctor-sim repro SCENARIO --seed N [--trace]`: the outcome for a human (and the
-//!   trace); `cargo xtask repro` calls it.
-//! - `proctor-sim run SCENARIO --seed N`: the outcome as one JSON line (a [`Summary`]);
-//!   `cargo xtask chaos` calls it, one process per run.
+//! - `proctor-sim repro SCENARIO --seed N [--trace] [--plant BUG]`: the outcome for a human
+//!   (and the trace); `cargo xtask repro` calls it.
+//! - `proctor-sim run SCENARIO --seed N [--plant BUG]`: the outcome as one JSON line (a
+//!   [`Summary`]); `cargo xtask chaos` and `cargo xtask mutants` call it, one process per run.
+//! - `proctor-sim bugs`: the names of the deliberate engine bugs (`proctor::planted::Bug`), one
+//!   a line; `cargo xtask mutants` sweeps them.
+//!
+//! `--plant BUG` plants that bug in the engine for the run (and adds `--plant BUG` to the
+//! replay command it prints). It needs a binary built with the test-only `planted-bugs`
+//! feature, which `cargo xtask mutants` and `cargo xtask repro --plant` build; any other
+//! refuses it.
 //!
 //! SCENARIO is a name under scenarios/ or a path to a scenario file. Exit status: 0 when
 //! every invariant holds, 1 when one is violated, 2 for bad usage or a bad scenario file.
@@ -12,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use proctor::planted::Bug;
 use proctor_sim::{Scenario, Summary};
 
 #[derive(Parser)]
@@ -34,13 +42,21 @@ enum Command {
         /// Also print the trace, one line per event.
         #[arg(long)]
         trace: bool,
+        /// Plant this deliberate engine bug (needs the `planted-bugs` feature).
+        #[arg(long, value_name = "BUG")]
+        plant: Option<String>,
     },
     /// Runs one run and prints its summary as JSON.
     Run {
         scenario: String,
         #[arg(long)]
         seed: u64,
+        /// Plant this deliberate engine bug (needs the `planted-bugs` feature).
+        #[arg(long, value_name = "BUG")]
+        plant: Option<String>,
     },
+    /// Lists the deliberate engine bugs `--plant` takes, one a line.
+    Bugs,
 }
 
 fn load(name: &str) -> Result<Scenario, ExitCode> {
@@ -55,22 +71,68 @@ fn load(name: &str) -> Result<Scenario, ExitCode> {
     })
 }
 
+/// The bug `--plant` names, planted for the rest of this process (none without `--plant`).
+fn plant(name: Option<&str>) -> Result<Option<Bug>, ExitCode> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let usage = |problem: String| {
+        eprintln!("error: --plant {name}: {problem}");
+        ExitCode::from(2)
+    };
+    if !cfg!(feature = "planted-bugs") {
+        return Err(usage(
+            "this proctor-sim was built without the test-only `planted-bugs` feature \
+             (`cargo xtask repro SCENARIO --seed N --plant BUG` builds one that has it)"
+                .to_string(),
+        ));
+    }
+    let Some(bug) = Bug::from_name(name) else {
+        let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+        return Err(usage(format!(
+            "no such planted bug; bugs: {}",
+            names.join(", ")
+        )));
+    };
+    #[cfg(feature = "planted-bugs")]
+    proctor::planted::plant(Some(bug));
+    Ok(Some(bug))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (name, seed, trace, json) = match cli.command {
+    let (name, seed, trace, json, planted) = match cli.command {
         Command::Repro {
             scenario,
             seed,
             trace,
-        } => (scenario, seed, trace, false),
-        Command::Run { scenario, seed } => (scenario, seed, false, true),
+            plant,
+        } => (scenario, seed, trace, false, plant),
+        Command::Run {
+            scenario,
+            seed,
+            plant,
+        } => (scenario, seed, false, true, plant),
+        Command::Bugs => {
+            for bug in Bug::ALL {
+                println!("{}", bug.name());
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    let bug = match plant(planted.as_deref()) {
+        Ok(bug) => bug,
+        Err(code) => return code,
     };
     let scenario = match load(&name) {
         Ok(s) => s,
         Err(code) => return code,
     };
     let outcome = proctor_sim::run(&scenario, seed);
-    let summary = Summary::of(&outcome);
+    let mut summary = Summary::of(&outcome);
+    if let Some(bug) = bug {
+        summary.repro = format!("{} --plant {}", summary.repro, bug.name());
+    }
     if json {
         println!(
             "{}",
@@ -83,6 +145,9 @@ fn main() -> ExitCode {
             }
         }
         println!("{}", summary.line());
+        if let Some(bug) = bug {
+            println!("planted bug: {}", bug.name());
+        }
         if summary.passed {
             println!("all invariants hold");
         } else {

@@ -7,6 +7,9 @@
 //! every failure with the command that replays it.
 //!
 //! Real time and threads are fine here: xtask is tooling, not engine or simulator logic.
+//!
+//! `cargo xtask mutants` (`mutants.rs`) shares the building, the runs, the worker pool and the
+//! table layout from here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +37,7 @@ pub fn chaos(args: &[String]) -> Result<()> {
     let args = parse_args(args, default_jobs)?;
     let root = workspace_root();
     let names = scenarios(&root, args.scenario.as_deref())?;
-    build_sim(&root)?;
-    let sim = sim_binary(&root);
+    let sim = build_sim(&root, None)?;
 
     let seeds: Vec<u64> = (args.start..=args.last_seed()).collect();
     eprintln!(
@@ -81,25 +83,13 @@ fn parse_args(args: &[String], default_jobs: usize) -> Result<Args> {
         start: 0,
         jobs: default_jobs,
     };
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        // Both `--seeds 20` and `--seeds=20`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) => (flag, Some(value.to_string())),
-            None => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| rest.next().cloned())
-                .with_context(|| format!("`{flag}` needs a value; {USAGE}"))
-        };
+    let known = ["--scenario", "--seeds", "--start", "--jobs"];
+    for (flag, value) in flags(args, &known, USAGE)? {
         match flag {
-            "--scenario" => parsed.scenario = Some(value()?),
-            "--seeds" => parsed.seeds = number(flag, &value()?)?,
-            "--start" => parsed.start = number(flag, &value()?)?,
-            "--jobs" => parsed.jobs = number(flag, &value()?)?,
-            _ => bail!("unknown argument `{arg}`; {USAGE}"),
+            "--scenario" => parsed.scenario = Some(value),
+            "--seeds" => parsed.seeds = number(flag, &value, USAGE)?,
+            "--start" => parsed.start = number(flag, &value, USAGE)?,
+            _ => parsed.jobs = number(flag, &value, USAGE)?,
         }
     }
     if parsed.seeds == 0 || parsed.jobs == 0 {
@@ -111,16 +101,41 @@ fn parse_args(args: &[String], default_jobs: usize) -> Result<Args> {
     Ok(parsed)
 }
 
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+/// The `(flag, value)` pairs of `args`, each flag one of `known` and given as `--flag value` or
+/// `--flag=value`; anything else is refused, with `usage`.
+pub(crate) fn flags<'k>(
+    args: &[String],
+    known: &[&'k str],
+    usage: &str,
+) -> Result<Vec<(&'k str, String)>> {
+    let mut pairs = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let Some(&known) = known.iter().find(|k| **k == flag) else {
+            bail!("unknown argument `{arg}`; {usage}");
+        };
+        let value = inline
+            .or_else(|| rest.next().cloned())
+            .with_context(|| format!("`{flag}` needs a value; {usage}"))?;
+        pairs.push((known, value));
+    }
+    Ok(pairs)
+}
+
+pub(crate) fn number<T: std::str::FromStr>(flag: &str, value: &str, usage: &str) -> Result<T> {
     value
         .parse()
         .ok()
-        .with_context(|| format!("`{flag}` takes a number, not `{value}`; {USAGE}"))
+        .with_context(|| format!("`{flag}` takes a number, not `{value}`; {usage}"))
 }
 
 /// The scenarios to sweep: every `scenarios/*.yaml` by name, or the one asked for. A name is
 /// checked here so that a typo is one error, not one harness error per seed.
-fn scenarios(root: &Path, only: Option<&str>) -> Result<Vec<String>> {
+pub(crate) fn scenarios(root: &Path, only: Option<&str>) -> Result<Vec<String>> {
     let dir = root.join("scenarios");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -149,24 +164,41 @@ fn scenarios(root: &Path, only: Option<&str>) -> Result<Vec<String>> {
     }
 }
 
-fn build_sim(root: &Path) -> Result<()> {
+/// Builds `proctor-sim` in release mode, with `feature` if given, and returns the binary's
+/// path. A binary with a feature is copied to `proctor-sim-<feature>` beside the plain one, so
+/// that a later (or concurrent) plain build, which replaces `proctor-sim`, leaves it alone.
+pub(crate) fn build_sim(root: &Path, feature: Option<&str>) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "proctor-sim",
-            "--bin",
-            "proctor-sim",
-        ])
+    let mut command = Command::new(cargo);
+    command.args([
+        "build",
+        "--release",
+        "--package",
+        "proctor-sim",
+        "--bin",
+        "proctor-sim",
+    ]);
+    if let Some(feature) = feature {
+        command.args(["--features", feature]);
+    }
+    let status = command
         .current_dir(root)
         .status()
         .context("running cargo build for proctor-sim")?;
     if !status.success() {
-        bail!("chaos: building proctor-sim failed ({status})");
+        bail!("building proctor-sim failed ({status})");
     }
-    Ok(())
+    let built = sim_binary(root);
+    let Some(feature) = feature else {
+        return Ok(built);
+    };
+    let copy = built.with_file_name(format!(
+        "proctor-sim-{feature}{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    std::fs::copy(&built, &copy)
+        .with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
+    Ok(copy)
 }
 
 /// Where `build_sim` put the binary: the workspace's target directory, or CARGO_TARGET_DIR
@@ -180,62 +212,94 @@ fn sim_binary(root: &Path) -> PathBuf {
         .join(format!("proctor-sim{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// The fields of `proctor_sim::Summary` that the sweep needs (serde skips the others). A mirror
+/// The fields of `proctor_sim::Summary` that the sweeps need (serde skips the others). A mirror
 /// rather than a dependency, so that xtask builds without compiling the simulator; a renamed
 /// field makes every run a loud harness error, not a silent zero.
-#[derive(Debug, Deserialize)]
-struct Summary {
-    passed: bool,
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct Summary {
+    pub(crate) passed: bool,
     faults: BTreeMap<String, usize>,
     invariants_checked: usize,
-    violations: Vec<String>,
+    pub(crate) trace_hash: String,
+    pub(crate) violations: Vec<String>,
 }
 
-/// Runs every (scenario, seed) on `jobs` worker threads, each taking the next run from a shared
-/// index, and folds the results into a report as they arrive (so progress can be printed).
-fn sweep(sim: &Path, root: &Path, names: &[String], seeds: &[u64], jobs: usize) -> Report {
-    let runs: Vec<(usize, u64)> = (0..names.len())
-        .flat_map(|s| seeds.iter().map(move |&seed| (s, seed)))
-        .collect();
+/// Runs `work` on every item, `jobs` at a time on worker threads (each taking the next item
+/// from a shared index), and hands each result to `done` on this thread as it arrives, with
+/// the item's index (so progress can be printed).
+pub(crate) fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    work: impl Fn(&T) -> R + Sync,
+    mut done: impl FnMut(usize, R),
+) {
     let next = AtomicUsize::new(0);
-    let mut report = Report::new(names);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
-        for _ in 0..jobs.min(runs.len()) {
-            let (tx, next, runs) = (tx.clone(), &next, &runs);
-            scope.spawn(move || {
-                while let Some(&(scenario, seed)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let began = Instant::now();
-                    let result = run_one(sim, root, &names[scenario], seed);
-                    if tx.send((scenario, seed, began.elapsed(), result)).is_err() {
-                        break;
-                    }
+        for _ in 0..jobs.min(items.len()) {
+            let (tx, next, work) = (tx.clone(), &next, &work);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    break;
+                };
+                if tx.send((i, work(item))).is_err() {
+                    break;
                 }
             });
         }
         // The workers hold the only senders left, so the loop ends when the last one does.
         drop(tx);
-        for (scenario, seed, took, result) in rx {
-            report.add(scenario, seed, took, result);
-            let stats = &report.scenarios[scenario].1;
-            if stats.runs == seeds.len() {
-                eprintln!(
-                    "chaos: {}: {} seed(s), {} failed ({} failure(s) so far)",
-                    names[scenario],
-                    stats.runs,
-                    stats.failures,
-                    report.failures.len()
-                );
-            }
+        for (i, result) in rx {
+            done(i, result);
+        }
+    });
+}
+
+/// Runs every (scenario, seed) on `jobs` worker threads and folds the results into a report
+/// as they arrive.
+fn sweep(sim: &Path, root: &Path, names: &[String], seeds: &[u64], jobs: usize) -> Report {
+    let runs: Vec<(usize, u64)> = (0..names.len())
+        .flat_map(|s| seeds.iter().map(move |&seed| (s, seed)))
+        .collect();
+    let mut report = Report::new(names);
+    let work = |&(scenario, seed): &(usize, u64)| {
+        let began = Instant::now();
+        let result = run_one(sim, root, &names[scenario], seed, None);
+        (began.elapsed(), result)
+    };
+    in_parallel(&runs, jobs, work, |i, (took, result)| {
+        let (scenario, seed) = runs[i];
+        report.add(scenario, seed, took, result);
+        let stats = &report.scenarios[scenario].1;
+        if stats.runs == seeds.len() {
+            eprintln!(
+                "chaos: {}: {} seed(s), {} failed ({} failure(s) so far)",
+                names[scenario],
+                stats.runs,
+                stats.failures,
+                report.failures.len()
+            );
         }
     });
     report
 }
 
-/// One run in its own process. `Err` is a harness error: the run did not say how it went.
-fn run_one(sim: &Path, root: &Path, scenario: &str, seed: u64) -> Result<Summary, String> {
-    let output = Command::new(sim)
-        .args(["run", scenario, "--seed", &seed.to_string()])
+/// One run in its own process, with `plant` planted (a binary built with the `planted-bugs`
+/// feature). `Err` is a harness error: the run did not say how it went.
+pub(crate) fn run_one(
+    sim: &Path,
+    root: &Path,
+    scenario: &str,
+    seed: u64,
+    plant: Option<&str>,
+) -> Result<Summary, String> {
+    let mut command = Command::new(sim);
+    command.args(["run", scenario, "--seed", &seed.to_string()]);
+    if let Some(bug) = plant {
+        command.args(["--plant", bug]);
+    }
+    let output = command
         .current_dir(root)
         .output()
         .map_err(|e| format!("cannot start {}: {e}", sim.display()))?;
@@ -248,7 +312,7 @@ fn run_one(sim: &Path, root: &Path, scenario: &str, seed: u64) -> Result<Summary
 
 /// Reads a run's exit code and output: a summary whose verdict agrees with the exit code
 /// (0 passed, 1 an invariant violated), or a harness error carrying the end of stderr.
-fn interpret(code: Option<i32>, stdout: &str, stderr: &str) -> Result<Summary, String> {
+pub(crate) fn interpret(code: Option<i32>, stdout: &str, stderr: &str) -> Result<Summary, String> {
     let exit = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
     let harness_error = |what: &str| format!("{what} ({exit}){}", stderr_tail(stderr));
     if code == Some(2) {
@@ -405,20 +469,19 @@ impl Report {
             sum(|s| s.failures).to_string(),
         ]);
 
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let mut out = format_row(&header.map(String::from), &widths);
-        out += &format_row(&widths.map(|w| "-".repeat(w)), &widths);
+        let header = header.map(String::from);
+        let widths = column_widths(&header, &rows);
+        // Name columns are left-aligned, number columns right-aligned.
+        let left = [0, 3];
+        let rule = widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>();
+        let mut out = format_row(&header, &widths, &left);
+        out += &format_row(&rule, &widths, &left);
         let (total, scenarios) = rows.split_last().expect("the totals row is there");
         for row in scenarios {
-            out += &format_row(row, &widths);
+            out += &format_row(row, &widths, &left);
         }
-        out += &format_row(&widths.map(|w| "-".repeat(w)), &widths);
-        out += &format_row(total, &widths);
+        out += &format_row(&rule, &widths, &left);
+        out += &format_row(total, &widths, &left);
         out += &format!(
             "runs/s: per scenario, of one worker (runs / their summed wall time); total, of the \
              sweep ({} runs / {:.2} s wall clock, {jobs} job(s))\n",
@@ -464,14 +527,26 @@ fn rate(runs: usize, time: Duration) -> f64 {
     }
 }
 
-/// Name columns are left-aligned, number columns right-aligned.
-fn format_row(cells: &[String; 6], widths: &[usize; 6]) -> String {
+/// The width of each column: its widest cell, header included.
+pub(crate) fn column_widths<R: AsRef<[String]>>(header: &[String], rows: &[R]) -> Vec<usize> {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    widths
+}
+
+/// One table row, cells separated by ` | `: the columns in `left` left-aligned, the others
+/// right-aligned.
+pub(crate) fn format_row(cells: &[String], widths: &[usize], left: &[usize]) -> String {
     let mut line = String::new();
     for (i, (cell, &w)) in cells.iter().zip(widths).enumerate() {
         if i > 0 {
             line += " | ";
         }
-        if i == 0 || i == 3 {
+        if left.contains(&i) {
             line += &format!("{cell:<w$}");
         } else {
             line += &format!("{cell:>w$}");
@@ -495,7 +570,7 @@ fn format_faults(faults: &BTreeMap<String, usize>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn strings(args: &[&str]) -> Vec<String> {
@@ -572,8 +647,8 @@ mod tests {
         assert_eq!(format_faults(&BTreeMap::new()), "-");
     }
 
-    const PASSED: &str = r#"{"scenario":"s","seed":3,"passed":true,"faults":{"engine_crash":1,"partition":1},"invariants_checked":8,"violations":[],"repro":"x"}"#;
-    const VIOLATED: &str = r#"{"scenario":"s","seed":4,"passed":false,"faults":{"engine_crash":2},"invariants_checked":8,"violations":["once: step a ran twice"],"repro":"x"}"#;
+    pub(crate) const PASSED: &str = r#"{"scenario":"s","seed":3,"passed":true,"faults":{"engine_crash":1,"partition":1},"invariants_checked":8,"trace_hash":"00aa","violations":[],"repro":"x"}"#;
+    pub(crate) const VIOLATED: &str = r#"{"scenario":"s","seed":4,"passed":false,"faults":{"engine_crash":2},"invariants_checked":8,"trace_hash":"00bb","violations":["once: step a ran twice"],"repro":"x"}"#;
 
     #[test]
     fn exit_codes_and_summaries_are_checked_against_each_other() {

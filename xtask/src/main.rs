@@ -7,14 +7,22 @@
 //! - `bench <name>`: a benchmark in release mode; `recovery` recovers 10,000 in-flight
 //!   executions from SQLite and prints the time and the per-execution cost.
 //!
-//! - `repro SCENARIO --seed N [--trace]`: replays one simulated run and prints its outcome (and
-//!   trace), in a fresh process so the seed replays exactly.
+//! - `repro SCENARIO --seed N [--trace] [--plant BUG]`: replays one simulated run and prints its
+//!   outcome (and trace), in a fresh process so the seed replays exactly; with `--plant`, with
+//!   that deliberate engine bug planted (the simulator is then built with its test-only
+//!   `planted-bugs` feature).
 //!
 //! - `chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J]`: runs every scenario (or one)
 //!   for seeds S..S+N-1 (default 0..100), each run its own release `proctor-sim` process, J at a
 //!   time (default: the available parallelism); prints a table per scenario (runs/s, faults
 //!   injected by kind, invariant checks, failures), then each failure with its `repro` command.
 //!   Fails if any run failed.
+//!
+//! - `mutants [--seeds N] [--jobs J] [--bug NAME]`: proves the invariants bite (`mutants.rs`):
+//!   for each deliberate engine bug (or the one named), sweeps seeds 0.. (at most N, default
+//!   1,000) over every scenario with the bug planted until a run fails, J runs at a time, and
+//!   prints per bug whether it was caught, after how many seeds and runs, by which invariants,
+//!   and the failing run's `repro --plant` command. Fails if a bug is not caught.
 //!
 //! - `load [--clients N] [--seconds S]`: the load test of `proctor serve`
 //!   (`engine/benches/load.rs`, optimised): starts the server on loopback with a temporary
@@ -26,6 +34,7 @@
 //! A later issue adds `shrink` here.
 
 mod chaos;
+mod mutants;
 mod tidy;
 
 use std::process::Command;
@@ -51,11 +60,14 @@ fn main() -> Result<()> {
         Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("repro") => repro(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
+        Some("mutants") => mutants::mutants(&args[1..]),
         Some("load") => load(&args[1..]),
-        Some(other) => bail!("unknown task `{other}`; tasks: ci, tidy, bench, repro, chaos, load"),
-        None => bail!("usage: cargo xtask <task>; tasks: ci, tidy, bench, repro, chaos, load"),
+        Some(other) => bail!("unknown task `{other}`; {TASKS}"),
+        None => bail!("usage: cargo xtask <task>; {TASKS}"),
     }
 }
+
+const TASKS: &str = "tasks: ci, tidy, bench, repro, chaos, mutants, load";
 
 /// Benchmarks by name, each a `harness = false` bench target that prints its own figures.
 const BENCHES: &[(&str, &str)] = &[("recovery", "proctor-engine")];
@@ -103,19 +115,22 @@ fn load(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `repro`'s arguments plant a bug (`--plant BUG` or `--plant=BUG`): the simulator
+/// then needs its test-only `planted-bugs` feature.
+fn plants(args: &[String]) -> bool {
+    args.iter()
+        .any(|a| a == "--plant" || a.starts_with("--plant="))
+}
+
 fn repro(args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "proctor-sim",
-            "--bin",
-            "proctor-sim",
-            "--",
-            "repro",
-        ])
+    let mut command = Command::new(cargo);
+    command.args(["run", "--quiet", "--package", "proctor-sim"]);
+    if plants(args) {
+        command.args(["--features", "planted-bugs"]);
+    }
+    let status = command
+        .args(["--bin", "proctor-sim", "--", "repro"])
         .args(args)
         .current_dir(tidy::workspace_root())
         .status()
@@ -159,4 +174,29 @@ fn ci() -> Result<()> {
     }
     println!("==> xtask ci: all checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repro_builds_the_planted_simulator_only_when_asked_to_plant() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(plants(&args(&[
+            "diamond",
+            "--seed",
+            "3",
+            "--plant",
+            "complete_twice"
+        ])));
+        assert!(plants(&args(&[
+            "diamond",
+            "--plant=complete_twice",
+            "--seed",
+            "3"
+        ])));
+        assert!(!plants(&args(&["diamond", "--seed", "3", "--trace"])));
+        assert!(!plants(&args(&["--planted-diamond.yaml", "--seed", "3"])));
+    }
 }

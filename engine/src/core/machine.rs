@@ -445,9 +445,14 @@ impl Execution {
                 }
             }
             Input::Signal { id, name, payload } => {
+                let mut repeated = self.signals.iter().any(|s| s.id == id);
+                if crate::planted::planted(Bug::SignalDeliveredTwice) {
+                    // Planted bug (test-only, see `planted`): the sender's id is not checked.
+                    repeated = false;
+                }
                 if self.status.is_terminal()
                     || self.signals.len() >= MAX_SIGNALS_PER_EXECUTION
-                    || self.signals.iter().any(|s| s.id == id)
+                    || repeated
                 {
                     return cx.tx;
                 }
@@ -633,12 +638,19 @@ impl Execution {
                 (StepStatus::Running, StepKind::Subprocess(_)) if calls => {
                     cx.tx.commands.push(self.child_command(step));
                 }
-                (StepStatus::Running, StepKind::Timer(_)) if calls => {
+                (StepStatus::Running, StepKind::Timer(timer)) if calls => {
+                    let mut at_ms = wake_at.expect("a running timer has a deadline");
+                    if crate::planted::planted(Bug::TimerRecomputedOnRestart) {
+                        // Planted bug (test-only, see `planted`): the wait starts over from now.
+                        if let Some(duration) = &timer.duration {
+                            at_ms = cx.now_ms.saturating_add(duration.as_millis());
+                        }
+                    }
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Main,
                         attempt,
-                        at_ms: wake_at.expect("a running timer has a deadline"),
+                        at_ms,
                     });
                 }
                 (StepStatus::Retrying, _) if self.status == ExecutionStatus::Running => {
@@ -852,13 +864,22 @@ impl Execution {
         }
         let mut any_satisfied = false;
         let mut routed_away = false;
+        let mut waiting = false;
         for dep_id in &def.depends_on {
             let dep = self
                 .process
                 .position(dep_id)
                 .expect("validated: dependencies exist");
             match self.dep_state(dep, &def.id) {
-                DepState::Waiting | DepState::Blocked => return None,
+                DepState::Waiting => {
+                    if crate::planted::planted(Bug::JoinIgnoresPending) {
+                        // Planted bug (test-only, see `planted`): one in flight is not waited for.
+                        waiting = true;
+                        continue;
+                    }
+                    return None;
+                }
+                DepState::Blocked => return None,
                 DepState::Satisfied => any_satisfied = true,
                 DepState::Dead => {
                     routed_away |= self.steps[dep].status == StepStatus::Completed;
@@ -867,6 +888,8 @@ impl Execution {
         }
         if any_satisfied {
             Some(Ok(()))
+        } else if waiting {
+            None
         } else if routed_away {
             Some(Err(SkipReason::RouteNotTaken))
         } else {
@@ -1101,13 +1124,18 @@ impl Execution {
             .input
             .clone()
             .expect("an agent task's input is rendered before its first call");
+        let mut idempotency_key = format!("{}:{}", self.id, def.id);
+        if crate::planted::planted(Bug::RetryWithFreshKey) && attempt > 1 {
+            // Planted bug (test-only, see `planted`): each retry is keyed as a new call.
+            idempotency_key = format!("{idempotency_key}:{attempt}");
+        }
         Command::CallAgent(AgentCall {
             step,
             lane: Lane::Main,
             step_id: def.id.clone(),
             agent: task.agent.clone(),
             attempt,
-            idempotency_key: format!("{}:{}", self.id, def.id),
+            idempotency_key,
             input,
             timeout_ms: task.timeout.as_millis(),
         })
@@ -1512,7 +1540,11 @@ impl Execution {
     }
 
     fn compensation_attempt_failed(&mut self, cx: &mut Ctx<'_>, step: usize, error: StepError) {
-        let policy = self.compensate_def(step).retry.clone();
+        let mut policy = self.compensate_def(step).retry.clone();
+        if crate::planted::planted(Bug::CompensationRetriedPastPolicy) {
+            // Planted bug (test-only, see `planted`): an off-by-one on the retry budget.
+            policy.max_attempts += 1;
+        }
         let undo = self.steps[step]
             .detail
             .compensation

@@ -12,9 +12,11 @@ mod idempotency;
 mod liveness;
 mod once;
 mod progress;
+mod recovery_age;
 mod recovery_time;
 mod relay;
 mod retention;
+mod retries;
 mod stream;
 mod tenants;
 mod timers;
@@ -83,6 +85,9 @@ pub const NAMES: &[&str] = &[
     "idempotent_starts",
     "progress_relayed",
     "stream_complete",
+    "timers_not_late",
+    "age_limit_respected",
+    "retries_within_policy",
 ];
 
 /// Runs every checker.
@@ -103,6 +108,8 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     idempotency::check(scenario, outcome, &mut out);
     relay::check(scenario, outcome, &mut out);
     stream::check(scenario, outcome, &mut out);
+    recovery_age::check(scenario, outcome, &mut out);
+    retries::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
