@@ -30,6 +30,11 @@ use proctor_sim::{Scenario, Summary};
 const CHILD_ENV: &str = "PROCTOR_SIM_RUN";
 /// In the child: the planted bug to run with (a [`Bug::name`]); absent for a normal run.
 const PLANT_ENV: &str = "PROCTOR_PLANT";
+/// In the child: `off` runs the scenario with SQLite's `synchronous=OFF` (the disk negative
+/// control); absent for the scenario's own setting.
+const SYNC_ENV: &str = "PROCTOR_SIM_SYNCHRONOUS";
+/// In the child: shrink instead of run (`out_dir`), printing a JSON report.
+const SHRINK_ENV: &str = "PROCTOR_SIM_SHRINK";
 
 fn scenario_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
@@ -61,11 +66,33 @@ fn child(spec: &str) -> ! {
         };
         planted::plant(Some(bug));
     }
-    let scenario = Scenario::load(Path::new(file)).unwrap_or_else(|e| {
+    let mut scenario = Scenario::load(Path::new(file)).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    let outcome = proctor_sim::run(&scenario, seed.parse().expect("seed"));
+    let seed: u64 = seed.parse().expect("seed");
+    if std::env::var(SYNC_ENV).as_deref() == Ok("off") {
+        scenario.disk.synchronous = proctor_sim::scenario::SyncMode::Off;
+    }
+    if let Ok(out_dir) = std::env::var(SHRINK_ENV) {
+        let shrunk = proctor_sim::shrink::shrink(&scenario, seed).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        });
+        let written = proctor_sim::shrink::write(&shrunk, Path::new(file), Path::new(&out_dir), "")
+            .expect("the shrunk scenario is written");
+        let report = serde_json::json!({
+            "invariant": shrunk.invariant,
+            "faults_before": shrunk.faults_before,
+            "faults_after": shrunk.faults_after,
+            "executions_before": shrunk.executions_before,
+            "executions_after": shrunk.executions_after,
+            "file": written,
+        });
+        println!("{report}");
+        std::process::exit(0)
+    }
+    let outcome = proctor_sim::run(&scenario, seed);
     let summary = Summary::of(&outcome);
     println!(
         "{}",
@@ -77,12 +104,26 @@ fn child(spec: &str) -> ! {
 /// One run of `path` with `seed` in a fresh child process, with `plant` planted (and nothing
 /// planted otherwise, whatever this process's environment says).
 fn run_in_child(path: &Path, seed: u64, plant: Option<Bug>) -> Result<Summary, Failed> {
+    let line = in_child(path, seed, plant, &[])?;
+    serde_json::from_str(&line)
+        .map_err(|e| format!("seed {seed}: unreadable summary ({e}): {line}").into())
+}
+
+/// The last line a child printed for `path` and `seed`, with `plant` planted and `env` set.
+fn in_child(
+    path: &Path,
+    seed: u64,
+    plant: Option<Bug>,
+    env: &[(&str, &str)],
+) -> Result<String, Failed> {
     let mut command = Command::new(std::env::current_exe()?);
     command.env(CHILD_ENV, format!("{}:{seed}", path.display()));
     match plant {
         Some(bug) => command.env(PLANT_ENV, bug.name()),
         None => command.env_remove(PLANT_ENV),
     };
+    command.env_remove(SYNC_ENV).env_remove(SHRINK_ENV);
+    command.envs(env.iter().copied());
     let out = command.output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -93,9 +134,7 @@ fn run_in_child(path: &Path, seed: u64, plant: Option<Bug>) -> Result<Summary, F
         )
         .into());
     }
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .map_err(|e| format!("seed {seed}: unreadable summary ({e}): {stdout}").into())
+    Ok(stdout.lines().last().unwrap_or_default().to_string())
 }
 
 /// The first seed's summary must match `snapshots/<scenario>.snap`: a behaviour change shows
@@ -285,6 +324,36 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_fsync_skipped_fails_no_lost_execution",
+                || {
+                    expect_caught(
+                        DISK_POWER_CUTS,
+                        Bug::FsyncSkipped,
+                        "no_lost_execution",
+                        "acknowledged but not in storage",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::planted_pause_lost_on_restart_fails_pause_respected",
+                || {
+                    expect_caught(
+                        PAUSE_UNDER_CRASHES,
+                        Bug::PauseLostOnRestart,
+                        "pause_respected",
+                        "while paused since event",
+                    )
+                },
+            ),
+            Trial::test(
+                "harness::synchronous_off_loses_acknowledged_state",
+                synchronous_off_loses_acknowledged_state,
+            ),
+            Trial::test(
+                "harness::shrunk_planted_failure_is_smaller_and_still_fails",
+                shrunk_planted_failure,
+            ),
+            Trial::test(
                 "harness::planted_nondeterminism_fails_deterministic",
                 planted_nondeterminism,
             ),
@@ -305,6 +374,87 @@ mod harness {
         "ten-diamonds.yaml",
         "timer-restart.yaml",
     ];
+
+    /// Scenarios of the suite itself (paths relative to tests/harness/) that harness trials
+    /// also use: the disk's power cuts, and pauses across restarts.
+    const DISK_POWER_CUTS: &str = "../../scenarios/disk-power-cuts.yaml";
+    const PAUSE_UNDER_CRASHES: &str = "../../scenarios/pause-resume-under-crashes.yaml";
+
+    /// The negative control of the disk model: `disk-power-cuts.yaml`, seed for seed, passes
+    /// with its production setting (`synchronous=FULL`) and loses acknowledged executions with
+    /// `synchronous=OFF`, so the fault model really drops what an unsynced database would.
+    fn synchronous_off_loses_acknowledged_state() -> Result<(), Failed> {
+        let (path, scenario) = load(DISK_POWER_CUTS)?;
+        let wanted = "invariant `no_lost_execution` violated";
+        for seed in 0..scenario.seeds {
+            let full = run_in_child(&path, seed, None)?;
+            if !full.passed {
+                return Err(format!(
+                    "seed {seed} with synchronous=full:\n  {}",
+                    full.violations.join("\n  ")
+                )
+                .into());
+            }
+            let line = in_child(&path, seed, None, &[(SYNC_ENV, "off")])?;
+            let off: Summary = serde_json::from_str(&line)?;
+            let lost = off
+                .violations
+                .iter()
+                .any(|v| v.starts_with(wanted) && v.contains("acknowledged but not in storage"));
+            if off.passed || !lost {
+                return Err(format!(
+                    "seed {seed} with synchronous=off: expected {wanted} (acknowledged but not \
+                     in storage), got:\n  {}",
+                    off.violations.join("\n  ")
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Shrinking a planted bug's failing chaos run: the shrunk scenario has fewer faults than
+    /// the chaos plan written out, still fails the same invariant with the bug planted (run
+    /// from its file, in a fresh process), and passes without it.
+    fn shrunk_planted_failure() -> Result<(), Failed> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-swarm-diamond.yaml");
+        let (bug, seed) = (Bug::FreshKeyOnRecovery, 0);
+        let out = tempfile::tempdir()?;
+        let out_dir = out.path().display().to_string();
+        let line = in_child(&path, seed, Some(bug), &[(SHRINK_ENV, out_dir.as_str())])?;
+        let report: serde_json::Value = serde_json::from_str(&line)?;
+        let count = |key: &str| report[key].as_u64().unwrap_or(0);
+        if count("faults_after") >= count("faults_before") {
+            return Err(format!("the shrunk schedule is no smaller: {report}").into());
+        }
+        let invariant = report["invariant"].as_str().unwrap_or_default();
+        let file = PathBuf::from(report["file"].as_str().unwrap_or_default());
+        let shrunk = Scenario::load(&file).map_err(|e| e.to_string())?;
+        if shrunk.faults.len() as u64 != count("faults_after")
+            || shrunk.chaos.as_ref().is_some_and(|c| c.swarm)
+        {
+            return Err(format!("the written file is not the shrunk schedule: {report}").into());
+        }
+        let planted = run_in_child(&file, seed, Some(bug))?;
+        let wanted = format!("invariant `{invariant}` violated");
+        if !planted.violations.iter().any(|v| v.starts_with(&wanted)) {
+            return Err(format!(
+                "the shrunk scenario no longer fails `{invariant}`:\n  {}",
+                planted.violations.join("\n  ")
+            )
+            .into());
+        }
+        let clean = run_in_child(&file, seed, None)?;
+        if !clean.passed {
+            return Err(format!(
+                "the shrunk scenario fails without the bug:\n  {}",
+                clean.violations.join("\n  ")
+            )
+            .into());
+        }
+        Ok(())
+    }
 
     fn file(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -20,7 +20,7 @@
 //! every bug over every scenario until an invariant catches it.
 //!
 //! The sites, each an `if crate::planted::planted(Bug::..)` branch in `core/machine.rs` (and
-//! two in `driver.rs`, one in `api/events.rs`):
+//! two in `driver.rs`, one in `api/events.rs`, one in `store/sqlite.rs`):
 //! - [`Bug::NoRedispatchOnRecovery`] (`Execution::rearm`): recovery forgets the agent calls
 //!   that were in flight, so those executions stay running forever (`no_lost_execution`).
 //! - [`Bug::CompleteTwice`] (`Execution::complete_step`): a completed step records
@@ -56,6 +56,12 @@
 //! - [`Bug::SignalDeliveredTwice`] (`Input::Signal` in `Execution::apply`): a signal is no
 //!   longer deduplicated by its sender's id, so a signal re-sent after its reply was lost is
 //!   received twice (`effect_at_most_once`).
+//! - [`Bug::FsyncSkipped`] (`SqliteStore::open_with`): the store runs with `synchronous=OFF`,
+//!   so a commit returns before it is on the disk and a power cut loses acknowledged work
+//!   (`no_lost_execution`; only the simulator's disk, below SQLite, can show it).
+//! - [`Bug::PauseLostOnRestart`] (`Input::Recover` in `Execution::apply`): recovery puts a
+//!   paused execution back to running without a resume, so it goes on starting steps
+//!   (`pause_respected`).
 
 /// One deliberate defect. Names (for `PROCTOR_PLANT`) are the snake_case variant names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,10 +93,14 @@ pub enum Bug {
     CompensationRetriedPastPolicy = 12,
     /// A signal is not deduplicated by its sender's id.
     SignalDeliveredTwice = 13,
+    /// The SQLite store never syncs its commits (`synchronous=OFF`).
+    FsyncSkipped = 14,
+    /// Recovery forgets that an execution was paused.
+    PauseLostOnRestart = 15,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 15] = [
         Bug::NoRedispatchOnRecovery,
         Bug::CompleteTwice,
         Bug::FreshKeyOnRecovery,
@@ -104,6 +114,8 @@ impl Bug {
         Bug::RecoveryFailsFreshExecutions,
         Bug::CompensationRetriedPastPolicy,
         Bug::SignalDeliveredTwice,
+        Bug::FsyncSkipped,
+        Bug::PauseLostOnRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +133,8 @@ impl Bug {
             Bug::RecoveryFailsFreshExecutions => "recovery_fails_fresh_executions",
             Bug::CompensationRetriedPastPolicy => "compensation_retried_past_policy",
             Bug::SignalDeliveredTwice => "signal_delivered_twice",
+            Bug::FsyncSkipped => "fsync_skipped",
+            Bug::PauseLostOnRestart => "pause_lost_on_restart",
         }
     }
 

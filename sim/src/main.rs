@@ -6,6 +6,12 @@
 //!   [`Summary`]); `cargo xtask chaos` and `cargo xtask mutants` call it, one process per run.
 //! - `proctor-sim bugs`: the names of the deliberate engine bugs (`proctor::planted::Bug`), one
 //!   a line; `cargo xtask mutants` sweeps them.
+//! - `proctor-sim coverage`: the `fault × state` pairs a full sweep must hit
+//!   (`proctor_sim::summary::REQUIRED_COVERAGE`); `cargo xtask chaos` checks them.
+//! - `proctor-sim shrink SCENARIO --seed N [--plant BUG] [--out DIR] [--json]`: shrinks a
+//!   failing run (`proctor_sim::shrink`), writes the minimal scenario under DIR (default
+//!   target/shrunk), checks the written file still fails the same way, and prints its replay
+//!   command; `cargo xtask shrink` calls it. Its candidate runs are sequential in this process.
 //!
 //! `--plant BUG` plants that bug in the engine for the run (and adds `--plant BUG` to the
 //! replay command it prints). It needs a binary built with the test-only `planted-bugs`
@@ -15,7 +21,7 @@
 //! SCENARIO is a name under scenarios/ or a path to a scenario file. Exit status: 0 when
 //! every invariant holds, 1 when one is violated, 2 for bad usage or a bad scenario file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -57,18 +63,122 @@ enum Command {
     },
     /// Lists the deliberate engine bugs `--plant` takes, one a line.
     Bugs,
+    /// Lists the `fault × state` pairs a full sweep must cover, one a line.
+    Coverage,
+    /// Shrinks a failing run to a minimal scenario that fails the same way, writes it and
+    /// prints the command that replays it.
+    Shrink {
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+        /// Plant this deliberate engine bug (needs the `planted-bugs` feature).
+        #[arg(long, value_name = "BUG")]
+        plant: Option<String>,
+        /// Where to write the shrunk scenario file.
+        #[arg(long, default_value = "target/shrunk")]
+        out: PathBuf,
+        /// Print the result as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn load(name: &str) -> Result<Scenario, ExitCode> {
-    let path = if name.ends_with(".yaml") {
+fn path_of(name: &str) -> PathBuf {
+    if name.ends_with(".yaml") {
         PathBuf::from(name)
     } else {
         PathBuf::from("scenarios").join(format!("{name}.yaml"))
-    };
-    Scenario::load(&path).map_err(|e| {
+    }
+}
+
+fn load(name: &str) -> Result<Scenario, ExitCode> {
+    Scenario::load(&path_of(name)).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
+}
+
+/// `proctor-sim shrink`: shrink, write, check that the written file still fails the same way.
+fn shrink(name: &str, seed: u64, bug: Option<Bug>, out: &Path, json: bool) -> ExitCode {
+    let scenario = match load(name) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let shrunk = match proctor_sim::shrink::shrink(&scenario, seed) {
+        Ok(shrunk) => shrunk,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let plant = bug
+        .map(|b| format!(" --plant {}", b.name()))
+        .unwrap_or_default();
+    let written = match proctor_sim::shrink::write(&shrunk, &path_of(name), out, &plant) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "error: writing the shrunk scenario under {}: {e}",
+                out.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let reloaded = match Scenario::load(&written) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: the shrunk scenario does not load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let still_fails = proctor_sim::run(&reloaded, seed)
+        .violations
+        .iter()
+        .any(|v| v.invariant == shrunk.invariant);
+    let repro = format!(
+        "cargo xtask repro {} --seed {seed}{plant}",
+        written.display()
+    );
+    if json {
+        let report = serde_json::json!({
+            "scenario": scenario.name,
+            "seed": seed,
+            "invariant": shrunk.invariant,
+            "faults_before": shrunk.faults_before,
+            "faults_after": shrunk.faults_after,
+            "executions_before": shrunk.executions_before,
+            "executions_after": shrunk.executions_after,
+            "runs": shrunk.runs,
+            "file": written.display().to_string(),
+            "still_fails": still_fails,
+            "repro": repro,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "shrunk {} seed {seed}: `{}` fails with {} of {} faults and {} of {} executions \
+             ({} candidate runs)",
+            scenario.name,
+            shrunk.invariant,
+            shrunk.faults_after,
+            shrunk.faults_before,
+            shrunk.executions_after,
+            shrunk.executions_before,
+            shrunk.runs
+        );
+        println!("wrote {}", written.display());
+        println!("replay: {repro}");
+    }
+    if still_fails {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: the written scenario no longer fails `{}` (the file does not replay the \
+             shrunk run)",
+            shrunk.invariant
+        );
+        ExitCode::from(1)
+    }
 }
 
 /// The bug `--plant` names, planted for the rest of this process (none without `--plant`).
@@ -118,6 +228,24 @@ fn main() -> ExitCode {
                 println!("{}", bug.name());
             }
             return ExitCode::SUCCESS;
+        }
+        Command::Coverage => {
+            for pair in proctor_sim::summary::REQUIRED_COVERAGE {
+                println!("{pair}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Command::Shrink {
+            scenario,
+            seed,
+            plant: planted,
+            out,
+            json,
+        } => {
+            return match plant(planted.as_deref()) {
+                Ok(bug) => shrink(&scenario, seed, bug, &out, json),
+                Err(code) => code,
+            };
         }
     };
     let bug = match plant(planted.as_deref()) {

@@ -257,8 +257,14 @@ fn fewer_executions(best: &mut Scenario, search: &mut Search<'_>) {
 
 /// The shrunk scenario as a file under `dir`: the original file with its faults, chaos,
 /// workload size, expected statuses and seeds replaced, and its paths made relative to `dir`.
+/// `replay_args` follow `--seed N` in the replay command of its header (`--plant BUG`).
 /// Returns the file's path.
-pub fn write(shrunk: &Shrunk, original: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+pub fn write(
+    shrunk: &Shrunk,
+    original: &Path,
+    dir: &Path,
+    replay_args: &str,
+) -> std::io::Result<PathBuf> {
     use serde_norway::Value;
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let text = std::fs::read_to_string(original)?;
@@ -311,10 +317,14 @@ pub fn write(shrunk: &Shrunk, original: &Path, dir: &Path) -> std::io::Result<Pa
             expect.insert("status".into(), to_value(&s.expect.status)?);
         }
     }
+    // A name of its own, so it can sit beside the original as a regression scenario.
+    let name = format!("{}-shrunk-seed-{}", s.name, shrunk.seed);
+    map.insert("name".into(), name.clone().into());
     map.insert("seeds".into(), (shrunk.seed + 1).into());
     let header = format!(
-        "# Shrunk by `cargo xtask shrink` from {} with seed {}: fails `{}` with {} of {} faults \
-         and {} of {} executions ({} candidate runs).\n# Replay: cargo xtask repro {{path}} --seed {}\n",
+        "# Shrunk by `cargo xtask shrink` from {} with seed {}:\n# fails `{}` with {} of {} \
+         faults and {} of {} executions ({} candidate runs).\n# Replay: cargo xtask repro \
+         {{path}} --seed {}{replay_args}\n",
         original.display(),
         shrunk.seed,
         shrunk.invariant,
@@ -325,11 +335,7 @@ pub fn write(shrunk: &Shrunk, original: &Path, dir: &Path) -> std::io::Result<Pa
         shrunk.runs,
         shrunk.seed,
     );
-    let stem = original
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("scenario");
-    let path = dir.join(format!("{stem}-seed-{}.yaml", shrunk.seed));
+    let path = dir.join(format!("{name}.yaml"));
     let body = serde_norway::to_string(&file).map_err(|e| invalid(e.to_string()))?;
     let header = header.replace("{path}", &path.display().to_string());
     std::fs::write(&path, format!("{header}{body}"))?;

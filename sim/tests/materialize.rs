@@ -36,7 +36,7 @@ fn a_materialized_chaos_run_replays_the_same_trace_from_its_file() {
             invariant: "none".to_string(),
             runs: 0,
         };
-        let written = shrink::write(&shrunk, &file, out.path()).expect("writes");
+        let written = shrink::write(&shrunk, &file, out.path(), "").expect("writes");
         let loaded = Scenario::load(&written).expect("the written file loads");
         assert_eq!(loaded.faults, shrunk.scenario.faults);
         let from_file = proctor_sim::run(&loaded, seed);

@@ -8,6 +8,15 @@
 //!
 //! Real time and threads are fine here: xtask is tooling, not engine or simulator logic.
 //!
+//! `--shard K/M` runs the K-th of M deterministic slices of the sweep (run i of the full
+//! (scenario, seed) list belongs to shard i mod M + 1), so M machines or CI jobs can split one
+//! sweep; `--json FILE` writes every run's result, and `cargo xtask chaos-merge FILE...`
+//! combines the shards' files into the table, the failures and the coverage check of the whole.
+//!
+//! Fault coverage: each run's summary lists the `fault × engine state` pairs its faults met.
+//! A full sweep (every scenario, all shards) must hit each pair `proctor-sim coverage` lists
+//! (`proctor_sim::summary::REQUIRED_COVERAGE`) at least once, or it fails.
+//!
 //! `cargo xtask mutants` (`mutants.rs`) shares the building, the runs, the worker pool and the
 //! table layout from here.
 
@@ -19,11 +28,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tidy::workspace_root;
 
-const USAGE: &str = "usage: cargo xtask chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J]";
+const USAGE: &str =
+    "usage: cargo xtask chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J] \
+                     [--shard K/M] [--json FILE]";
+const MERGE_USAGE: &str = "usage: cargo xtask chaos-merge FILE...";
+
+/// Version of the `--json` file format.
+const SWEEP_FILE_VERSION: u32 = 1;
 
 /// Failures listed in full; beyond that only a count, so that a badly broken build does not
 /// bury the table under thousands of violations.
@@ -38,27 +53,227 @@ pub fn chaos(args: &[String]) -> Result<()> {
     let root = workspace_root();
     let names = scenarios(&root, args.scenario.as_deref())?;
     let sim = build_sim(&root, None)?;
+    let required = required_coverage(&sim, &root)?;
 
     let seeds: Vec<u64> = (args.start..=args.last_seed()).collect();
+    let runs = shard_of(&all_runs(&names, &seeds), args.shard);
     eprintln!(
-        "chaos: {} scenario(s) x {} seed(s) ({}..={}), {} job(s)",
+        "chaos: {} scenario(s) x {} seed(s) ({}..={}){}: {} run(s), {} job(s)",
         names.len(),
         seeds.len(),
         args.start,
         args.last_seed(),
+        args.shard
+            .map(|(k, m)| format!(", shard {k}/{m}"))
+            .unwrap_or_default(),
+        runs.len(),
         args.jobs
     );
     let began = Instant::now();
-    let report = sweep(&sim, &root, &names, &seeds, args.jobs);
+    let report = sweep(&sim, &root, &names, &runs, args.jobs);
     let wall = began.elapsed();
 
-    print!("{}", report.table(wall, args.jobs));
+    if let Some(path) = &args.json {
+        let file = SweepFile {
+            version: SWEEP_FILE_VERSION,
+            scenarios: names.clone(),
+            full: args.scenario.is_none(),
+            start: args.start,
+            seeds: args.seeds,
+            shard: args.shard,
+            wall_ms: wall.as_millis() as u64,
+            required_coverage: required.clone(),
+            runs: report.records.clone(),
+        };
+        let text = serde_json::to_string(&file)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("chaos: wrote {}", path.display());
+    }
+    // Coverage is judged over a whole sweep: every scenario, every shard.
+    let whole = args.scenario.is_none() && args.shard.is_none();
+    conclude(&report, wall, args.jobs, &required, whole)
+}
+
+/// Prints the table, the failures and the coverage, and fails on a failed run or (for a whole
+/// sweep) a required coverage pair never hit.
+fn conclude(
+    report: &Report,
+    wall: Duration,
+    jobs: usize,
+    required: &[String],
+    whole: bool,
+) -> Result<()> {
+    print!("{}", report.table(wall, jobs));
     print!("{}", report.failure_list());
+    let (coverage, missing) = report.coverage_table(required);
+    print!("{coverage}");
     let failed = report.failures.len();
     if failed > 0 {
         bail!("chaos: {failed} of {} run(s) failed", report.total_runs());
     }
+    if whole && !missing.is_empty() {
+        bail!(
+            "chaos: {} required coverage pair(s) never hit: {}",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    if !whole {
+        println!("coverage not judged: a partial sweep (one scenario, or one shard)");
+    }
     Ok(())
+}
+
+/// `cargo xtask chaos-merge FILE...`: the `--json` files of one sweep's shards, combined.
+pub fn merge(files: &[String]) -> Result<()> {
+    if files.is_empty() {
+        bail!("no files; {MERGE_USAGE}");
+    }
+    let mut sweeps = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
+        let sweep: SweepFile =
+            serde_json::from_str(&text).with_context(|| format!("{f}: not a chaos --json file"))?;
+        if sweep.version != SWEEP_FILE_VERSION {
+            bail!(
+                "{f}: format version {}, expected {SWEEP_FILE_VERSION}",
+                sweep.version
+            );
+        }
+        sweeps.push(sweep);
+    }
+    let merged = merge_sweeps(sweeps)?;
+    conclude(
+        &merged.report,
+        Duration::from_millis(merged.wall_ms),
+        merged.shards,
+        &merged.required,
+        merged.whole,
+    )
+}
+
+/// What `chaos --json` writes: the sweep's parameters and every run's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct SweepFile {
+    version: u32,
+    /// Every scenario of the sweep (all shards'), sorted.
+    scenarios: Vec<String>,
+    /// No `--scenario` filter: the sweep covers the whole suite.
+    full: bool,
+    start: u64,
+    seeds: u64,
+    shard: Option<(u64, u64)>,
+    wall_ms: u64,
+    required_coverage: Vec<String>,
+    runs: Vec<Record>,
+}
+
+struct Merged {
+    report: Report,
+    /// The longest shard's wall time (shards run side by side).
+    wall_ms: u64,
+    shards: usize,
+    required: Vec<String>,
+    /// Every shard of a full sweep is here.
+    whole: bool,
+}
+
+/// Checks that the files are shards of one sweep, none twice, and folds their runs together.
+fn merge_sweeps(sweeps: Vec<SweepFile>) -> Result<Merged> {
+    let first = &sweeps[0];
+    let same = |s: &SweepFile| {
+        s.scenarios == first.scenarios
+            && s.start == first.start
+            && s.seeds == first.seeds
+            && s.full == first.full
+            && s.shard.map(|(_, m)| m) == first.shard.map(|(_, m)| m)
+    };
+    if let Some(other) = sweeps.iter().find(|s| !same(s)) {
+        bail!(
+            "the files are not shards of one sweep (scenarios, seeds or shard count differ: \
+             {:?} vs {:?})",
+            (first.start, first.seeds, first.shard),
+            (other.start, other.seeds, other.shard)
+        );
+    }
+    let mut shards_seen = std::collections::BTreeSet::new();
+    for s in &sweeps {
+        if !shards_seen.insert(s.shard.map(|(k, _)| k)) {
+            bail!("shard {:?} given twice", s.shard);
+        }
+    }
+    let complete = match first.shard {
+        None => true,
+        Some((_, m)) => shards_seen.len() as u64 == m,
+    };
+    let mut report = Report::new(&first.scenarios);
+    let (required, full) = (first.required_coverage.clone(), first.full);
+    let wall_ms = sweeps.iter().map(|s| s.wall_ms).max().unwrap_or(0);
+    let shards = sweeps.len();
+    for sweep in sweeps {
+        for record in sweep.runs {
+            let index = report.index_of(&record.scenario);
+            if index == usize::MAX {
+                bail!("a run of unknown scenario {}", record.scenario);
+            }
+            let result = match (record.summary, record.error) {
+                (Some(summary), None) => Ok(summary),
+                (_, error) => Err(error.unwrap_or_else(|| "no result recorded".to_string())),
+            };
+            report.add(
+                index,
+                record.seed,
+                Duration::from_millis(record.busy_ms),
+                result,
+            );
+        }
+    }
+    Ok(Merged {
+        report,
+        wall_ms,
+        shards,
+        required,
+        whole: full && complete,
+    })
+}
+
+/// The required coverage pairs, as the simulator lists them.
+fn required_coverage(sim: &Path, root: &Path) -> Result<Vec<String>> {
+    let output = Command::new(sim)
+        .arg("coverage")
+        .current_dir(root)
+        .output()
+        .with_context(|| format!("running {} coverage", sim.display()))?;
+    if !output.status.success() {
+        bail!("{} coverage failed ({})", sim.display(), output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Every (scenario index, seed) of a sweep, scenario by scenario.
+fn all_runs(names: &[String], seeds: &[u64]) -> Vec<(usize, u64)> {
+    (0..names.len())
+        .flat_map(|s| seeds.iter().map(move |&seed| (s, seed)))
+        .collect()
+}
+
+/// Shard `k` of `m` (from 1): the runs whose index in the full list is k - 1 modulo m. Striding
+/// (not slicing) spreads every scenario, and so the slow ones, over all shards.
+fn shard_of(runs: &[(usize, u64)], shard: Option<(u64, u64)>) -> Vec<(usize, u64)> {
+    match shard {
+        None => runs.to_vec(),
+        Some((k, m)) => runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 % m == k - 1)
+            .map(|(_, r)| *r)
+            .collect(),
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -67,6 +282,9 @@ struct Args {
     seeds: u64,
     start: u64,
     jobs: usize,
+    /// `(k, m)`: the k-th (from 1) of m shards.
+    shard: Option<(u64, u64)>,
+    json: Option<PathBuf>,
 }
 
 impl Args {
@@ -82,13 +300,33 @@ fn parse_args(args: &[String], default_jobs: usize) -> Result<Args> {
         seeds: 100,
         start: 0,
         jobs: default_jobs,
+        shard: None,
+        json: None,
     };
-    let known = ["--scenario", "--seeds", "--start", "--jobs"];
+    let known = [
+        "--scenario",
+        "--seeds",
+        "--start",
+        "--jobs",
+        "--shard",
+        "--json",
+    ];
     for (flag, value) in flags(args, &known, USAGE)? {
         match flag {
             "--scenario" => parsed.scenario = Some(value),
             "--seeds" => parsed.seeds = number(flag, &value, USAGE)?,
             "--start" => parsed.start = number(flag, &value, USAGE)?,
+            "--shard" => {
+                let (k, m) = value
+                    .split_once('/')
+                    .with_context(|| format!("`--shard` takes K/M, not `{value}`; {USAGE}"))?;
+                let (k, m): (u64, u64) = (number(flag, k, USAGE)?, number(flag, m, USAGE)?);
+                if m == 0 || k == 0 || k > m {
+                    bail!("`--shard {value}`: K must be between 1 and M; {USAGE}");
+                }
+                parsed.shard = Some((k, m));
+            }
+            "--json" => parsed.json = Some(PathBuf::from(value)),
             _ => parsed.jobs = number(flag, &value, USAGE)?,
         }
     }
@@ -215,13 +453,26 @@ fn sim_binary(root: &Path) -> PathBuf {
 /// The fields of `proctor_sim::Summary` that the sweeps need (serde skips the others). A mirror
 /// rather than a dependency, so that xtask builds without compiling the simulator; a renamed
 /// field makes every run a loud harness error, not a silent zero.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct Summary {
     pub(crate) passed: bool,
     faults: BTreeMap<String, usize>,
     invariants_checked: usize,
     pub(crate) trace_hash: String,
     pub(crate) violations: Vec<String>,
+    #[serde(default)]
+    coverage: Vec<String>,
+}
+
+/// One run's result as `--json` keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    scenario: String,
+    seed: u64,
+    busy_ms: u64,
+    summary: Option<Summary>,
+    /// A harness error: the run did not say how it went.
+    error: Option<String>,
 }
 
 /// Runs `work` on every item, `jobs` at a time on worker threads (each taking the next item
@@ -256,23 +507,24 @@ pub(crate) fn in_parallel<T: Sync, R: Send>(
     });
 }
 
-/// Runs every (scenario, seed) on `jobs` worker threads and folds the results into a report
-/// as they arrive.
-fn sweep(sim: &Path, root: &Path, names: &[String], seeds: &[u64], jobs: usize) -> Report {
-    let runs: Vec<(usize, u64)> = (0..names.len())
-        .flat_map(|s| seeds.iter().map(move |&seed| (s, seed)))
-        .collect();
+/// Runs every (scenario, seed) of `runs` on `jobs` worker threads and folds the results into a
+/// report as they arrive.
+fn sweep(sim: &Path, root: &Path, names: &[String], runs: &[(usize, u64)], jobs: usize) -> Report {
+    let mut per_scenario = vec![0usize; names.len()];
+    for &(s, _) in runs {
+        per_scenario[s] += 1;
+    }
     let mut report = Report::new(names);
     let work = |&(scenario, seed): &(usize, u64)| {
         let began = Instant::now();
         let result = run_one(sim, root, &names[scenario], seed, None);
         (began.elapsed(), result)
     };
-    in_parallel(&runs, jobs, work, |i, (took, result)| {
+    in_parallel(runs, jobs, work, |i, (took, result)| {
         let (scenario, seed) = runs[i];
         report.add(scenario, seed, took, result);
         let stats = &report.scenarios[scenario].1;
-        if stats.runs == seeds.len() {
+        if stats.runs == per_scenario[scenario] {
             eprintln!(
                 "chaos: {}: {} seed(s), {} failed ({} failure(s) so far)",
                 names[scenario],
@@ -372,6 +624,10 @@ struct Report {
     /// In sweep order (sorted by name).
     scenarios: Vec<(String, ScenarioStats)>,
     failures: Vec<Failure>,
+    /// Runs that hit each `fault × state` pair.
+    coverage: BTreeMap<String, usize>,
+    /// Every run, as added (for `--json`).
+    records: Vec<Record>,
 }
 
 impl Report {
@@ -382,10 +638,24 @@ impl Report {
                 .map(|n| (n.clone(), ScenarioStats::default()))
                 .collect(),
             failures: Vec::new(),
+            coverage: BTreeMap::new(),
+            records: Vec::new(),
         }
     }
 
     fn add(&mut self, scenario: usize, seed: u64, took: Duration, result: Result<Summary, String>) {
+        self.records.push(Record {
+            scenario: self.scenarios[scenario].0.clone(),
+            seed,
+            busy_ms: took.as_millis() as u64,
+            summary: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().cloned(),
+        });
+        if let Ok(summary) = &result {
+            for pair in &summary.coverage {
+                *self.coverage.entry(pair.clone()).or_insert(0) += 1;
+            }
+        }
         let (name, stats) = &mut self.scenarios[scenario];
         stats.runs += 1;
         stats.busy += took;
@@ -491,6 +761,36 @@ impl Report {
         out
     }
 
+    /// The required coverage pairs with the runs that hit each (`MISSING` for none), then how
+    /// many other pairs were hit; and the required pairs never hit.
+    fn coverage_table(&self, required: &[String]) -> (String, Vec<String>) {
+        let mut out =
+            String::from("\nfault coverage (runs that hit each required fault x state pair):\n");
+        let mut missing = Vec::new();
+        let width = required
+            .iter()
+            .map(|p| p.chars().count())
+            .max()
+            .unwrap_or(0);
+        for pair in required {
+            let runs = self.coverage.get(pair).copied().unwrap_or(0);
+            let pad = width - pair.chars().count();
+            if runs == 0 {
+                missing.push(pair.clone());
+                out += &format!("  {pair}{} MISSING\n", " ".repeat(pad));
+            } else {
+                out += &format!("  {pair}{} {runs}\n", " ".repeat(pad));
+            }
+        }
+        let others = self
+            .coverage
+            .keys()
+            .filter(|p| !required.contains(p))
+            .count();
+        out += &format!("  and {others} other pair(s) hit\n");
+        (out, missing)
+    }
+
     /// Every failure's problems and repro command, the first `FAILURES_IN_FULL` of them.
     fn failure_list(&self) -> String {
         if self.failures.is_empty() {
@@ -585,7 +885,9 @@ pub(crate) mod tests {
                 scenario: None,
                 seeds: 100,
                 start: 0,
-                jobs: 8
+                jobs: 8,
+                shard: None,
+                json: None,
             }
         );
         let args = parse_args(
@@ -614,6 +916,10 @@ pub(crate) mod tests {
             &["--start", "18446744073709551615", "--seeds", "2"],
             &["--verbose"],
             &["diamond"],
+            &["--shard", "0/3"],
+            &["--shard", "4/3"],
+            &["--shard", "1/0"],
+            &["--shard", "2"],
         ] {
             assert!(
                 parse_args(&strings(bad), 8).is_err(),
@@ -728,5 +1034,84 @@ pub(crate) mod tests {
         let list = report.failure_list();
         assert_eq!(list.matches("repro: ").count(), FAILURES_IN_FULL);
         assert!(list.contains("... and 5 more failure(s)"), "{list}");
+    }
+
+    #[test]
+    fn shards_split_a_sweep_exactly_once_and_spread_each_scenario() {
+        let names = strings(&["a", "b", "c"]);
+        let runs = all_runs(&names, &[0, 1, 2, 3, 4]);
+        let parsed = parse_args(&strings(&["--shard", "2/4", "--json", "x.json"]), 2).unwrap();
+        assert_eq!(parsed.shard, Some((2, 4)));
+        assert_eq!(parsed.json, Some(PathBuf::from("x.json")));
+        let mut seen: Vec<(usize, u64)> = (1..=4)
+            .flat_map(|k| shard_of(&runs, Some((k, 4))))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, runs, "every run in exactly one shard");
+        for k in 1..=4 {
+            let shard = shard_of(&runs, Some((k, 4)));
+            let scenarios: std::collections::BTreeSet<usize> =
+                shard.iter().map(|(s, _)| *s).collect();
+            assert!(scenarios.len() > 1, "shard {k} holds one scenario only");
+            assert_eq!(shard_of(&runs, Some((k, 4))), shard, "deterministic");
+        }
+    }
+
+    const COVERED: &str = r#"{"scenario":"s","seed":5,"passed":true,"faults":{"engine_crash":1},"invariants_checked":8,"trace_hash":"00cc","violations":[],"coverage":["engine_crash × paused"]}"#;
+
+    fn shard_file(k: u64, runs: &[(usize, u64, &str)]) -> SweepFile {
+        let names = strings(&["alpha", "beta"]);
+        let mut report = Report::new(&names);
+        for &(s, seed, json) in runs {
+            let code = if json.contains(r#""passed":true"#) {
+                0
+            } else {
+                1
+            };
+            report.add(
+                s,
+                seed,
+                Duration::from_millis(10),
+                interpret(Some(code), json, ""),
+            );
+        }
+        SweepFile {
+            version: SWEEP_FILE_VERSION,
+            scenarios: names,
+            full: true,
+            start: 0,
+            seeds: 2,
+            shard: Some((k, 2)),
+            wall_ms: 100 * k,
+            required_coverage: strings(&["engine_crash × paused", "power_cut × in_write"]),
+            runs: report.records,
+        }
+    }
+
+    #[test]
+    fn merged_shards_give_the_whole_sweeps_report_through_json() {
+        let one = shard_file(1, &[(0, 0, PASSED), (1, 0, COVERED)]);
+        let two = shard_file(2, &[(0, 1, VIOLATED), (1, 1, PASSED)]);
+        // Through the file format, as two machines would hand them over.
+        let reread = |f: &SweepFile| -> SweepFile {
+            serde_json::from_str(&serde_json::to_string(f).unwrap()).unwrap()
+        };
+        let merged = merge_sweeps(vec![reread(&one), reread(&two)]).unwrap();
+        assert!(merged.whole);
+        assert_eq!((merged.wall_ms, merged.shards), (200, 2));
+        assert_eq!(merged.report.total_runs(), 4);
+        assert_eq!(merged.report.failures.len(), 1);
+        assert_eq!(merged.report.failures[0].scenario, "alpha");
+        let (table, missing) = merged.report.coverage_table(&merged.required);
+        assert_eq!(missing, ["power_cut × in_write"]);
+        assert!(table.contains("engine_crash × paused 1"), "{table}");
+        assert!(table.contains("power_cut × in_write  MISSING"), "{table}");
+
+        // One shard alone is not the whole sweep; a shard twice, or another sweep's, is refused.
+        assert!(!merge_sweeps(vec![reread(&one)]).unwrap().whole);
+        assert!(merge_sweeps(vec![reread(&one), reread(&one)]).is_err());
+        let mut other = reread(&two);
+        other.seeds = 3;
+        assert!(merge_sweeps(vec![reread(&one), other]).is_err());
     }
 }

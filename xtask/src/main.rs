@@ -12,11 +12,20 @@
 //!   that deliberate engine bug planted (the simulator is then built with its test-only
 //!   `planted-bugs` feature).
 //!
-//! - `chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J]`: runs every scenario (or one)
-//!   for seeds S..S+N-1 (default 0..100), each run its own release `proctor-sim` process, J at a
-//!   time (default: the available parallelism); prints a table per scenario (runs/s, faults
-//!   injected by kind, invariant checks, failures), then each failure with its `repro` command.
-//!   Fails if any run failed.
+//! - `chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J] [--shard K/M] [--json FILE]`:
+//!   runs every scenario (or one) for seeds S..S+N-1 (default 0..100), each run its own release
+//!   `proctor-sim` process, J at a time (default: the available parallelism); prints a table per
+//!   scenario (runs/s, faults injected by kind, invariant checks, failures), each failure with
+//!   its `repro` command, and the fault coverage (runs per required `fault × state` pair).
+//!   Fails if any run failed or, over every scenario and shard, a required pair was never hit.
+//!   `--shard K/M` runs the K-th of M deterministic slices; `--json` writes every run's result.
+//! - `chaos-merge FILE...`: the `--json` files of one sweep's shards, combined into the same
+//!   table, failures and coverage check (which it judges once all M shards are there).
+//!
+//! - `shrink SCENARIO --seed N [--plant BUG] [--out DIR]`: reduces a failing run to a minimal
+//!   one that fails the same invariant (the chaos plan written out, then delta debugging over
+//!   faults, storage rates, outage lengths and executions), writes it as a scenario file
+//!   (default under target/shrunk/) and prints its `repro` command (`shrink.rs`).
 //!
 //! - `mutants [--seeds N] [--jobs J] [--bug NAME]`: proves the invariants bite (`mutants.rs`):
 //!   for each deliberate engine bug (or the one named), sweeps seeds 0.. (at most N, default
@@ -31,10 +40,9 @@
 //!   requests, errors, requests/s and latency percentiles per kind, and the executions by
 //!   status. Fails if a request failed or the server did not exit 0 on SIGTERM.
 //!
-//! A later issue adds `shrink` here.
-
 mod chaos;
 mod mutants;
+mod shrink;
 mod tidy;
 
 use std::process::Command;
@@ -60,6 +68,8 @@ fn main() -> Result<()> {
         Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("repro") => repro(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
+        Some("chaos-merge") => chaos::merge(&args[1..]),
+        Some("shrink") => shrink::shrink(&args[1..]),
         Some("mutants") => mutants::mutants(&args[1..]),
         Some("load") => load(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {TASKS}"),
@@ -67,7 +77,7 @@ fn main() -> Result<()> {
     }
 }
 
-const TASKS: &str = "tasks: ci, tidy, bench, repro, chaos, mutants, load";
+const TASKS: &str = "tasks: ci, tidy, bench, repro, chaos, chaos-merge, shrink, mutants, load";
 
 /// Benchmarks by name, each a `harness = false` bench target that prints its own figures.
 const BENCHES: &[(&str, &str)] = &[("recovery", "proctor-engine")];

@@ -525,7 +525,15 @@ impl Execution {
                         };
                         self.emit(&mut cx, event);
                     }
-                    _ => self.rearm(&mut cx, true),
+                    _ => {
+                        if crate::planted::planted(Bug::PauseLostOnRestart)
+                            && self.status == ExecutionStatus::Paused
+                        {
+                            // Planted bug (test-only, see `planted`): the pause is forgotten.
+                            self.set_status(&mut cx, ExecutionStatus::Running);
+                        }
+                        self.rearm(&mut cx, true)
+                    }
                 }
             }
         }

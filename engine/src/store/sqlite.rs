@@ -257,7 +257,11 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        let synchronous = options.synchronous;
+        let mut synchronous = options.synchronous;
+        if crate::planted::planted(crate::planted::Bug::FsyncSkipped) {
+            // Planted bug (test-only, see `planted`): commits are never synced.
+            synchronous = Synchronous::Off;
+        }
         SqliteStore::init(conn, synchronous)
     }
 

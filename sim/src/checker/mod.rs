@@ -11,6 +11,7 @@ mod history;
 mod idempotency;
 mod liveness;
 mod once;
+mod pause;
 mod progress;
 mod recovery_age;
 mod recovery_time;
@@ -88,6 +89,7 @@ pub const NAMES: &[&str] = &[
     "timers_not_late",
     "age_limit_respected",
     "retries_within_policy",
+    "pause_respected",
 ];
 
 /// Runs every checker.
@@ -110,6 +112,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     stream::check(scenario, outcome, &mut out);
     recovery_age::check(scenario, outcome, &mut out);
     retries::check(scenario, outcome, &mut out);
+    pause::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
