@@ -1,4 +1,10 @@
-//! The Clock port: wall time for records and durable waits.
+//! The Clock port: wall time for records and durable deadlines, a monotonic timer for waiting.
+//!
+//! Durable waits (timers, retry backoff) store an absolute wall-clock deadline, so that a wait
+//! interrupted by a restart ends at its original time (as well as the new life's clock can
+//! tell). But a running wait is measured on a monotonic timer from the moment it is armed: if
+//! an operator or NTP steps the wall clock while it runs, forward or back, it neither fires
+//! early nor hangs on for the size of the step.
 //!
 //! The engine reads time only through [`Clock`]. Production uses [`SystemClock`]; tests use
 //! [`ManualClock`]; the simulator implements it on turmoil's simulated time.
@@ -12,8 +18,10 @@ use async_trait::async_trait;
 pub trait Clock: Send + Sync {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
-    /// Returns once `now_ms() >= deadline_ms` (at once if it already is). Deadlines are absolute
-    /// so that a durable timer re-armed after a restart fires at its original time.
+    /// Waits out the time that separates `now_ms()` from `deadline_ms` at the call (not at
+    /// all if the deadline has passed), on a monotonic timer: a step of the wall clock during
+    /// the wait changes nothing. Deadlines are absolute so that a durable timer re-armed after
+    /// a restart fires at its original time.
     async fn sleep_until_ms(&self, deadline_ms: u64);
 }
 
@@ -31,13 +39,10 @@ impl Clock for SystemClock {
     }
 
     async fn sleep_until_ms(&self, deadline_ms: u64) {
-        // Re-check after waking: the wall clock may have been stepped while we slept.
-        loop {
-            let now = self.now_ms();
-            if now >= deadline_ms {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(deadline_ms - now)).await;
+        // tokio's timer runs on the monotonic clock: converted once, at arming.
+        let remaining_ms = deadline_ms.saturating_sub(self.now_ms());
+        if remaining_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(remaining_ms)).await;
         }
     }
 }

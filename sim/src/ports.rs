@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,15 +14,16 @@ use proctor::clock::Clock;
 use proctor::network::{Conn, Listener, Network};
 
 /// Simulated wall time: turmoil's time since the epoch set on the builder, plus an offset
-/// that the scenario's `clock.start` sets and `clock_jump_ms` faults move forward (shared by
-/// every life of the engine host: a wall clock does not reset when a process restarts).
+/// that the scenario's `clock.start` sets and `clock_jump_ms` faults move forward or back
+/// (shared by every life of the engine host: a wall clock does not reset when a process
+/// restarts). Waits run on tokio's timer, which is turmoil's simulated (monotonic) time.
 #[derive(Clone, Debug, Default)]
 pub struct SimClock {
-    offset_ms: Arc<AtomicU64>,
+    offset_ms: Arc<AtomicI64>,
 }
 
 impl SimClock {
-    pub fn new(offset_ms: Arc<AtomicU64>) -> SimClock {
+    pub fn new(offset_ms: Arc<AtomicI64>) -> SimClock {
         SimClock { offset_ms }
     }
 }
@@ -33,16 +34,14 @@ impl Clock for SimClock {
         let sim_ms = turmoil::since_epoch()
             .expect("SimClock is used inside a turmoil host")
             .as_millis() as u64;
-        sim_ms + self.offset_ms.load(Ordering::SeqCst)
+        sim_ms.saturating_add_signed(self.offset_ms.load(Ordering::SeqCst))
     }
 
     async fn sleep_until_ms(&self, deadline_ms: u64) {
-        loop {
-            let now = self.now_ms();
-            if now >= deadline_ms {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(deadline_ms - now)).await;
+        // As `SystemClock`: converted once, then a monotonic wait.
+        let remaining_ms = deadline_ms.saturating_sub(self.now_ms());
+        if remaining_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(remaining_ms)).await;
         }
     }
 }

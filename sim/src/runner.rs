@@ -103,6 +103,12 @@ pub struct Outcome {
     pub storage_writes: u64,
     /// Fault coverage: `fault × state` for each engine state a fault met.
     pub coverage: BTreeSet<String>,
+    /// When each published event happened in simulated time (monotonic, unlike the engine's
+    /// wall clock, which clock jumps move), by (execution id, seq).
+    pub event_sim_ms: BTreeMap<(String, u64), u64>,
+    /// The engine's wall clock minus simulated time, from each simulated ms on (`clock.start`,
+    /// then every clock jump): what the engine's clock read at any simulated moment.
+    pub clock_offsets: Vec<(u64, i64)>,
     /// Scripted faults at named points that never fired: the run did not test what the
     /// scenario says it tests.
     pub unfired: Vec<String>,
@@ -119,6 +125,17 @@ pub struct Outcome {
 impl Outcome {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
+    }
+
+    /// What the engine's wall clock read at simulated time `sim_ms`.
+    pub fn engine_clock_at(&self, sim_ms: u64) -> u64 {
+        let offset = self
+            .clock_offsets
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= sim_ms)
+            .map_or(0, |(_, offset)| *offset);
+        (EPOCH_MS + sim_ms).saturating_add_signed(offset)
     }
 
     /// The command that replays this run.
@@ -160,6 +177,7 @@ pub(crate) struct Shared {
     awaiting_recovery: Mutex<BTreeSet<String>>,
     /// The executions whose `ExecutionRecovered` this life has published.
     recovered_in_life: Mutex<BTreeSet<String>>,
+    event_sim_ms: Mutex<BTreeMap<(String, u64), u64>>,
     faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
     starts: Mutex<Vec<StartAck>>,
@@ -172,7 +190,7 @@ pub(crate) struct Shared {
     /// When the last fault ends (grows when a fault at a named point fires late).
     pub(crate) window_end_ms: AtomicU64,
     /// The engine's wall clock minus simulated time (`clock.start`, then clock jumps).
-    clock_offset_ms: Arc<AtomicU64>,
+    clock_offset_ms: Arc<std::sync::atomic::AtomicI64>,
     /// `workload.purge`: what its dry run listed just before it (the purge's candidates,
     /// recorded before anything is deleted, so a crash mid-purge loses no record), the cutoff,
     /// and whether it has run.
@@ -326,7 +344,7 @@ enum Action {
     Cut(Link, String, String),
     Heal(Link, String, String),
     Storage(StorageFault, u32),
-    ClockJump(u64),
+    ClockJump(i64),
     Disk(DiskFault, u32),
     DiskFull(bool),
     /// Arm a power cut at the engine's nth disk write from now (the scenario fault's index).
@@ -395,6 +413,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         recovering: std::sync::atomic::AtomicBool::new(false),
         awaiting_recovery: Mutex::new(BTreeSet::new()),
         recovered_in_life: Mutex::new(BTreeSet::new()),
+        event_sim_ms: Mutex::new(BTreeMap::new()),
         faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
         starts: Mutex::new(Vec::new()),
@@ -403,7 +422,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         boots: AtomicU32::new(0),
         submitted: AtomicUsize::new(0),
         window_end_ms: AtomicU64::new(window_ms),
-        clock_offset_ms: Arc::new(AtomicU64::new(scenario.clock_start_ms - EPOCH_MS)),
+        clock_offset_ms: Arc::new(std::sync::atomic::AtomicI64::new(
+            i64::try_from(scenario.clock_start_ms - EPOCH_MS).expect("clock.start is checked"),
+        )),
         purge_candidates: Mutex::new(Vec::new()),
         purge_cutoff_ms: AtomicU64::new(0),
         purge_done: std::sync::atomic::AtomicBool::new(false),
@@ -527,6 +548,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         }
     }
 
+    let mut clock_offsets = vec![(0, shared.clock_offset_ms.load(Ordering::SeqCst))];
     let mut injected: BTreeMap<String, usize> = BTreeMap::new();
     let mut coverage: BTreeSet<String> = BTreeSet::new();
     let mut cover = |fault: &str, states: BTreeSet<&'static str>| {
@@ -674,9 +696,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                         "clock_jump",
                         shared.engine_states(sim.is_host_running(ENGINE_HOST)),
                     );
-                    shared.clock_offset_ms.fetch_add(jump_ms, Ordering::SeqCst);
+                    let offset = shared.clock_offset_ms.fetch_add(jump_ms, Ordering::SeqCst);
+                    clock_offsets.push((now_ms, offset + jump_ms));
                     count("clock_jump");
-                    format!("clock jumps {jump_ms}ms forward")
+                    if jump_ms > 0 {
+                        format!("clock jumps {jump_ms}ms forward")
+                    } else {
+                        format!("clock jumps {}ms back", jump_ms.unsigned_abs())
+                    }
                 }
                 Action::Disk(kind, ops) => {
                     cover(
@@ -881,6 +908,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
         engine_restarts_ms,
         coverage,
+        clock_offsets,
+        event_sim_ms: std::mem::take(&mut *shared.event_sim_ms.lock().expect("event time lock")),
         elapsed_ms,
         sim_error,
         violations: Vec::new(),
@@ -1130,6 +1159,11 @@ async fn boot(
         .clear();
     let trace = shared.clone();
     engine.bus().subscribe(move |e| {
+        trace
+            .event_sim_ms
+            .lock()
+            .expect("event time lock")
+            .insert((e.execution_id.clone(), e.seq), sim_elapsed_ms());
         if matches!(
             e.event,
             proctor::event::DomainEvent::ExecutionRecovered { .. }

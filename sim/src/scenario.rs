@@ -114,7 +114,9 @@ struct ClockSpec {
 }
 
 /// Largest forward clock jump one fault may make.
-pub const MAX_CLOCK_JUMP_MS: u64 = 400 * 24 * 3_600_000;
+pub const MAX_CLOCK_JUMP_MS: i64 = 400 * 24 * 3_600_000;
+/// Largest backward clock jump one fault may make.
+pub const MAX_CLOCK_JUMP_BACK_MS: i64 = 24 * 3_600_000;
 
 fn default_liveness_ms() -> u64 {
     60_000
@@ -294,10 +296,11 @@ pub struct Fault {
     pub storage: Option<StorageFault>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commits: Option<u32>,
-    /// Move the engine's wall clock forward this far at once (simulated time goes on as
-    /// before): downtime as the scheduler sees it, and DST transitions within a short run.
+    /// Step the engine's wall clock this far at once, forward (positive) or back (negative),
+    /// while simulated time goes on as before: an operator's or NTP's correction, downtime as
+    /// the scheduler sees it, DST transitions within a short run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock_jump_ms: Option<u64>,
+    pub clock_jump_ms: Option<i64>,
     /// A fault of the engine's disk, below SQLite: `full` (for `for_ms`, or to the end of the
     /// fault window), or the next `ops` reads, writes or syncs fail with EIO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -761,9 +764,10 @@ fn check_fault(
         if fault.at_ms.is_none() {
             return Err("clock_jump_ms: a clock jump needs `at_ms`".into());
         }
-        if jump == 0 || jump > MAX_CLOCK_JUMP_MS {
+        if jump == 0 || !(-MAX_CLOCK_JUMP_BACK_MS..=MAX_CLOCK_JUMP_MS).contains(&jump) {
             return Err(format!(
-                "clock_jump_ms: must be between 1 and {MAX_CLOCK_JUMP_MS} (forward only)"
+                "clock_jump_ms: must be between -{MAX_CLOCK_JUMP_BACK_MS} (back) and \
+                 {MAX_CLOCK_JUMP_MS} (forward), and not 0"
             ));
         }
     }

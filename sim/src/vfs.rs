@@ -137,6 +137,24 @@ unsafe fn handle<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut Handle> {
     (*file).handle.as_mut()
 }
 
+/// A read's or write's handle, length and offset, if all are usable.
+/// SAFETY: as [`handle`].
+unsafe fn io_args<'a>(
+    file: *mut ffi::sqlite3_file,
+    buf_is_null: bool,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> Option<(&'a mut Handle, usize, usize)> {
+    if buf_is_null {
+        return None;
+    }
+    Some((
+        handle(file)?,
+        usize::try_from(amount).ok()?,
+        usize::try_from(offset).ok()?,
+    ))
+}
+
 /// SAFETY: `name` is null or a NUL-terminated string.
 unsafe fn path<'a>(name: *const c_char) -> Option<&'a str> {
     if name.is_null() {
@@ -218,16 +236,9 @@ unsafe extern "C" fn x_read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let (Some(handle), Ok(amount), Ok(offset)) = (
-        handle(file),
-        usize::try_from(amount),
-        usize::try_from(offset),
-    ) else {
+    let Some((handle, amount, offset)) = io_args(file, buf.is_null(), amount, offset) else {
         return ffi::SQLITE_IOERR_READ;
     };
-    if buf.is_null() {
-        return ffi::SQLITE_IOERR_READ;
-    }
     let out = std::slice::from_raw_parts_mut(buf as *mut u8, amount);
     let read = match handle {
         Handle::Temp(bytes) => {
@@ -259,16 +270,9 @@ unsafe extern "C" fn x_write(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let (Some(handle), Ok(amount), Ok(offset)) = (
-        handle(file),
-        usize::try_from(amount),
-        usize::try_from(offset),
-    ) else {
+    let Some((handle, amount, offset)) = io_args(file, buf.is_null(), amount, offset) else {
         return ffi::SQLITE_IOERR_WRITE;
     };
-    if buf.is_null() {
-        return ffi::SQLITE_IOERR_WRITE;
-    }
     let data = std::slice::from_raw_parts(buf as *const u8, amount);
     let written = match handle {
         Handle::Temp(bytes) => {

@@ -416,6 +416,37 @@ fn schedule_and_clock_problems_are_named() {
         &message,
         &["faults[0].clock_jump_ms: a clock jump needs `at_ms`"],
     );
+    for jump in ["0", "-86400001"] {
+        let message = error_of(&with_line(
+            "  - { at_ms: 10,",
+            &format!("  - {{ at_ms: 10, clock_jump_ms: {jump} }}"),
+        ));
+        assert_mentions(
+            &message,
+            &["faults[0].clock_jump_ms: must be between -86400000"],
+        );
+    }
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
+        "  - { at_ms: 10, disk: read_error, for_ms: 5 }",
+    ));
+    assert_mentions(&message, &["faults[0].for_ms: only with `disk: full`"]);
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
+        "  - { at_ms: 10, loss: [engine, client], loss_rate: 1.5 }",
+    ));
+    assert_mentions(
+        &message,
+        &["faults[0].loss_rate: must be above 0 and at most 1"],
+    );
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
+        "  - { at_ms: 10, point: after_commit, crash: engine }",
+    ));
+    assert_mentions(
+        &message,
+        &["faults[0].at_ms: give exactly one of `at_ms` or `point`"],
+    );
     let message = error_of(&with_line(
         "expect:",
         "expect: { finish_within_ms: 100 }\nclock: { start: '2026-01-01T00:00:00Z' }",

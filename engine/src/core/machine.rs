@@ -13,7 +13,7 @@ use rand::RngCore;
 use serde_json::{json, Map, Value};
 
 use super::checkpoint::{Checkpoint, ForkOrigin};
-use super::retry::retry_delay_ms;
+use super::retry::{max_retry_delay_ms, retry_delay_ms};
 use super::state::{
     CallState, CallStatus, CompensationRun, ErrorKind, ExecutionStatus, ReceivedSignal, SkipReason,
     StepError, StepState, StepStatus,
@@ -616,7 +616,16 @@ impl Execution {
     /// Re-issues the commands for work in flight. `calls` re-dispatches running agent calls
     /// and timers (after a restart nothing is in flight); retry backoffs are re-armed only while
     /// running (a paused execution re-arms them on resume).
+    ///
+    /// A wait re-armed here ends at its stored deadline, but never later than its own length
+    /// from now (a timer's duration, a signal's timeout, the longest backoff of its policy):
+    /// the deadline was set by an earlier life's wall clock, and if the clock has been stepped
+    /// back since, honouring it alone would stretch the wait by the step.
     fn rearm(&mut self, cx: &mut Ctx<'_>, calls: bool) {
+        let now_ms = cx.now_ms;
+        let capped = |at_ms: u64, length_ms: Option<u64>| {
+            length_ms.map_or(at_ms, |l| at_ms.min(now_ms.saturating_add(l)))
+        };
         for step in 0..self.steps.len() {
             let st = &self.steps[step];
             let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
@@ -635,19 +644,24 @@ impl Execution {
                     }
                     cx.tx.commands.push(command);
                 }
-                (StepStatus::Running, StepKind::WaitSignal(_)) if calls && wake_at.is_some() => {
+                (StepStatus::Running, StepKind::WaitSignal(wait)) if calls && wake_at.is_some() => {
+                    let timeout_ms = wait.timeout.as_ref().map(|t| t.as_millis());
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Main,
                         attempt,
-                        at_ms: wake_at.expect("checked"),
+                        at_ms: capped(wake_at.expect("checked"), timeout_ms),
                     });
                 }
                 (StepStatus::Running, StepKind::Subprocess(_)) if calls => {
                     cx.tx.commands.push(self.child_command(step));
                 }
                 (StepStatus::Running, StepKind::Timer(timer)) if calls => {
-                    let mut at_ms = wake_at.expect("a running timer has a deadline");
+                    let duration_ms = timer.duration.as_ref().map(|d| d.as_millis());
+                    let mut at_ms = capped(
+                        wake_at.expect("a running timer has a deadline"),
+                        duration_ms,
+                    );
                     if crate::planted::planted(Bug::TimerRecomputedOnRestart) {
                         // Planted bug (test-only, see `planted`): the wait starts over from now.
                         if let Some(duration) = &timer.duration {
@@ -661,12 +675,16 @@ impl Execution {
                         at_ms,
                     });
                 }
-                (StepStatus::Retrying, _) if self.status == ExecutionStatus::Running => {
+                (StepStatus::Retrying, kind) if self.status == ExecutionStatus::Running => {
+                    let longest = match kind {
+                        StepKind::AgentTask(task) => Some(max_retry_delay_ms(&task.retry)),
+                        _ => None,
+                    };
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Main,
                         attempt,
-                        at_ms: wake_at.expect("a retrying step has a deadline"),
+                        at_ms: capped(wake_at.expect("a retrying step has a deadline"), longest),
                     });
                 }
                 _ => {}
@@ -679,11 +697,15 @@ impl Execution {
                             cx.tx.commands.push(self.item_call(step, index));
                         }
                         CallStatus::Retrying if self.status == ExecutionStatus::Running => {
+                            let longest = max_retry_delay_ms(&self.foreach_def(step).retry);
                             cx.tx.commands.push(Command::Wake {
                                 step,
                                 lane: Lane::Item(index),
                                 attempt: item.attempt,
-                                at_ms: item.wake_at_ms.expect("a retrying item has a deadline"),
+                                at_ms: capped(
+                                    item.wake_at_ms.expect("a retrying item has a deadline"),
+                                    Some(longest),
+                                ),
                             });
                         }
                         _ => {}
@@ -698,13 +720,15 @@ impl Execution {
                     cx.tx.commands.push(self.compensation_call(step));
                 }
                 CallStatus::Retrying if self.status == ExecutionStatus::Running => {
+                    let longest = max_retry_delay_ms(&self.compensate_def(step).retry);
+                    let at_ms = undo
+                        .wake_at_ms
+                        .expect("a retrying compensation has a deadline");
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Compensation,
                         attempt: undo.attempt,
-                        at_ms: undo
-                            .wake_at_ms
-                            .expect("a retrying compensation has a deadline"),
+                        at_ms: capped(at_ms, Some(longest)),
                     });
                 }
                 _ => {}
@@ -724,15 +748,18 @@ impl Execution {
     }
 
     fn emit(&mut self, cx: &mut Ctx<'_>, event: DomainEvent) {
+        // Records never go back in time, even when the wall clock is stepped back: a history
+        // is in time order (deadlines still use the clock as it reads).
+        let at_ms = cx.now_ms.max(self.updated_at_ms);
         cx.tx.events.push(EventRecord {
             execution_id: self.id.clone(),
             seq: self.next_seq,
-            at_ms: cx.now_ms,
+            at_ms,
             event,
         });
         self.next_seq += 1;
         cx.tx.changed = true;
-        self.updated_at_ms = cx.now_ms;
+        self.updated_at_ms = at_ms;
     }
 
     fn set_status(&mut self, cx: &mut Ctx<'_>, next: ExecutionStatus) {
@@ -744,7 +771,7 @@ impl Execution {
         );
         self.status = next;
         cx.tx.changed = true;
-        self.updated_at_ms = cx.now_ms;
+        self.updated_at_ms = cx.now_ms.max(self.updated_at_ms);
     }
 
     fn set_step_status(&mut self, cx: &mut Ctx<'_>, step: usize, next: StepStatus) {

@@ -22,6 +22,12 @@ pub fn retry_delay_ms(policy: &RetryPolicy, failed_attempt: u32, rng: &mut dyn R
     delay as u64
 }
 
+/// The longest delay [`retry_delay_ms`] can give under `policy`: `max_delay` at full jitter.
+/// A backoff re-armed after a restart never waits longer than this.
+pub fn max_retry_delay_ms(policy: &RetryPolicy) -> u64 {
+    (policy.max_delay.as_millis() as f64 * (1.0 + policy.jitter.max(0.0))).ceil() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

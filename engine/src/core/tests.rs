@@ -1313,6 +1313,49 @@ fn timer_arms_a_wake_and_completes_on_it() {
     h.assert_seqs();
 }
 
+/// The wall clock was stepped back an hour while the engine was down: the stored deadline now
+/// lies more than an hour away, but the re-armed timer waits at most its own duration, and the
+/// recovery's records are not stamped before the history's last event. With a sound clock the
+/// stored deadline stands.
+#[test]
+fn a_timer_rearmed_after_the_clock_went_back_waits_at_most_its_duration() {
+    let mut h = Harness::new(TIMER, json!({}));
+    // Started well after the epoch, so that the clock has room to go back.
+    let started = T0 + 4_000_000;
+    h.now = started;
+    h.start();
+    let deadline = started + 600_000;
+    h.advance(100_000);
+    h.restart(0);
+    h.now -= 3_600_000;
+    let tx = h.recover(RecoveryAction::Resume);
+    let wake = |at_ms| Command::Wake {
+        lane: Lane::Main,
+        step: 0,
+        attempt: 1,
+        at_ms,
+    };
+    assert_eq!(tx.commands, vec![wake(h.now + 600_000)]);
+    assert!(
+        tx.events.iter().all(|e| e.at_ms == started),
+        "{:?}",
+        tx.events
+    );
+    assert_eq!(
+        h.step("t").wake_at_ms,
+        Some(deadline),
+        "the record keeps the deadline"
+    );
+
+    let mut sound = Harness::new(TIMER, json!({}));
+    sound.now = started;
+    sound.start();
+    sound.advance(100_000);
+    sound.restart(0);
+    let tx = sound.recover(RecoveryAction::Resume);
+    assert_eq!(tx.commands, vec![wake(deadline)]);
+}
+
 // Regression: `Input::AgentReturned` once checked only that the step was running with that
 // attempt, so a stray result for a running timer step completed the timer early.
 #[test]
