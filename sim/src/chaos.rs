@@ -23,6 +23,8 @@ const MAX_SLOW_MS: u64 = 500;
 /// Bounds of a loss burst's per-ms chance of a momentary break.
 const MIN_LOSS: f64 = 0.05;
 const MAX_LOSS: f64 = 0.5;
+/// Least chance of duplicating a connection during a random spell of duplicates.
+const MIN_DUPLICATE: f64 = 0.2;
 /// A random power cut strikes within this many of the engine's disk writes after it is armed.
 const MAX_CUT_WRITE: u32 = 64;
 
@@ -56,6 +58,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
         ("disk_error", chaos.disk_error_rate),
         ("disk_full", chaos.disk_full_rate),
         ("power_cut", chaos.power_cut_rate),
+        ("duplicate", chaos.duplicate_rate),
     ]
     .into_iter()
     .filter(|(_, rate)| *rate > 0.0)
@@ -86,6 +89,7 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
     let mut host_up_at = vec![0u64; hosts.len()];
     let mut link_free_at = vec![[0u64; 4]; links.len()];
     let mut disk_free_at = 0u64;
+    let mut duplicate_free_at = vec![0u64; hosts.len()];
     let mut faults = Vec::new();
     let per_slot = |rate_per_s: f64| (rate_per_s * SLOT_MS as f64 / 1_000.0).min(1.0);
     let mut at_ms = SLOT_MS;
@@ -126,6 +130,21 @@ pub fn plan(chaos: &Chaos, agents: &[String], seed: u64) -> Plan {
                 disk_free_at = at_ms + lasts;
                 faults.push(Fault {
                     disk: Some(DiskFault::Full),
+                    for_ms: Some(lasts),
+                    ..blank(at_ms)
+                });
+            }
+        }
+        let duplicate = per_slot(rate("duplicate"));
+        if duplicate > 0.0 && !agents.is_empty() && rng.random_bool(duplicate) {
+            let i = rng.random_range(1..hosts.len());
+            let lasts = outage(&mut rng);
+            let chance = rng.random_range(MIN_DUPLICATE..=1.0);
+            if duplicate_free_at[i] <= at_ms {
+                duplicate_free_at[i] = at_ms + lasts;
+                faults.push(Fault {
+                    duplicate: Some(hosts[i].clone()),
+                    duplicate_rate: Some(chance),
                     for_ms: Some(lasts),
                     ..blank(at_ms)
                 });
@@ -209,6 +228,7 @@ mod tests {
             disk_full_rate: 0.5,
             power_cut_rate: 1.0,
             loss_rate: 1.0,
+            duplicate_rate: 1.0,
             swarm: true,
         }
     }
@@ -231,7 +251,7 @@ mod tests {
             ..chaos()
         };
         let p = plan(&c, &agents, 3);
-        assert_eq!(p.kinds.len(), 11);
+        assert_eq!(p.kinds.len(), 12);
         let mut engine_up_at = 0;
         for f in p
             .faults

@@ -42,7 +42,7 @@ use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 use crate::chaos;
 use crate::checker::{self, Violation};
 use crate::disk::Disk;
-use crate::ports::{SimClock, SimNetwork};
+use crate::ports::{Duplicates, DuplicatingNetwork, SimClock, SimNetwork};
 use crate::scenario::{
     DiskFault, DiskSpec, Fault, Point, Scenario, StorageFault, AGENT_PORT, API_PORT, ENGINE_HOST,
 };
@@ -178,6 +178,8 @@ pub(crate) struct Shared {
     /// The executions whose `ExecutionRecovered` this life has published.
     recovered_in_life: Mutex<BTreeSet<String>>,
     event_sim_ms: Mutex<BTreeMap<(String, u64), u64>>,
+    /// Duplicated requests on the engine's connections (outlives crashes: it is the network's).
+    duplicates: Arc<Mutex<Duplicates>>,
     faults: Arc<Mutex<Faults>>,
     acknowledged: Mutex<Vec<String>>,
     starts: Mutex<Vec<StartAck>>,
@@ -349,6 +351,8 @@ enum Action {
     DiskFull(bool),
     /// Arm a power cut at the engine's nth disk write from now (the scenario fault's index).
     ArmCut(usize, u64),
+    /// Duplicate the engine's connections to this host with this chance (0 ends it).
+    Duplicate(String, f64),
 }
 
 /// Timed actions, by (time, order of scheduling).
@@ -414,6 +418,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         awaiting_recovery: Mutex::new(BTreeSet::new()),
         recovered_in_life: Mutex::new(BTreeSet::new()),
         event_sim_ms: Mutex::new(BTreeMap::new()),
+        duplicates: Arc::new(Mutex::new(Duplicates::new(seed))),
         faults: Arc::new(Mutex::new(faults)),
         acknowledged: Mutex::new(Vec::new()),
         starts: Mutex::new(Vec::new()),
@@ -534,6 +539,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             let rate = fault.loss_rate.expect("checked at load");
             schedule.at(at, Action::Cut(Link::Loss(rate), a.clone(), b.clone()));
             schedule.at(until, Action::Heal(Link::Loss(rate), a, b));
+        } else if let Some(host) = &fault.duplicate {
+            let rate = fault.duplicate_rate.expect("checked at load");
+            schedule.at(at, Action::Duplicate(host.clone(), rate));
+            schedule.at(until, Action::Duplicate(host.clone(), 0.0));
         } else if let Some(kind) = fault.storage {
             schedule.at(at, Action::Storage(kind, fault.commits.unwrap_or(1)));
         } else if let Some(jump_ms) = fault.clock_jump_ms {
@@ -713,6 +722,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     shared.disk.lock().arm(kind.op(), ops);
                     format!("disk {} x{ops}", kind.name())
                 }
+                Action::Duplicate(host, rate) => {
+                    shared
+                        .duplicates
+                        .lock()
+                        .expect("duplicates lock")
+                        .set(&host, rate);
+                    if rate > 0.0 {
+                        cover(
+                            "duplicate",
+                            shared.engine_states(sim.is_host_running(ENGINE_HOST)),
+                        );
+                        count("duplicate");
+                        format!("duplicate requests to {host} ({:.0}%)", rate * 100.0)
+                    } else {
+                        format!("no more duplicate requests to {host}")
+                    }
+                }
                 Action::ArmCut(fault, nth) => {
                     shared.disk.lock().arm_cut(fault, nth);
                     format!("power cut armed at disk write #{nth} from now")
@@ -778,7 +804,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
     // What the power cuts did to unsynced writes, and the disk operations that failed with EIO
     // (scripted or chaos), counted per write or operation.
+    let duplicated = shared
+        .duplicates
+        .lock()
+        .expect("duplicates lock")
+        .duplicated;
     for (kind, n) in [
+        ("duplicated_connection", duplicated),
         ("unsynced_write_lost", disk_stats.lost),
         ("torn_write", disk_stats.torn),
         (DiskFault::ReadError.name(), disk_stats.read_errors),
@@ -1144,7 +1176,9 @@ async fn boot(
     let engine = Engine::new(
         Ports {
             clock: Arc::new(SimClock::new(shared.clock_offset_ms.clone())),
-            net: Arc::new(SimNetwork),
+            net: Arc::new(DuplicatingNetwork {
+                duplicates: shared.duplicates.clone(),
+            }),
             store: Arc::new(store),
             rng: proctor::rng::seeded(seed ^ (u64::from(boot) << 32)),
         },

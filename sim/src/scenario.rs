@@ -287,6 +287,12 @@ pub struct Fault {
     pub loss: Option<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_rate: Option<f64>,
+    /// Duplicated requests: each of the engine's new connections to this host (an agent)
+    /// is, with chance `duplicate_rate`, also sent down a second connection nobody reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_rate: Option<f64>,
     /// How long a partition, hold or latency change lasts (until the end of the fault window
     /// if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +384,8 @@ impl Default for Fault {
             latency_ms: None,
             loss: None,
             loss_rate: None,
+            duplicate: None,
+            duplicate_rate: None,
             for_ms: None,
             storage: None,
             commits: None,
@@ -473,6 +481,10 @@ pub struct Chaos {
     /// 5 to 50 %).
     #[serde(default)]
     pub loss_rate: f64,
+    /// Spells of duplicated requests to a random agent per second (50 ms to 2 s, each
+    /// connection duplicated with a chance of 20 to 100 %).
+    #[serde(default)]
+    pub duplicate_rate: f64,
     /// Per second: the chance of a power cut in one of the engine's next disk writes.
     #[serde(default)]
     pub power_cut_rate: f64,
@@ -733,6 +745,7 @@ fn check_fault(
         fault.hold.is_some(),
         fault.latency.is_some(),
         fault.loss.is_some(),
+        fault.duplicate.is_some(),
         fault.storage.is_some(),
         fault.clock_jump_ms.is_some(),
         fault.disk.is_some(),
@@ -740,7 +753,7 @@ fn check_fault(
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(
             "action: give exactly one of `crash`, `partition`, `hold`, `latency`, `loss`, \
-             `storage`, `clock_jump_ms`, `disk`"
+             `duplicate`, `storage`, `clock_jump_ms`, `disk`"
                 .into(),
         );
     }
@@ -843,6 +856,24 @@ fn check_fault(
             ));
         }
     }
+    if fault.duplicate.is_some() != fault.duplicate_rate.is_some() {
+        return Err("duplicate_rate: `duplicate: HOST` and `duplicate_rate` go together".into());
+    }
+    if let Some(rate) = fault.duplicate_rate {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(format!(
+                "duplicate_rate: must be above 0 and at most 1, got {rate}"
+            ));
+        }
+    }
+    if let Some(host) = &fault.duplicate {
+        if host == ENGINE_HOST || host == CLIENT_HOST || !hosts.contains(&host.as_str()) {
+            return Err(format!(
+                "duplicate: '{host}' is not an agent (the engine's requests to agents are \
+                 duplicated)"
+            ));
+        }
+    }
     if fault.storage.is_some() {
         if let Some(n) = fault.commits {
             if n == 0 || n > MAX_FAULTY_COMMITS {
@@ -862,10 +893,13 @@ fn check_fault(
         && fault.hold.is_none()
         && fault.latency.is_none()
         && fault.loss.is_none()
+        && fault.duplicate.is_none()
         && fault.disk != Some(DiskFault::Full)
     {
         return Err(
-            "for_ms: only with `partition`, `hold`, `latency`, `loss` or `disk: full`".into(),
+            "for_ms: only with `partition`, `hold`, `latency`, `loss`, `duplicate` or \
+             `disk: full`"
+                .into(),
         );
     }
     Ok(())
@@ -884,6 +918,7 @@ fn check_chaos(chaos: &Chaos) -> Result<(), String> {
         ("hold_rate", chaos.hold_rate, 100.0),
         ("latency_rate", chaos.latency_rate, 100.0),
         ("loss_rate", chaos.loss_rate, 100.0),
+        ("duplicate_rate", chaos.duplicate_rate, 100.0),
         ("storage_error_rate", chaos.storage_error_rate, 1.0),
         ("ambiguous_commit_rate", chaos.ambiguous_commit_rate, 1.0),
         ("disk_error_rate", chaos.disk_error_rate, 1.0),

@@ -441,6 +441,11 @@ fn schedule_and_clock_problems_are_named() {
     );
     let message = error_of(&with_line(
         "  - { at_ms: 10,",
+        "  - { at_ms: 10, duplicate: engine, duplicate_rate: 0.5 }",
+    ));
+    assert_mentions(&message, &["faults[0].duplicate: 'engine' is not an agent"]);
+    let message = error_of(&with_line(
+        "  - { at_ms: 10,",
         "  - { at_ms: 10, point: after_commit, crash: engine }",
     ));
     assert_mentions(
