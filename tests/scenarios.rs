@@ -87,6 +87,8 @@ fn child(spec: &str) -> ! {
             "faults_after": shrunk.faults_after,
             "executions_before": shrunk.executions_before,
             "executions_after": shrunk.executions_after,
+            "steps_before": shrunk.steps_before,
+            "steps_after": shrunk.steps_after,
             "file": written,
         });
         println!("{report}");
@@ -413,28 +415,41 @@ mod harness {
         Ok(())
     }
 
-    /// Shrinking a planted bug's failing chaos run: the shrunk scenario has fewer faults than
-    /// the chaos plan written out, still fails the same invariant with the bug planted (run
-    /// from its file, in a fresh process), and passes without it.
+    /// Shrinking planted bugs' failing runs: a chaos run's shrunk schedule has fewer faults
+    /// than its chaos plan written out, and a scripted run's shrunk process fewer steps; each
+    /// shrunk scenario, run from its file in a fresh process, still fails the same invariant
+    /// with the bug planted, and passes without it.
     fn shrunk_planted_failure() -> Result<(), Failed> {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-swarm-diamond.yaml");
-        let (bug, seed) = (Bug::FreshKeyOnRecovery, 0);
+        let cases = [
+            ("chaos-swarm-diamond", "faults"),
+            ("agent-progress-under-crashes", "steps"),
+        ];
+        for (name, smaller) in cases {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/{name}.yaml"));
+            shrink_and_replay(&path, Bug::FreshKeyOnRecovery, 0, smaller)
+                .map_err(|e| format!("{name}: {}", e.message().unwrap_or("failed")))?;
+        }
+        Ok(())
+    }
+
+    fn shrink_and_replay(path: &Path, bug: Bug, seed: u64, smaller: &str) -> Result<(), Failed> {
         let out = tempfile::tempdir()?;
         let out_dir = out.path().display().to_string();
-        let line = in_child(&path, seed, Some(bug), &[(SHRINK_ENV, out_dir.as_str())])?;
+        let line = in_child(path, seed, Some(bug), &[(SHRINK_ENV, out_dir.as_str())])?;
         let report: serde_json::Value = serde_json::from_str(&line)?;
         let count = |key: &str| report[key].as_u64().unwrap_or(0);
-        if count("faults_after") >= count("faults_before") {
-            return Err(format!("the shrunk schedule is no smaller: {report}").into());
+        if count(&format!("{smaller}_after")) >= count(&format!("{smaller}_before")) {
+            return Err(format!("no fewer {smaller}: {report}").into());
         }
         let invariant = report["invariant"].as_str().unwrap_or_default();
         let file = PathBuf::from(report["file"].as_str().unwrap_or_default());
         let shrunk = Scenario::load(&file).map_err(|e| e.to_string())?;
         if shrunk.faults.len() as u64 != count("faults_after")
+            || shrunk.process.steps.len() as u64 != count("steps_after")
             || shrunk.chaos.as_ref().is_some_and(|c| c.swarm)
         {
-            return Err(format!("the written file is not the shrunk schedule: {report}").into());
+            return Err(format!("the written file is not the shrunk scenario: {report}").into());
         }
         let planted = run_in_child(&file, seed, Some(bug))?;
         let wanted = format!("invariant `{invariant}` violated");

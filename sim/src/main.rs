@@ -148,6 +148,8 @@ fn shrink(name: &str, seed: u64, bug: Option<Bug>, out: &Path, json: bool) -> Ex
             "faults_after": shrunk.faults_after,
             "executions_before": shrunk.executions_before,
             "executions_after": shrunk.executions_after,
+            "steps_before": shrunk.steps_before,
+            "steps_after": shrunk.steps_after,
             "runs": shrunk.runs,
             "file": written.display().to_string(),
             "still_fails": still_fails,
@@ -156,14 +158,16 @@ fn shrink(name: &str, seed: u64, bug: Option<Bug>, out: &Path, json: bool) -> Ex
         println!("{report}");
     } else {
         println!(
-            "shrunk {} seed {seed}: `{}` fails with {} of {} faults and {} of {} executions \
-             ({} candidate runs)",
+            "shrunk {} seed {seed}: `{}` fails with {} of {} faults, {} of {} executions and \
+             {} of {} steps ({} candidate runs)",
             scenario.name,
             shrunk.invariant,
             shrunk.faults_after,
             shrunk.faults_before,
             shrunk.executions_after,
             shrunk.executions_before,
+            shrunk.steps_after,
+            shrunk.steps_before,
             shrunk.runs
         );
         println!("wrote {}", written.display());

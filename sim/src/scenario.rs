@@ -846,24 +846,25 @@ fn check_fault(
     if fault.latency.is_some() != fault.latency_ms.is_some() {
         return Err("latency_ms: `latency: [a, b]` and `latency_ms` go together".into());
     }
-    if fault.loss.is_some() != fault.loss_rate.is_some() {
-        return Err("loss_rate: `loss: [a, b]` and `loss_rate` go together".into());
-    }
-    if let Some(rate) = fault.loss_rate {
-        if !(rate > 0.0 && rate <= 1.0) {
-            return Err(format!(
-                "loss_rate: must be above 0 and at most 1, got {rate}"
-            ));
+    for (field, action, given, rate) in [
+        (
+            "loss_rate",
+            "`loss: [a, b]`",
+            fault.loss.is_some(),
+            fault.loss_rate,
+        ),
+        (
+            "duplicate_rate",
+            "`duplicate: HOST`",
+            fault.duplicate.is_some(),
+            fault.duplicate_rate,
+        ),
+    ] {
+        if given != rate.is_some() {
+            return Err(format!("{field}: {action} and `{field}` go together"));
         }
-    }
-    if fault.duplicate.is_some() != fault.duplicate_rate.is_some() {
-        return Err("duplicate_rate: `duplicate: HOST` and `duplicate_rate` go together".into());
-    }
-    if let Some(rate) = fault.duplicate_rate {
-        if !(rate > 0.0 && rate <= 1.0) {
-            return Err(format!(
-                "duplicate_rate: must be above 0 and at most 1, got {rate}"
-            ));
+        if let Some(p) = rate.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(format!("{field}: must be above 0 and at most 1, got {p}"));
         }
     }
     if let Some(host) = &fault.duplicate {

@@ -8,7 +8,8 @@
 //!
 //! Then delta debugging over that explicit schedule, never re-seeding: drop chunks of faults
 //! (halving the chunk down to single faults), zero the per-write rates, halve outage and link
-//! fault durations, and run fewer executions. A candidate is kept when the same seed still
+//! fault durations, run fewer executions, and drop steps from the process (leaves first:
+//! steps nothing depends on, that no fault or expectation names). A candidate is kept when the same seed still
 //! violates the same invariant as the original run; anything else (passing, or failing
 //! another way) is rejected. Each candidate is one simulated run in this process (runs are
 //! sequential, so they replay exactly); [`MAX_RUNS`] bounds the search.
@@ -35,6 +36,8 @@ pub struct Shrunk {
     pub faults_after: usize,
     pub executions_before: usize,
     pub executions_after: usize,
+    pub steps_before: usize,
+    pub steps_after: usize,
     /// Candidate runs tried.
     pub runs: usize,
 }
@@ -122,17 +125,21 @@ pub fn shrink(scenario: &Scenario, seed: u64) -> Result<Shrunk, Error> {
     }
     let faults_before = best.faults.len();
     let executions_before = best.workload.executions;
+    let steps_before = best.process.steps.len();
 
     drop_faults(&mut best, &mut search);
     zero_rates(&mut best, &mut search);
     shorten(&mut best, &mut search);
     fewer_executions(&mut best, &mut search);
-    // Shorter outages and fewer executions can make more faults unnecessary.
+    fewer_steps(&mut best, &mut search);
+    // Shorter outages, fewer executions and steps can make more faults unnecessary.
     drop_faults(&mut best, &mut search);
 
     Ok(Shrunk {
         faults_after: best.faults.len(),
         executions_after: best.workload.executions,
+        steps_after: best.process.steps.len(),
+        steps_before,
         scenario: best,
         seed,
         invariant: invariant.to_string(),
@@ -255,6 +262,47 @@ fn fewer_executions(best: &mut Scenario, search: &mut Search<'_>) {
     }
 }
 
+/// Drops steps from the process, last first, while it still fails: a leaf (no step depends on
+/// it) that no fault or expectation names, as long as the process stays valid. Not with
+/// definition changes or further definitions in the workload, which bring processes of their
+/// own.
+fn fewer_steps(best: &mut Scenario, search: &mut Search<'_>) {
+    if !best.workload.versions.is_empty() || !best.workload.definitions.is_empty() {
+        return;
+    }
+    let agents: Vec<String> = best.agents.keys().cloned().collect();
+    let mut i = best.process.steps.len();
+    while i > 0 && best.process.steps.len() > 1 {
+        i -= 1;
+        let id = best.process.steps[i].id.as_str();
+        let lane = format!("{id}#");
+        let named = best
+            .process
+            .steps
+            .iter()
+            .any(|s| s.depends_on.iter().any(|d| d == id))
+            || best.expect.steps.contains_key(id)
+            || best.faults.iter().any(|f| {
+                f.step
+                    .as_deref()
+                    .is_some_and(|s| s == id || s.starts_with(&lane))
+            });
+        if named {
+            continue;
+        }
+        let mut process = (*best.process).clone();
+        process.steps.remove(i);
+        if proctor::definition::validate("shrink", &process, Some(&agents)).is_err() {
+            continue;
+        }
+        let mut candidate = best.clone();
+        candidate.process = std::sync::Arc::new(process);
+        if search.fails(&candidate) {
+            *best = candidate;
+        }
+    }
+}
+
 /// The shrunk scenario as a file under `dir`: the original file with its faults, chaos,
 /// workload size, expected statuses and seeds replaced, and its paths made relative to `dir`.
 /// `replay_args` follow `--seed N` in the replay command of its header (`--plant BUG`).
@@ -281,7 +329,14 @@ pub fn write(
             *v = Value::from(relative(&from.join(p), &to).display().to_string());
         }
     };
-    if let Some(process) = map.get_mut("process") {
+    // The written name, and, with steps dropped, the shrunk process beside it.
+    let name = format!("{}-shrunk-seed-{}", s.name, shrunk.seed);
+    if shrunk.steps_after < shrunk.steps_before {
+        let process_file = format!("{name}.process.yaml");
+        let text = serde_norway::to_string(&*s.process).map_err(|e| invalid(e.to_string()))?;
+        std::fs::write(dir.join(&process_file), text)?;
+        map.insert("process".into(), process_file.into());
+    } else if let Some(process) = map.get_mut("process") {
         rebase(process);
     }
     if let Some(workload) = map.get_mut("workload").and_then(Value::as_mapping_mut) {
@@ -318,13 +373,12 @@ pub fn write(
         }
     }
     // A name of its own, so it can sit beside the original as a regression scenario.
-    let name = format!("{}-shrunk-seed-{}", s.name, shrunk.seed);
     map.insert("name".into(), name.clone().into());
     map.insert("seeds".into(), (shrunk.seed + 1).into());
     let header = format!(
         "# Shrunk by `cargo xtask shrink` from {} with seed {}:\n# fails `{}` with {} of {} \
-         faults and {} of {} executions ({} candidate runs).\n# Replay: cargo xtask repro \
-         {{path}} --seed {}{replay_args}\n",
+         faults, {} of {} executions and {} of {} steps ({} candidate runs).\n# Replay: cargo \
+         xtask repro {{path}} --seed {}{replay_args}\n",
         original.display(),
         shrunk.seed,
         shrunk.invariant,
@@ -332,6 +386,8 @@ pub fn write(
         shrunk.faults_before,
         shrunk.executions_after,
         shrunk.executions_before,
+        shrunk.steps_after,
+        shrunk.steps_before,
         shrunk.runs,
         shrunk.seed,
     );

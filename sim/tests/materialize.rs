@@ -31,6 +31,8 @@ fn a_materialized_chaos_run_replays_the_same_trace_from_its_file() {
             faults_after: explicit.faults.len(),
             executions_before: explicit.workload.executions,
             executions_after: explicit.workload.executions,
+            steps_before: explicit.process.steps.len(),
+            steps_after: explicit.process.steps.len(),
             scenario: explicit,
             seed,
             invariant: "none".to_string(),
