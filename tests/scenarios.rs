@@ -81,16 +81,7 @@ fn child(spec: &str) -> ! {
         });
         let written = proctor_sim::shrink::write(&shrunk, Path::new(file), Path::new(&out_dir), "")
             .expect("the shrunk scenario is written");
-        let report = serde_json::json!({
-            "invariant": shrunk.invariant,
-            "faults_before": shrunk.faults_before,
-            "faults_after": shrunk.faults_after,
-            "executions_before": shrunk.executions_before,
-            "executions_after": shrunk.executions_after,
-            "steps_before": shrunk.steps_before,
-            "steps_after": shrunk.steps_after,
-            "file": written,
-        });
+        let report = shrunk.report(&written);
         println!("{report}");
         std::process::exit(0)
     }

@@ -140,35 +140,16 @@ fn shrink(name: &str, seed: u64, bug: Option<Bug>, out: &Path, json: bool) -> Ex
         written.display()
     );
     if json {
-        let report = serde_json::json!({
-            "scenario": scenario.name,
-            "seed": seed,
-            "invariant": shrunk.invariant,
-            "faults_before": shrunk.faults_before,
-            "faults_after": shrunk.faults_after,
-            "executions_before": shrunk.executions_before,
-            "executions_after": shrunk.executions_after,
-            "steps_before": shrunk.steps_before,
-            "steps_after": shrunk.steps_after,
-            "runs": shrunk.runs,
-            "file": written.display().to_string(),
-            "still_fails": still_fails,
-            "repro": repro,
-        });
+        let mut report = shrunk.report(&written);
+        report["scenario"] = scenario.name.clone().into();
+        report["still_fails"] = still_fails.into();
+        report["repro"] = repro.clone().into();
         println!("{report}");
     } else {
         println!(
-            "shrunk {} seed {seed}: `{}` fails with {} of {} faults, {} of {} executions and \
-             {} of {} steps ({} candidate runs)",
+            "shrunk {} seed {seed}: {}",
             scenario.name,
-            shrunk.invariant,
-            shrunk.faults_after,
-            shrunk.faults_before,
-            shrunk.executions_after,
-            shrunk.executions_before,
-            shrunk.steps_after,
-            shrunk.steps_before,
-            shrunk.runs
+            shrunk.describe()
         );
         println!("wrote {}", written.display());
         println!("replay: {repro}");
@@ -262,6 +243,10 @@ fn main() -> ExitCode {
     };
     let outcome = proctor_sim::run(&scenario, seed);
     let mut summary = Summary::of(&outcome);
+    if name.ends_with(".yaml") {
+        // A file outside scenarios/ (a shrunk one): replayed by its path, not its name.
+        summary.repro = format!("cargo xtask repro {name} --seed {seed}");
+    }
     if let Some(bug) = bug {
         summary.repro = format!("{} --plant {}", summary.repro, bug.name());
     }

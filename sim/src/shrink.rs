@@ -42,6 +42,40 @@ pub struct Shrunk {
     pub runs: usize,
 }
 
+impl Shrunk {
+    /// `fails `inv` with a of b faults, ... (n candidate runs)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "fails `{}` with {} of {} faults, {} of {} executions and {} of {} steps ({} \
+             candidate runs)",
+            self.invariant,
+            self.faults_after,
+            self.faults_before,
+            self.executions_after,
+            self.executions_before,
+            self.steps_after,
+            self.steps_before,
+            self.runs
+        )
+    }
+
+    /// The result as JSON, with the file it was written to.
+    pub fn report(&self, file: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed,
+            "invariant": self.invariant,
+            "faults_before": self.faults_before,
+            "faults_after": self.faults_after,
+            "executions_before": self.executions_before,
+            "executions_after": self.executions_after,
+            "steps_before": self.steps_before,
+            "steps_after": self.steps_after,
+            "runs": self.runs,
+            "file": file.display().to_string(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{scenario} passes with seed {seed}: nothing to shrink")]
@@ -376,19 +410,11 @@ pub fn write(
     map.insert("name".into(), name.clone().into());
     map.insert("seeds".into(), (shrunk.seed + 1).into());
     let header = format!(
-        "# Shrunk by `cargo xtask shrink` from {} with seed {}:\n# fails `{}` with {} of {} \
-         faults, {} of {} executions and {} of {} steps ({} candidate runs).\n# Replay: cargo \
-         xtask repro {{path}} --seed {}{replay_args}\n",
+        "# Shrunk by `cargo xtask shrink` from {} with seed {}:\n# {}.\n# Replay: cargo xtask \
+         repro {{path}} --seed {}{replay_args}\n",
         original.display(),
         shrunk.seed,
-        shrunk.invariant,
-        shrunk.faults_after,
-        shrunk.faults_before,
-        shrunk.executions_after,
-        shrunk.executions_before,
-        shrunk.steps_after,
-        shrunk.steps_before,
-        shrunk.runs,
+        shrunk.describe(),
         shrunk.seed,
     );
     let path = dir.join(format!("{name}.yaml"));
