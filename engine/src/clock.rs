@@ -22,7 +22,14 @@ pub trait Clock: Send + Sync {
     /// all if the deadline has passed), on a monotonic timer: a step of the wall clock during
     /// the wait changes nothing. Deadlines are absolute so that a durable timer re-armed after
     /// a restart fires at its original time.
-    async fn sleep_until_ms(&self, deadline_ms: u64);
+    async fn sleep_until_ms(&self, deadline_ms: u64) {
+        // tokio's timer runs on the monotonic clock (simulated time under turmoil): converted
+        // once, at arming.
+        let remaining_ms = deadline_ms.saturating_sub(self.now_ms());
+        if remaining_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(remaining_ms)).await;
+        }
+    }
 }
 
 /// The operating system's clock and tokio's timers.
@@ -36,14 +43,6 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
-    }
-
-    async fn sleep_until_ms(&self, deadline_ms: u64) {
-        // tokio's timer runs on the monotonic clock: converted once, at arming.
-        let remaining_ms = deadline_ms.saturating_sub(self.now_ms());
-        if remaining_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(remaining_ms)).await;
-        }
     }
 }
 

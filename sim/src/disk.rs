@@ -164,6 +164,12 @@ impl DiskState {
         }
     }
 
+    /// A disk of one's own, for a nameless temporary file: no registry, no faults; its
+    /// (unused) crash stream has a fixed seed, so it draws nothing from the run.
+    pub(crate) fn private() -> Arc<Mutex<DiskState>> {
+        Arc::new(Mutex::new(DiskState::new(0, Unsynced::Keep)))
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }

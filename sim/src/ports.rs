@@ -43,14 +43,6 @@ impl Clock for SimClock {
             .as_millis() as u64;
         sim_ms.saturating_add_signed(self.offset_ms.load(Ordering::SeqCst))
     }
-
-    async fn sleep_until_ms(&self, deadline_ms: u64) {
-        // As `SystemClock`: converted once, then a monotonic wait.
-        let remaining_ms = deadline_ms.saturating_sub(self.now_ms());
-        if remaining_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(remaining_ms)).await;
-        }
-    }
 }
 
 /// turmoil's simulated TCP; addresses are `host-name:port`.

@@ -268,31 +268,23 @@ fn fewer_executions(best: &mut Scenario, search: &mut Search<'_>) {
     if !scalable {
         return;
     }
-    loop {
+    'shrinking: loop {
         let n = best.workload.executions;
-        let fewer = [n / 2, n - 1].into_iter().find(|&m| m >= 1 && m < n);
-        let Some(m) = fewer else { break };
-        let mut candidate = best.clone();
-        candidate.workload.executions = m;
-        for count in candidate.expect.status.values_mut() {
-            *count = m;
-        }
-        if search.fails(&candidate) {
-            *best = candidate;
-        } else if m == n / 2 && n - 1 > m {
-            let mut one_less = best.clone();
-            one_less.workload.executions = n - 1;
-            for count in one_less.expect.status.values_mut() {
-                *count = n - 1;
+        // Halving first, then one less; the first that still fails is kept.
+        let mut sizes = vec![n / 2, n - 1];
+        sizes.dedup();
+        for m in sizes.into_iter().filter(|&m| m > 0) {
+            let mut candidate = best.clone();
+            candidate.workload.executions = m;
+            for count in candidate.expect.status.values_mut() {
+                *count = m;
             }
-            if search.fails(&one_less) {
-                *best = one_less;
-            } else {
-                break;
+            if search.fails(&candidate) {
+                *best = candidate;
+                continue 'shrinking;
             }
-        } else {
-            break;
         }
+        break;
     }
 }
 

@@ -41,17 +41,18 @@ struct SimFile {
     handle: *mut Handle,
 }
 
-enum Handle {
-    Disk {
-        disk: Arc<Mutex<DiskState>>,
-        name: String,
-        /// The life it was opened in: after a crash it is fenced off.
-        generation: u64,
-        delete_on_close: bool,
-    },
-    /// A nameless temporary file: memory only (never durable, never faulted).
-    Temp(Vec<u8>),
+struct Handle {
+    /// The disk its path names; a nameless temporary file gets a private disk of its own
+    /// (never crashed, never faulted, gone with the handle).
+    disk: Arc<Mutex<DiskState>>,
+    name: String,
+    /// The life it was opened in: after a crash it is fenced off.
+    generation: u64,
+    delete_on_close: bool,
 }
+
+/// The file name of a nameless temporary file on its private disk.
+const TEMP_FILE: &str = "temp";
 
 fn lock(disk: &Mutex<DiskState>) -> MutexGuard<'_, DiskState> {
     disk.lock().unwrap_or_else(|p| p.into_inner())
@@ -178,8 +179,8 @@ unsafe extern "C" fn x_open(
     // A failed open must leave pMethods null, so SQLite does not call xClose on it.
     (*out).base.pMethods = null();
     (*out).handle = null_mut();
-    let handle = if name.is_null() {
-        Handle::Temp(Vec::new())
+    let (disk, name, create) = if name.is_null() {
+        (DiskState::private(), TEMP_FILE, true)
     } else {
         let Some(name) = path(name) else {
             return ffi::SQLITE_CANTOPEN;
@@ -187,17 +188,17 @@ unsafe extern "C" fn x_open(
         let Some(disk) = disk_of(name) else {
             return ffi::SQLITE_CANTOPEN;
         };
-        let create = flags & ffi::SQLITE_OPEN_CREATE != 0;
-        let opened = lock(&disk).open(name, create);
-        let Ok(generation) = opened else {
-            return ffi::SQLITE_CANTOPEN;
-        };
-        Handle::Disk {
-            disk,
-            name: name.to_string(),
-            generation,
-            delete_on_close: flags & ffi::SQLITE_OPEN_DELETEONCLOSE != 0,
-        }
+        (disk, name, flags & ffi::SQLITE_OPEN_CREATE != 0)
+    };
+    let opened = lock(&disk).open(name, create);
+    let Ok(generation) = opened else {
+        return ffi::SQLITE_CANTOPEN;
+    };
+    let handle = Handle {
+        disk,
+        name: name.to_string(),
+        generation,
+        delete_on_close: flags & ffi::SQLITE_OPEN_DELETEONCLOSE != 0,
     };
     (*out).handle = Box::into_raw(Box::new(handle));
     (*out).base.pMethods = &IO_METHODS;
@@ -214,18 +215,10 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     }
     let handle = Box::from_raw((*file).handle);
     (*file).handle = null_mut();
-    if let Handle::Disk {
-        disk,
-        name,
-        generation,
-        delete_on_close,
-    } = *handle
-    {
-        let mut disk = lock(&disk);
-        disk.close(&name, generation);
-        if delete_on_close && disk.may_lock(generation) {
-            let _ = disk.delete(&name);
-        }
+    let mut disk = lock(&handle.disk);
+    disk.close(&handle.name, handle.generation);
+    if handle.delete_on_close && disk.may_lock(handle.generation) {
+        let _ = disk.delete(&handle.name);
     }
     ffi::SQLITE_OK
 }
@@ -240,20 +233,7 @@ unsafe extern "C" fn x_read(
         return ffi::SQLITE_IOERR_READ;
     };
     let out = std::slice::from_raw_parts_mut(buf as *mut u8, amount);
-    let read = match handle {
-        Handle::Temp(bytes) => {
-            let n = bytes.len().saturating_sub(offset).min(amount);
-            out[..n].copy_from_slice(&bytes[offset..offset + n]);
-            Ok(n)
-        }
-        Handle::Disk {
-            disk,
-            name,
-            generation,
-            ..
-        } => lock(disk).read(name, *generation, offset, out),
-    };
-    match read {
+    match lock(&handle.disk).read(&handle.name, handle.generation, offset, out) {
         Ok(n) if n == amount => ffi::SQLITE_OK,
         Ok(n) => {
             // SQLite requires the unread tail zeroed on a short read.
@@ -274,22 +254,7 @@ unsafe extern "C" fn x_write(
         return ffi::SQLITE_IOERR_WRITE;
     };
     let data = std::slice::from_raw_parts(buf as *const u8, amount);
-    let written = match handle {
-        Handle::Temp(bytes) => {
-            if bytes.len() < offset + amount {
-                bytes.resize(offset + amount, 0);
-            }
-            bytes[offset..offset + amount].copy_from_slice(data);
-            Ok(())
-        }
-        Handle::Disk {
-            disk,
-            name,
-            generation,
-            ..
-        } => lock(disk).write(name, *generation, offset, data),
-    };
-    match written {
+    match lock(&handle.disk).write(&handle.name, handle.generation, offset, data) {
         Ok(()) => ffi::SQLITE_OK,
         Err(DiskError::Full) => ffi::SQLITE_FULL,
         Err(_) => ffi::SQLITE_IOERR_WRITE,
@@ -300,19 +265,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
     let (Some(handle), Ok(size)) = (handle(file), usize::try_from(size)) else {
         return ffi::SQLITE_IOERR_TRUNCATE;
     };
-    let done = match handle {
-        Handle::Temp(bytes) => {
-            bytes.truncate(size);
-            Ok(())
-        }
-        Handle::Disk {
-            disk,
-            name,
-            generation,
-            ..
-        } => lock(disk).truncate(name, *generation, size),
-    };
-    match done {
+    match lock(&handle.disk).truncate(&handle.name, handle.generation, size) {
         Ok(()) => ffi::SQLITE_OK,
         Err(_) => ffi::SQLITE_IOERR_TRUNCATE,
     }
@@ -321,13 +274,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
     let synced = match handle(file) {
         None => Err(DiskError::NotFound),
-        Some(Handle::Temp(_)) => Ok(()),
-        Some(Handle::Disk {
-            disk,
-            name,
-            generation,
-            ..
-        }) => lock(disk).sync(name, *generation),
+        Some(h) => lock(&h.disk).sync(&h.name, h.generation),
     };
     match synced {
         Ok(()) => ffi::SQLITE_OK,
@@ -341,13 +288,7 @@ unsafe extern "C" fn x_file_size(
 ) -> c_int {
     let len = match handle(file) {
         None => Err(DiskError::NotFound),
-        Some(Handle::Temp(bytes)) => Ok(bytes.len()),
-        Some(Handle::Disk {
-            disk,
-            name,
-            generation,
-            ..
-        }) => lock(disk).size(name, *generation),
+        Some(h) => lock(&h.disk).size(&h.name, h.generation),
     };
     match len {
         Ok(len) if !size.is_null() => {
@@ -362,9 +303,7 @@ unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, _level: c_int) -> c_in
     match handle(file) {
         // A dead life's connection asks for the lock as it closes (to checkpoint and delete
         // the WAL): refused, so it leaves the files to the living.
-        Some(Handle::Disk {
-            disk, generation, ..
-        }) if !lock(disk).may_lock(*generation) => ffi::SQLITE_BUSY,
+        Some(h) if !lock(&h.disk).may_lock(h.generation) => ffi::SQLITE_BUSY,
         _ => ffi::SQLITE_OK,
     }
 }
@@ -609,6 +548,31 @@ mod tests {
         now(store.create(&execution("c"))).expect("the device answers again");
         assert!(now(store.load("a")).expect("reads").is_some());
         assert!(now(store.load("c")).expect("reads").is_some());
+    }
+
+    /// SQLite's nameless temporary files (a temp table with `temp_store=FILE`, spilling out
+    /// of a 5-page cache) live on a private disk of their own and work like any file.
+    #[test]
+    fn nameless_temporary_files_work() {
+        let disk = Disk::new(4, Unsynced::Random);
+        let conn = rusqlite::Connection::open_with_flags_and_vfs(
+            disk.path("temp-test.db"),
+            rusqlite::OpenFlags::default(),
+            VFS_NAME,
+        )
+        .expect("opens");
+        conn.execute_batch(
+            "PRAGMA temp_store = FILE;
+             CREATE TEMP TABLE t (x BLOB);
+             PRAGMA temp.cache_size = 5;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO t SELECT randomblob(1000) FROM n;",
+        )
+        .expect("a temp table is written");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("and read");
+        assert_eq!(rows, 500);
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //! - `shrink SCENARIO --seed N [--plant BUG] [--out DIR]`: reduces a failing run to a minimal
 //!   one that fails the same invariant (the chaos plan written out, then delta debugging over
 //!   faults, storage rates, outage lengths and executions), writes it as a scenario file
-//!   (default under target/shrunk/) and prints its `repro` command (`shrink.rs`).
+//!   (default under target/shrunk/) and prints its `repro` command. The search runs inside
+//!   one optimised `proctor-sim shrink` process (its runs are sequential, so each replays
+//!   exactly).
 //!
 //! - `mutants [--seeds N] [--jobs J] [--bug NAME]`: proves the invariants bite (`mutants.rs`):
 //!   for each deliberate engine bug (or the one named), sweeps seeds 0.. (at most N, default
@@ -42,7 +44,6 @@
 //!
 mod chaos;
 mod mutants;
-mod shrink;
 mod tidy;
 
 use std::process::Command;
@@ -66,10 +67,10 @@ fn main() -> Result<()> {
             }
         }
         Some("bench") => bench(args.get(1).map(String::as_str)),
-        Some("repro") => repro(&args[1..]),
+        Some("repro") => proctor_sim("repro", &args[1..], Profile::Debug),
         Some("chaos") => chaos::chaos(&args[1..]),
         Some("chaos-merge") => chaos::merge(&args[1..]),
-        Some("shrink") => shrink::shrink(&args[1..]),
+        Some("shrink") => proctor_sim("shrink", &args[1..], Profile::Release),
         Some("mutants") => mutants::mutants(&args[1..]),
         Some("load") => load(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {TASKS}"),
@@ -132,21 +133,34 @@ fn plants(args: &[String]) -> bool {
         .any(|a| a == "--plant" || a.starts_with("--plant="))
 }
 
-fn repro(args: &[String]) -> Result<()> {
+/// How `proctor_sim` builds the simulator: one replay builds fastest unoptimised; a shrink's
+/// hundreds of runs want it optimised.
+#[derive(Clone, Copy, PartialEq)]
+enum Profile {
+    Debug,
+    Release,
+}
+
+/// `proctor-sim SUBCOMMAND ARGS...` through `cargo run` (with the test-only `planted-bugs`
+/// feature when the arguments plant a bug); fails when it does.
+fn proctor_sim(subcommand: &str, args: &[String], profile: Profile) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
     command.args(["run", "--quiet", "--package", "proctor-sim"]);
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
     if plants(args) {
         command.args(["--features", "planted-bugs"]);
     }
     let status = command
-        .args(["--bin", "proctor-sim", "--", "repro"])
+        .args(["--bin", "proctor-sim", "--", subcommand])
         .args(args)
         .current_dir(tidy::workspace_root())
         .status()
         .context("running proctor-sim")?;
     if !status.success() {
-        bail!("repro: the run did not pass ({status})");
+        bail!("{subcommand}: proctor-sim did not succeed ({status})");
     }
     Ok(())
 }

@@ -59,10 +59,7 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
             let armed = events[started..fired]
                 .iter()
                 .rev()
-                .find(|e| {
-                    matches!(e.event, DomainEvent::ExecutionRecovered { .. })
-                        || std::ptr::eq(*e, &events[started])
-                })
+                .find(|e| matches!(e.event, DomainEvent::ExecutionRecovered { .. }))
                 .unwrap_or(&events[started]);
             // Events published by a life that then died unseen have no simulated time; the
             // durable history alone cannot place them.
