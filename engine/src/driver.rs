@@ -18,7 +18,7 @@ use crate::bus::EventBus;
 use crate::clock::Clock;
 use crate::core::{
     fork, Checkpoint, Command, ErrorKind, Execution, ExecutionStatus, ForkError, Input, Lane,
-    RecoveryAction, StepError, DEFAULT_TENANT,
+    RecoveryAction, StepError, Transition, DEFAULT_TENANT,
 };
 use crate::definition::{Diagnostic, Diagnostics, ProcessDef, StepKind};
 use crate::event::SystemEvent;
@@ -401,10 +401,11 @@ impl Engine {
                 }],
             }));
         }
-        let id = self
-            .create_until(process, input, Some(breakpoint.to_string()))
-            .await?;
-        self.start(&id).await
+        let creation = Creation {
+            breakpoint: Some(breakpoint.to_string()),
+            ..Creation::default()
+        };
+        self.submit_new(process, input, creation).await
     }
 
     async fn create_until(
@@ -422,6 +423,27 @@ impl Engine {
         self.create_stored(id.clone(), process, input, creation)
             .await?;
         Ok(id)
+    }
+
+    /// Creates and starts an execution with one commit: its row is written together with its
+    /// start (the first steps dispatched), so nothing is read back and nothing written twice.
+    async fn submit_new(
+        &self,
+        process: Arc<ProcessDef>,
+        input: Value,
+        creation: Creation<'_>,
+    ) -> Result<ExecutionHandle, Error> {
+        let id = self.new_execution_id(self.inner.clock.now_ms());
+        let mut execution = self.new_execution(id.clone(), process, input, creation)?;
+        let inbox = self.claim(&id)?;
+        let transition = self.inner.transition(&mut execution, Input::Start);
+        match self.inner.persist(&execution, transition, true).await {
+            Ok(commands) => Ok(self.spawn_claimed(execution, First::Perform(commands), inbox)),
+            Err(e) => {
+                self.inner.release(&id);
+                Err(e)
+            }
+        }
     }
 
     /// Persists a new pending execution under an id the caller chose, so that a caller who
@@ -597,14 +619,26 @@ impl Engine {
         input: Value,
         creation: Creation<'_>,
     ) -> Result<(), Error> {
+        let execution = self.new_execution(id, process, input, creation)?;
+        self.inner.store.create(&execution).await?;
+        Ok(())
+    }
+
+    /// A new pending execution, in memory, whose agents are all known.
+    fn new_execution(
+        &self,
+        id: String,
+        process: Arc<ProcessDef>,
+        input: Value,
+        creation: Creation<'_>,
+    ) -> Result<Execution, Error> {
         self.check_agents(&process)?;
         let now = self.inner.clock.now_ms();
         let mut execution = Execution::new(id, process, input, now);
         execution.breakpoint = creation.breakpoint;
         execution.tenant = creation.tenant.to_string();
         execution.idempotency_key = creation.idempotency_key;
-        self.inner.store.create(&execution).await?;
-        Ok(())
+        Ok(execution)
     }
 
     /// Starts driving a stored pending execution (a no-op drive if it is not pending).
@@ -620,7 +654,7 @@ impl Engine {
     ) -> Result<ExecutionHandle, Error> {
         let inbox = self.claim(id)?;
         match self.load_existing(id).await {
-            Ok(execution) => Ok(self.spawn_claimed(execution, start, inbox)),
+            Ok(execution) => Ok(self.spawn_claimed(execution, First::Apply(start), inbox)),
             Err(e) => {
                 self.inner.release(id);
                 Err(e)
@@ -634,8 +668,7 @@ impl Engine {
         process: Arc<ProcessDef>,
         input: Value,
     ) -> Result<ExecutionHandle, Error> {
-        let id = self.create(process, input).await?;
-        self.start(&id).await
+        self.submit_new(process, input, Creation::default()).await
     }
 
     /// Submits and waits for the final state.
@@ -926,7 +959,8 @@ impl Engine {
                     self.inner.release(id);
                     return Ok(());
                 }
-                let _handle = self.spawn_claimed(execution, Input::Recover { action }, inbox);
+                let _handle =
+                    self.spawn_claimed(execution, First::Apply(Input::Recover { action }), inbox);
             }
             // Lost a race with another resume or a recovery: the winner drives it.
             Err(Error::AlreadyLive(_)) => {}
@@ -1030,7 +1064,11 @@ impl Engine {
                     }
                 }
                 RecoveryAction::Resume | RecoveryAction::RetryStep => {
-                    handles.push(self.spawn_claimed(execution, Input::Recover { action }, inbox));
+                    handles.push(self.spawn_claimed(
+                        execution,
+                        First::Apply(Input::Recover { action }),
+                        inbox,
+                    ));
                 }
             }
         }
@@ -1218,7 +1256,7 @@ impl Engine {
     }
 
     /// Starts the task that drives a claimed execution, feeding it `first`.
-    fn spawn_claimed(&self, execution: Execution, first: Input, inbox: Inbox) -> ExecutionHandle {
+    fn spawn_claimed(&self, execution: Execution, first: First, inbox: Inbox) -> ExecutionHandle {
         let id = execution.id.clone();
         let inner = self.inner.clone();
         let (status_tx, status) = watch::channel(execution.status);
@@ -1251,34 +1289,55 @@ impl Inner {
         execution: &mut Execution,
         input: Input,
     ) -> Result<(bool, Vec<Command>), Error> {
-        let transition = {
-            let now = self.clock.now_ms();
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            execution.apply(input, now, &mut **rng)
-        };
+        let transition = self.transition(execution, input);
         if !transition.changed {
             return Ok((false, Vec::new()));
         }
-        let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
-        self.store
-            .commit(
-                execution,
-                &dirty,
-                &transition.events,
-                &transition.checkpoints,
-            )
-            .await?;
+        let commands = self.persist(execution, transition, false).await?;
+        Ok((true, commands))
+    }
+
+    /// The core's transition for `input`, at the clock's now.
+    fn transition(&self, execution: &mut Execution, input: Input) -> Transition {
+        let now = self.clock.now_ms();
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        execution.apply(input, now, &mut **rng)
+    }
+
+    /// Commits `transition` (creating the execution's row if `new`), then publishes its
+    /// events; returns its commands, which may be performed now.
+    async fn persist(
+        &self,
+        execution: &Execution,
+        transition: Transition,
+        new: bool,
+    ) -> Result<Vec<Command>, Error> {
+        if new {
+            self.store
+                .create_started(execution, &transition.events, &transition.checkpoints)
+                .await?;
+        } else {
+            let dirty: Vec<usize> = transition.dirty_steps.iter().copied().collect();
+            self.store
+                .commit(
+                    execution,
+                    &dirty,
+                    &transition.events,
+                    &transition.checkpoints,
+                )
+                .await?;
+        }
         if let (Some(keep), false) = (self.keep_checkpoints, transition.checkpoints.is_empty()) {
             self.store.prune_checkpoints(&execution.id, keep).await?;
         }
         self.bus.publish(&transition.events);
-        Ok((true, transition.commands))
+        Ok(transition.commands)
     }
 
     async fn drive(
         self: Arc<Self>,
         mut execution: Execution,
-        first: Input,
+        first: First,
         inbox: Inbox,
         status: watch::Sender<ExecutionStatus>,
     ) -> Result<Execution, Error> {
@@ -1286,11 +1345,19 @@ impl Inner {
         let mut in_flight: BTreeMap<(usize, Lane), AbortHandle> = BTreeMap::new();
         // Inputs to apply before the inbox: the first one, and after a storage failure the
         // recovery input and the input whose commit failed.
-        let mut queue = VecDeque::from([Envelope {
-            input: first,
-            ack: None,
-            hold: None,
-        }]);
+        let mut queue = VecDeque::new();
+        match first {
+            First::Apply(input) => queue.push_back(Envelope {
+                input,
+                ack: None,
+                hold: None,
+            }),
+            First::Perform(commands) => {
+                for command in commands {
+                    self.perform(&execution, command, &tx, &mut in_flight);
+                }
+            }
+        }
         let mut storage_failures: u32 = 0;
         let result = loop {
             let envelope = match queue.pop_front() {
@@ -1522,6 +1589,15 @@ impl Inner {
             previous.abort();
         }
     }
+}
+
+/// What a driving task does first.
+enum First {
+    /// Applies this input.
+    Apply(Input),
+    /// Performs the commands of a transition already committed (a submit's start, written
+    /// with the execution's row).
+    Perform(Vec<Command>),
 }
 
 /// Marks an execution as being reset for as long as it lives.

@@ -2,6 +2,7 @@
 //! distinguishes, including the misbehaviours a real network produces (refused, reset, silence,
 //! oversized and non-JSON bodies).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use proctor::agent::example::{self, Behaviour};
@@ -28,8 +29,84 @@ fn client() -> AgentClient {
         ClientLimits {
             connect_timeout_ms: 1_000,
             max_response_bytes: 4 * 1024,
+            ..ClientLimits::default()
         },
     )
+}
+
+/// A raw TCP server that counts the connections it accepted and answers one request on each
+/// with `response`, then closes it (whatever the response says about keeping it alive).
+async fn counting_server(response: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(response).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+const KEEP_ALIVE_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+
+#[tokio::test]
+async fn calls_reuse_a_kept_alive_connection() {
+    let agent = example::start(&TokioNetwork, "127.0.0.1:0", "echo", Behaviour::default())
+        .await
+        .unwrap();
+    let client = client();
+    for _ in 0..5 {
+        client
+            .call(&agent.address(), &request(), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(client.idle_connections(&agent.address()), 1);
+    }
+    assert_eq!(agent.ledger().requests.len(), 5);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_agent_closed_is_replaced_and_the_call_succeeds() {
+    let (addr, accepted) = counting_server(KEEP_ALIVE_OK).await;
+    let client = client();
+    for call in 1..=5 {
+        let out = client.call(&addr, &request(), 1_000).await.unwrap();
+        assert_eq!(out, json!({"ok": true}));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            call,
+            "one connection per call"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_pool_every_call_connects() {
+    let agent = example::start(&TokioNetwork, "127.0.0.1:0", "echo", Behaviour::default())
+        .await
+        .unwrap();
+    let client = AgentClient::new(
+        Arc::new(TokioNetwork),
+        ClientLimits {
+            max_idle_per_agent: 0,
+            ..ClientLimits::default()
+        },
+    );
+    for _ in 0..3 {
+        client
+            .call(&agent.address(), &request(), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(client.idle_connections(&agent.address()), 0);
+    }
 }
 
 /// A raw TCP server that answers each connection with `response` bytes after reading the

@@ -36,7 +36,7 @@ use proctor::api::Api;
 use proctor::core::Execution;
 use proctor::event::EventRecord;
 use proctor::network::Network as _;
-use proctor::store::{self, FireOutcome, SqliteOptions, SqliteStore, Storage};
+use proctor::store::{self, Committer, FireOutcome, SqliteOptions, SqliteStore, Storage};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 use crate::chaos;
@@ -1118,6 +1118,8 @@ fn open_store(shared: &Shared) -> Result<SqliteStore, store::Error> {
             vfs: Some(crate::vfs::VFS_NAME.to_string()),
             synchronous: shared.disk_spec.synchronous.store_setting(),
             exclusive: true,
+            // One thread: group commits run as a task of the engine host's runtime.
+            committer: Committer::Task,
         },
     )
 }

@@ -237,6 +237,26 @@ impl Storage for FaultyStore {
         }
     }
 
+    async fn create_started(
+        &self,
+        execution: &Execution,
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error> {
+        let fault = self.before_write().await;
+        if fault == Some(StorageFault::IoError) {
+            return Err(Self::spoiled(StorageFault::IoError));
+        }
+        self.inner
+            .create_started(execution, events, checkpoints)
+            .await?;
+        self.after_write(execution, events, true).await;
+        match fault {
+            Some(kind) => Err(Self::spoiled(kind)),
+            None => Ok(()),
+        }
+    }
+
     async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
         self.inner.checkpoints(id).await
     }

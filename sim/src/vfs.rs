@@ -469,6 +469,7 @@ mod tests {
                 vfs: Some(VFS_NAME.to_string()),
                 synchronous,
                 exclusive: true,
+                ..SqliteOptions::default()
             },
         )
     }

@@ -4,8 +4,10 @@
 //!   with `CI=true` (insta then never writes snapshots).
 //! - `tidy`: the repository rules alone (they also run inside `cargo test`, see `tidy.rs`).
 //!
-//! - `bench <name>`: a benchmark in release mode; `recovery` recovers 10,000 in-flight
-//!   executions from SQLite and prints the time and the per-execution cost.
+//! - `bench [--quick]`: the performance table (`bench.rs`): durable steps/s against the raw
+//!   SQLite commit rate, executions in flight with group commit, CPU per step, recovery of
+//!   10,000 executions and its memory, simulator speed and memory over a long sweep, each with
+//!   its ratio and target. `--quick` is a smoke run of the harness.
 //!
 //! - `repro SCENARIO --seed N [--trace] [--plant BUG]`: replays one simulated run and prints its
 //!   outcome (and trace), in a fresh process so the seed replays exactly; with `--plant`, with
@@ -42,6 +44,7 @@
 //!   requests, errors, requests/s and latency percentiles per kind, and the executions by
 //!   status. Fails if a request failed or the server did not exit 0 on SIGTERM.
 //!
+mod bench;
 mod chaos;
 mod mutants;
 mod tidy;
@@ -66,7 +69,7 @@ fn main() -> Result<()> {
                 bail!("tidy: {} problem(s)", problems.len())
             }
         }
-        Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some("bench") => bench::bench(&args[1..]),
         Some("repro") => proctor_sim("repro", &args[1..], Profile::Debug),
         Some("chaos") => chaos::chaos(&args[1..]),
         Some("chaos-merge") => chaos::merge(&args[1..]),
@@ -79,29 +82,6 @@ fn main() -> Result<()> {
 }
 
 const TASKS: &str = "tasks: ci, tidy, bench, repro, chaos, chaos-merge, shrink, mutants, load";
-
-/// Benchmarks by name, each a `harness = false` bench target that prints its own figures.
-const BENCHES: &[(&str, &str)] = &[("recovery", "proctor-engine")];
-
-fn bench(name: Option<&str>) -> Result<()> {
-    let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
-    let Some((bench, package)) = BENCHES.iter().find(|(n, _)| Some(*n) == name) else {
-        bail!(
-            "usage: cargo xtask bench <name>; benches: {}",
-            names.join(", ")
-        );
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .args(["bench", "--package", package, "--bench", bench])
-        .current_dir(tidy::workspace_root())
-        .status()
-        .context("running cargo bench")?;
-    if !status.success() {
-        bail!("bench {bench} failed ({status})");
-    }
-    Ok(())
-}
 
 /// The load test of `proctor serve`: the `load` bench (engine/benches/load.rs), built in the
 /// bench profile, with its arguments.

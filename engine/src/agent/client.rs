@@ -1,14 +1,24 @@
-//! The agent client: one HTTP/1.1 request per attempt over a fresh connection from the
-//! Network port, with a connect timeout and a response timeout (the step's `timeout`).
+//! The agent client: one HTTP/1.1 request per attempt, with a connect timeout and a response
+//! timeout (the step's `timeout`).
+//!
+//! Connections are kept alive and reused (at most [`ClientLimits::max_idle_per_agent`] idle
+//! per agent): a connect and its teardown cost more than a no-op agent's whole answer. A
+//! connection goes back to the pool only after a whole, plain answer was read from it; one that
+//! timed out, broke or streamed is dropped. A request sent on a kept connection that turns out
+//! to be dead (the agent restarted, or closed it while idle) before any answer came back is sent
+//! once more on a fresh connection, as HTTP clients do: the same attempt, under the same
+//! idempotency key, so an agent that did receive the first copy applies it once.
 //!
 //! Timeouts use tokio's timer, which the simulator replaces with simulated time; they are not
 //! recorded anywhere, so they need not come from the Clock.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -28,6 +38,8 @@ pub struct ClientLimits {
     pub connect_timeout_ms: u64,
     /// A larger response body is an invalid response: outputs are persisted and must stay small.
     pub max_response_bytes: usize,
+    /// Idle kept-alive connections per agent address; 0 opens a connection per call.
+    pub max_idle_per_agent: usize,
 }
 
 impl Default for ClientLimits {
@@ -35,19 +47,83 @@ impl Default for ClientLimits {
         ClientLimits {
             connect_timeout_ms: 5_000,
             max_response_bytes: 1024 * 1024,
+            max_idle_per_agent: 256,
         }
     }
 }
 
+/// Cheap to clone; clones share the pool of idle connections.
 #[derive(Clone)]
 pub struct AgentClient {
     net: Arc<dyn Network>,
     limits: ClientLimits,
+    /// Idle connections by agent address, the most recently used last.
+    idle: Arc<Mutex<BTreeMap<String, Vec<Connection>>>>,
+}
+
+/// An open HTTP/1.1 connection: the handle requests are sent through, and the task that
+/// drives the connection (stopped when this is dropped).
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// How an exchange ended, for the connection it used.
+enum Exchanged {
+    /// A whole answer was read: the connection may serve another request.
+    Reusable(Result<Value, StepError>),
+    /// The connection was found dead before any answer came back.
+    Dead(StepError),
+    /// Anything else: the connection is dropped.
+    Spent(Result<Value, StepError>),
 }
 
 impl AgentClient {
     pub fn new(net: Arc<dyn Network>, limits: ClientLimits) -> AgentClient {
-        AgentClient { net, limits }
+        AgentClient {
+            net,
+            limits,
+            idle: Arc::default(),
+        }
+    }
+
+    /// Idle connections to `addr` now (for tests and the benchmark).
+    pub fn idle_connections(&self, addr: &str) -> usize {
+        self.pool().get(addr).map_or(0, Vec::len)
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Connection>>> {
+        // Pushes and pops only: a panic cannot leave the map half-changed.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection to `addr` that is still open.
+    fn take_idle(&self, addr: &str) -> Option<Connection> {
+        let mut pool = self.pool();
+        let idle = pool.get_mut(addr)?;
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, addr: &str, conn: Connection) {
+        if self.limits.max_idle_per_agent == 0 || conn.sender.is_closed() {
+            return;
+        }
+        let mut pool = self.pool();
+        let idle = pool.entry(addr.to_string()).or_default();
+        if idle.len() < self.limits.max_idle_per_agent {
+            idle.push(conn);
+        }
     }
 
     /// Calls the agent at `addr` (`host:port`). Never panics on what the agent sends.
@@ -70,6 +146,41 @@ impl AgentClient {
         timeout_ms: u64,
         progress: Option<&mpsc::Sender<AgentProgress>>,
     ) -> Result<Value, StepError> {
+        let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
+        let attempt = async {
+            if let Some(mut kept) = self.take_idle(addr) {
+                match self.exchange(&mut kept, addr, body.clone(), progress).await {
+                    Exchanged::Reusable(result) => {
+                        self.put_idle(addr, kept);
+                        return result;
+                    }
+                    Exchanged::Spent(result) => return result,
+                    // Sent again below, on a fresh connection.
+                    Exchanged::Dead(_) => {}
+                }
+            }
+            let mut fresh = self.connect(addr).await?;
+            match self.exchange(&mut fresh, addr, body, progress).await {
+                Exchanged::Reusable(result) => {
+                    self.put_idle(addr, fresh);
+                    result
+                }
+                Exchanged::Spent(result) => result,
+                Exchanged::Dead(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), attempt).await {
+            Err(_) => Err(StepError::new(
+                ErrorKind::Timeout,
+                format!("no response from {addr} within {timeout_ms}ms"),
+            )),
+            Ok(result) => result,
+        }
+    }
+
+    /// A new connection to `addr`, within the connect timeout (which the response timeout
+    /// around it may cut shorter).
+    async fn connect(&self, addr: &str) -> Result<Connection, StepError> {
         let connect = tokio::time::timeout(
             Duration::from_millis(self.limits.connect_timeout_ms),
             self.net.connect(addr),
@@ -93,75 +204,73 @@ impl AgentClient {
             }
             Ok(Ok(conn)) => conn,
         };
-        let exchange = self.exchange(conn, addr, request, progress);
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
-            Err(_) => Err(StepError::new(
-                ErrorKind::Timeout,
-                format!("no response from {addr} within {timeout_ms}ms"),
-            )),
-            Ok(result) => result,
-        }
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+            .await
+            .map_err(|e| {
+                StepError::new(ErrorKind::Connection, format!("handshake with {addr}: {e}"))
+            })?;
+        let driver = tokio::spawn(async move {
+            // Its end (a close, a reset) shows in the next request on it.
+            let _ = connection.await;
+        });
+        Ok(Connection { sender, driver })
     }
 
+    /// One request and its answer on `conn`.
     async fn exchange(
         &self,
-        conn: Box<dyn crate::network::Conn>,
+        conn: &mut Connection,
         addr: &str,
-        request: &AgentRequest,
+        body: Bytes,
         progress: Option<&mpsc::Sender<AgentProgress>>,
-    ) -> Result<Value, StepError> {
+    ) -> Exchanged {
         let broken = |what: &str, e: &dyn std::fmt::Display| {
             StepError::new(ErrorKind::Connection, format!("{what} {addr}: {e}"))
         };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| broken("handshake with", &e))?;
-        // The connection task ends when the exchange is done or dropped (sender dropped).
-        let driver = tokio::spawn(connection);
-        let body = serde_json::to_vec(request).expect("requests serialize");
         let http_request = Request::post("/run")
             .header(header::HOST, addr)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .expect("request parts are valid");
-        let result = async {
-            let response = sender
-                .send_request(http_request)
-                .await
-                .map_err(|e| broken("request to", &e))?;
-            let status = response.status();
-            let streamed = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with(NDJSON));
-            if status.is_success() && streamed {
-                return self
-                    .read_stream(response.into_body(), addr, status.as_u16(), progress)
-                    .await;
-            }
-            let body = Limited::new(response.into_body(), self.limits.max_response_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        StepError::new(
-                            ErrorKind::InvalidResponse,
-                            format!(
-                                "response from {addr} is over {} bytes",
-                                self.limits.max_response_bytes
-                            ),
-                        )
-                    } else {
-                        broken("reading response from", &e)
-                    }
-                })?
-                .to_bytes();
-            classify(status.as_u16(), &body)
+        if conn.sender.ready().await.is_err() {
+            return Exchanged::Dead(broken("connection closed to", &"before the request"));
         }
-        .await;
-        driver.abort();
-        result
+        let response = match conn.sender.send_request(http_request).await {
+            Ok(response) => response,
+            // Closed before the request went out, or before any of the answer came back.
+            Err(e) if e.is_canceled() || e.is_incomplete_message() => {
+                return Exchanged::Dead(broken("request to", &e))
+            }
+            Err(e) => return Exchanged::Spent(Err(broken("request to", &e))),
+        };
+        let status = response.status();
+        let streamed = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(NDJSON));
+        if status.is_success() && streamed {
+            return Exchanged::Spent(
+                self.read_stream(response.into_body(), addr, status.as_u16(), progress)
+                    .await,
+            );
+        }
+        let body = Limited::new(response.into_body(), self.limits.max_response_bytes)
+            .collect()
+            .await;
+        match body {
+            Ok(body) => Exchanged::Reusable(classify(status.as_u16(), &body.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Exchanged::Spent(Err(StepError::new(
+                    ErrorKind::InvalidResponse,
+                    format!(
+                        "response from {addr} is over {} bytes",
+                        self.limits.max_response_bytes
+                    ),
+                )))
+            }
+            Err(e) => Exchanged::Spent(Err(broken("reading response from", &e))),
+        }
     }
 
     /// Reads a streamed (NDJSON) answer: progress lines, then the result line.

@@ -4,6 +4,7 @@
 //! changed, and the domain events the transition caused, all or nothing. Nothing here is
 //! SQLite-specific, so another backend (PostgreSQL) can implement the same trait.
 
+mod group;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -17,9 +18,11 @@ use crate::definition::ProcessDef;
 use crate::event::EventRecord;
 use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
+pub use group::{Committer, MAX_BATCH_WRITES};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: one failed group commit fails every write it held, each with the same error.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -64,6 +67,15 @@ pub trait Storage: Send + Sync {
     /// Writes a new execution (its row and all its step rows). An execution with the same id
     /// is an error ([`Error::Duplicate`]), never overwritten.
     async fn create(&self, execution: &Execution) -> Result<(), Error>;
+
+    /// Writes a new execution together with its first transition (`events`, `checkpoints`), in
+    /// one transaction: [`Storage::create`] and [`Storage::commit`] at the cost of one.
+    async fn create_started(
+        &self,
+        execution: &Execution,
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error>;
 
     /// The execution as last committed, or `None` if there is none with that id.
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error>;

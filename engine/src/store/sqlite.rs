@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use super::group::{Committer, Group};
 use super::{
     ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
     FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
@@ -139,10 +140,20 @@ CREATE TABLE IF NOT EXISTS schedule_fires (
 CREATE INDEX IF NOT EXISTS schedule_fires_open ON schedule_fires (schedule, open);
 ";
 
-/// The embedded store. Cheap to clone; clones share one connection.
+/// The embedded store. Cheap to clone; clones share its connections.
+///
+/// Transitions go through group commit ([`group`](super::group)): the rows are serialized by
+/// the caller, then written with the transitions other executions queued meanwhile, in one
+/// transaction on the one writing connection. Reads use a connection of their own where the
+/// file allows a second one (WAL: readers never wait for a commit's sync); other writes take
+/// the writing connection directly.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+    /// `None` where a second connection cannot see the first's data (in memory) or cannot
+    /// open at all (exclusive locking): reads then use `writer`.
+    reader: Option<Arc<Mutex<Connection>>>,
+    group: Arc<Group<Prepared>>,
     /// Parsed definitions by their stored JSON text: every execution row carries its process
     /// definition, and most rows share a few. Bounded by [`MAX_CACHED_DEFINITIONS`].
     definitions: Arc<Mutex<BTreeMap<String, Arc<ProcessDef>>>>,
@@ -220,7 +231,7 @@ impl Synchronous {
 }
 
 /// How [`SqliteStore::open_with`] opens its file. The defaults are the production settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SqliteOptions {
     /// A registered SQLite VFS to do the file I/O (the simulator's disk); the OS's if `None`.
     pub vfs: Option<String>,
@@ -228,7 +239,22 @@ pub struct SqliteOptions {
     /// Hold the database's lock for the connection's life (`locking_mode=EXCLUSIVE`, set before
     /// WAL is entered, so SQLite keeps the WAL index in the heap and needs no shared memory).
     /// Other processes cannot open the file meanwhile; a VFS without shared memory needs it.
+    /// Reads then share the writing connection.
     pub exclusive: bool,
+    /// Where group commits run: tokio's blocking pool (the default), or a task on the
+    /// caller's runtime (the simulator, whose runs must not depend on OS threads).
+    pub committer: Committer,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> SqliteOptions {
+        SqliteOptions {
+            vfs: None,
+            synchronous: Synchronous::Full,
+            exclusive: false,
+            committer: Committer::BlockingPool,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -239,15 +265,18 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path` as `options` say.
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, Error> {
-        let conn = match &options.vfs {
-            None => Connection::open(path),
-            Some(vfs) => Connection::open_with_flags_and_vfs(
-                path,
-                rusqlite::OpenFlags::default(),
-                vfs.as_str(),
-            ),
-        }
-        .map_err(backend)?;
+        let connect = || {
+            match &options.vfs {
+                None => Connection::open(path),
+                Some(vfs) => Connection::open_with_flags_and_vfs(
+                    path,
+                    rusqlite::OpenFlags::default(),
+                    vfs.as_str(),
+                ),
+            }
+            .map_err(backend)
+        };
+        let conn = connect()?;
         if options.exclusive {
             conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
                 .map_err(backend)?;
@@ -262,18 +291,34 @@ impl SqliteStore {
             // Planted bug (test-only, see `planted`): commits are never synced.
             synchronous = Synchronous::Off;
         }
-        SqliteStore::init(conn, synchronous)
+        let mut store = SqliteStore::init(conn, synchronous, options.committer)?;
+        if !options.exclusive {
+            let reader = connect()?;
+            reader
+                .pragma_update(None, "query_only", "ON")
+                .map_err(backend)?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
+            store.reader = Some(Arc::new(Mutex::new(reader)));
+        }
+        Ok(store)
     }
 
-    /// A private in-memory database, for tests.
+    /// A private in-memory database, for tests. Its commits run in the caller's task.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
         SqliteStore::init(
             Connection::open_in_memory().map_err(backend)?,
             Synchronous::Full,
+            Committer::Task,
         )
     }
 
-    fn init(conn: Connection, synchronous: Synchronous) -> Result<SqliteStore, Error> {
+    fn init(
+        conn: Connection,
+        synchronous: Synchronous,
+        committer: Committer,
+    ) -> Result<SqliteStore, Error> {
         conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -292,8 +337,16 @@ impl SqliteStore {
         if version < SCHEMA_VERSION {
             upgrade(&mut conn)?;
         }
+        let writer = Arc::new(Mutex::new(conn));
+        let batch_writer = writer.clone();
+        let group = Group::new(
+            committer,
+            Box::new(move |writes: &[Prepared]| write_batch(&mut lock(&batch_writer), writes)),
+        );
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer,
+            reader: None,
+            group,
             definitions: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
@@ -311,9 +364,8 @@ impl SqliteStore {
         Ok(process)
     }
 
-    /// One transaction: the execution row, `steps`' rows, `events` and `checkpoints`. With
-    /// `must_be_new`, an existing row with the same id is an error, never overwritten.
-    fn write(
+    /// Queues a transition's rows for the next group commit and waits until it committed.
+    async fn write(
         &self,
         execution: &Execution,
         steps: &[usize],
@@ -321,6 +373,96 @@ impl SqliteStore {
         checkpoints: &[Checkpoint],
         must_be_new: bool,
     ) -> Result<(), Error> {
+        let prepared = Prepared::of(execution, steps, events, checkpoints, must_be_new);
+        self.group.write(prepared).await
+    }
+
+    /// The connection for writes other than transitions.
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    /// The connection for reads.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        lock(self.reader.as_ref().unwrap_or(&self.writer))
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
+    // rolls back an unfinished one), so a poisoned lock is still usable.
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One transition's rows, serialized by its caller so that the committer only binds them.
+struct Prepared {
+    id: String,
+    tenant: String,
+    idempotency_key: Option<String>,
+    /// An existing row with this id is an error, never overwritten.
+    must_be_new: bool,
+    status: &'static str,
+    output: Option<String>,
+    error: Option<String>,
+    updated_at_ms: i64,
+    next_seq: i64,
+    breakpoint: Option<String>,
+    detail: Option<String>,
+    /// What only a new row needs; kept unserialized, as most writes update a row that exists.
+    new_row: NewRow,
+    steps: Vec<StepRow>,
+    events: Vec<EventRow>,
+    checkpoints: Vec<CheckpointRow>,
+}
+
+struct NewRow {
+    process: Arc<ProcessDef>,
+    input: Value,
+    created_at_ms: i64,
+    origin: Option<ForkOrigin>,
+}
+
+struct StepRow {
+    position: i64,
+    step_id: String,
+    kind: &'static str,
+    status: &'static str,
+    attempt: u32,
+    retry_count: u32,
+    input: Option<String>,
+    output: Option<String>,
+    last_error: Option<String>,
+    skip_reason: Option<&'static str>,
+    started_at_ms: Option<i64>,
+    finished_at_ms: Option<i64>,
+    wake_at_ms: Option<i64>,
+    detail: Option<String>,
+}
+
+struct EventRow {
+    seq: i64,
+    at_ms: i64,
+    kind: &'static str,
+    step_id: Option<String>,
+    payload: String,
+}
+
+struct CheckpointRow {
+    seq: i64,
+    step_id: String,
+    at_ms: i64,
+    completed: String,
+    steps: String,
+}
+
+impl Prepared {
+    fn of(
+        execution: &Execution,
+        steps: &[usize],
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+        must_be_new: bool,
+    ) -> Prepared {
         debug_assert!(
             events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
             "event seqs are contiguous"
@@ -328,175 +470,247 @@ impl SqliteStore {
         debug_assert!(events
             .last()
             .is_none_or(|e| e.seq + 1 == execution.next_seq));
-        let mut conn = self.conn();
+        debug_assert!(events.iter().all(|e| e.execution_id == execution.id));
+        debug_assert!(checkpoints.iter().all(|c| c.execution_id == execution.id));
+        Prepared {
+            id: execution.id.clone(),
+            tenant: execution.tenant.clone(),
+            idempotency_key: execution.idempotency_key.clone(),
+            must_be_new,
+            status: execution.status.as_str(),
+            output: opt_json(&execution.output),
+            error: execution.error.clone(),
+            updated_at_ms: execution.updated_at_ms as i64,
+            next_seq: execution.next_seq as i64,
+            breakpoint: execution.breakpoint.clone(),
+            detail: ExecutionDetail::of(execution).to_column(),
+            new_row: NewRow {
+                process: execution.process.clone(),
+                input: execution.input.clone(),
+                created_at_ms: execution.created_at_ms as i64,
+                origin: execution.origin.clone(),
+            },
+            steps: steps
+                .iter()
+                .map(|&i| {
+                    let def = &execution.process.steps[i];
+                    let st = &execution.steps[i];
+                    StepRow {
+                        position: i as i64,
+                        step_id: def.id.clone(),
+                        kind: def.kind.name(),
+                        status: st.status.as_str(),
+                        attempt: st.attempt,
+                        retry_count: st.retry_count(),
+                        input: opt_json(&st.input),
+                        output: opt_json(&st.output),
+                        last_error: opt_json(&st.last_error),
+                        skip_reason: st.skip_reason.map(|r| r.as_str()),
+                        started_at_ms: st.started_at_ms.map(|v| v as i64),
+                        finished_at_ms: st.finished_at_ms.map(|v| v as i64),
+                        wake_at_ms: st.wake_at_ms.map(|v| v as i64),
+                        detail: (!st.detail.is_empty()).then(|| to_json(&st.detail)),
+                    }
+                })
+                .collect(),
+            events: events
+                .iter()
+                .map(|e| EventRow {
+                    seq: e.seq as i64,
+                    at_ms: e.at_ms as i64,
+                    kind: e.event.kind(),
+                    step_id: e.event.step().map(str::to_string),
+                    payload: to_json(&e.event),
+                })
+                .collect(),
+            checkpoints: checkpoints
+                .iter()
+                .map(|c| CheckpointRow {
+                    seq: c.seq as i64,
+                    step_id: c.step_id.clone(),
+                    at_ms: c.at_ms as i64,
+                    completed: to_json(&c.completed),
+                    steps: to_json(&c.steps),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes `writes` in one transaction. A write refused as a duplicate is refused alone (its
+/// checks come before any of its rows); any other failure fails them all, as the transaction
+/// is rolled back.
+fn write_batch(conn: &mut Connection, writes: &[Prepared]) -> Vec<Result<(), Error>> {
+    let mut results = Vec::with_capacity(writes.len());
+    let outcome = (|| {
         let tx = conn.transaction().map_err(backend)?;
-        if must_be_new {
-            let exists: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM executions WHERE id = ?1",
-                    [&execution.id],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if exists > 0 {
-                return Err(Error::Duplicate(execution.id.clone()));
-            }
-            if let Some(key) = &execution.idempotency_key {
-                let holder: Option<String> = tx
-                    .query_row(
-                        "SELECT id FROM executions WHERE tenant = ?1 AND idempotency_key = ?2",
-                        [&execution.tenant, key],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(id) = holder {
-                    return Err(Error::DuplicateKey {
-                        key: key.clone(),
-                        id,
-                    });
+        for write in writes {
+            match check_new(&tx, write)? {
+                Ok(()) => {
+                    write_rows(&tx, write)?;
+                    results.push(Ok(()));
                 }
-            }
-        }
-        // Most writes update a row that exists: only its changing columns are sent, so the
-        // definition and input (which never change) are not serialized again on every commit.
-        let detail = ExecutionDetail::of(execution).to_column();
-        let updated = if must_be_new {
-            0
-        } else {
-            tx.prepare_cached(
-                "UPDATE executions SET status = ?2, output = ?3, error = ?4, updated_at_ms = ?5,
-                     next_seq = ?6, breakpoint = ?7, detail = ?8
-                 WHERE id = ?1",
-            )
-            .and_then(|mut update| {
-                update.execute(params![
-                    execution.id,
-                    execution.status.as_str(),
-                    opt_json(&execution.output),
-                    execution.error,
-                    execution.updated_at_ms as i64,
-                    execution.next_seq as i64,
-                    execution.breakpoint,
-                    detail,
-                ])
-            })
-            .map_err(backend)?
-        };
-        if updated == 0 {
-            tx.execute(
-                "INSERT INTO executions (id, process_name, process_version, definition, input,
-                     status, output, error, created_at_ms, updated_at_ms, next_seq, breakpoint,
-                     origin_id, origin_seq, detail, tenant, idempotency_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17)",
-                params![
-                    execution.id,
-                    execution.process.name,
-                    execution.process.version,
-                    to_json(&*execution.process),
-                    to_json(&execution.input),
-                    execution.status.as_str(),
-                    opt_json(&execution.output),
-                    execution.error,
-                    execution.created_at_ms as i64,
-                    execution.updated_at_ms as i64,
-                    execution.next_seq as i64,
-                    execution.breakpoint,
-                    execution.origin.as_ref().map(|o| o.execution_id.clone()),
-                    execution.origin.as_ref().map(|o| o.checkpoint_seq as i64),
-                    detail,
-                    execution.tenant,
-                    execution.idempotency_key,
-                ],
-            )
-            .map_err(backend)?;
-        }
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
-                         retry_count, input, output, last_error, skip_reason, started_at_ms,
-                         finished_at_ms, wake_at_ms, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
-                         attempt = excluded.attempt, retry_count = excluded.retry_count,
-                         input = excluded.input, output = excluded.output, last_error = excluded.last_error,
-                         skip_reason = excluded.skip_reason,
-                         started_at_ms = excluded.started_at_ms,
-                         finished_at_ms = excluded.finished_at_ms,
-                         wake_at_ms = excluded.wake_at_ms, detail = excluded.detail",
-                )
-                .map_err(backend)?;
-            for &i in steps {
-                let def = &execution.process.steps[i];
-                let st = &execution.steps[i];
-                upsert
-                    .execute(params![
-                        execution.id,
-                        i as i64,
-                        def.id,
-                        def.kind.name(),
-                        st.status.as_str(),
-                        st.attempt,
-                        st.retry_count(),
-                        opt_json(&st.input),
-                        opt_json(&st.output),
-                        opt_json(&st.last_error),
-                        st.skip_reason.map(|r| r.as_str()),
-                        st.started_at_ms.map(|v| v as i64),
-                        st.finished_at_ms.map(|v| v as i64),
-                        st.wake_at_ms.map(|v| v as i64),
-                        (!st.detail.is_empty()).then(|| to_json(&st.detail)),
-                    ])
-                    .map_err(backend)?;
-            }
-            let mut append = tx
-                .prepare_cached(
-                    "INSERT INTO events (execution_id, seq, at_ms, kind, step_id, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(backend)?;
-            for e in events {
-                append
-                    .execute(params![
-                        e.execution_id,
-                        e.seq as i64,
-                        e.at_ms as i64,
-                        e.event.kind(),
-                        e.event.step(),
-                        to_json(&e.event),
-                    ])
-                    .map_err(backend)?;
-            }
-            let mut checkpoint = tx
-                .prepare_cached(
-                    "INSERT INTO checkpoints (execution_id, seq, step_id, at_ms, completed, steps)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(backend)?;
-            for c in checkpoints {
-                debug_assert_eq!(c.execution_id, execution.id);
-                checkpoint
-                    .execute(params![
-                        c.execution_id,
-                        c.seq as i64,
-                        c.step_id,
-                        c.at_ms as i64,
-                        to_json(&c.completed),
-                        to_json(&c.steps),
-                    ])
-                    .map_err(backend)?;
+                Err(refused) => results.push(Err(refused)),
             }
         }
         tx.commit().map_err(backend)
+    })();
+    match outcome {
+        Ok(()) => results,
+        Err(e) => writes.iter().map(|_| Err(e.clone())).collect(),
     }
+}
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-done transaction behind (SQLite
-        // rolls back an unfinished one), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+/// For a write that must be new: the inner error refuses it, if its id, or its idempotency
+/// key in its tenant, is taken. The outer one is a failure to check, which fails the batch.
+fn check_new(tx: &rusqlite::Transaction<'_>, write: &Prepared) -> Result<Result<(), Error>, Error> {
+    if !write.must_be_new {
+        return Ok(Ok(()));
     }
+    let exists: i64 = tx
+        .prepare_cached("SELECT count(*) FROM executions WHERE id = ?1")
+        .and_then(|mut s| s.query_row([&write.id], |r| r.get(0)))
+        .map_err(backend)?;
+    if exists > 0 {
+        return Ok(Err(Error::Duplicate(write.id.clone())));
+    }
+    if let Some(key) = &write.idempotency_key {
+        let holder: Option<String> = tx
+            .prepare_cached("SELECT id FROM executions WHERE tenant = ?1 AND idempotency_key = ?2")
+            .and_then(|mut s| s.query_row([&write.tenant, key], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        if let Some(id) = holder {
+            return Ok(Err(Error::DuplicateKey {
+                key: key.clone(),
+                id,
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The execution row, the step rows, the events and the checkpoints of one write.
+fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error> {
+    let updated = if w.must_be_new {
+        0
+    } else {
+        tx.prepare_cached(
+            "UPDATE executions SET status = ?2, output = ?3, error = ?4, updated_at_ms = ?5,
+                 next_seq = ?6, breakpoint = ?7, detail = ?8
+             WHERE id = ?1",
+        )
+        .and_then(|mut update| {
+            update.execute(params![
+                w.id,
+                w.status,
+                w.output,
+                w.error,
+                w.updated_at_ms,
+                w.next_seq,
+                w.breakpoint,
+                w.detail,
+            ])
+        })
+        .map_err(backend)?
+    };
+    if updated == 0 {
+        let new = &w.new_row;
+        tx.prepare_cached(
+            "INSERT INTO executions (id, process_name, process_version, definition, input,
+                 status, output, error, created_at_ms, updated_at_ms, next_seq, breakpoint,
+                 origin_id, origin_seq, detail, tenant, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17)",
+        )
+        .and_then(|mut insert| {
+            insert.execute(params![
+                w.id,
+                new.process.name,
+                new.process.version,
+                to_json(&*new.process),
+                to_json(&new.input),
+                w.status,
+                w.output,
+                w.error,
+                new.created_at_ms,
+                w.updated_at_ms,
+                w.next_seq,
+                w.breakpoint,
+                new.origin.as_ref().map(|o| o.execution_id.clone()),
+                new.origin.as_ref().map(|o| o.checkpoint_seq as i64),
+                w.detail,
+                w.tenant,
+                w.idempotency_key,
+            ])
+        })
+        .map_err(backend)?;
+    }
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
+                 retry_count, input, output, last_error, skip_reason, started_at_ms,
+                 finished_at_ms, wake_at_ms, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
+                 attempt = excluded.attempt, retry_count = excluded.retry_count,
+                 input = excluded.input, output = excluded.output, last_error = excluded.last_error,
+                 skip_reason = excluded.skip_reason,
+                 started_at_ms = excluded.started_at_ms,
+                 finished_at_ms = excluded.finished_at_ms,
+                 wake_at_ms = excluded.wake_at_ms, detail = excluded.detail",
+        )
+        .map_err(backend)?;
+    for st in &w.steps {
+        upsert
+            .execute(params![
+                w.id,
+                st.position,
+                st.step_id,
+                st.kind,
+                st.status,
+                st.attempt,
+                st.retry_count,
+                st.input,
+                st.output,
+                st.last_error,
+                st.skip_reason,
+                st.started_at_ms,
+                st.finished_at_ms,
+                st.wake_at_ms,
+                st.detail,
+            ])
+            .map_err(backend)?;
+    }
+    let mut append = tx
+        .prepare_cached(
+            "INSERT INTO events (execution_id, seq, at_ms, kind, step_id, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(backend)?;
+    for e in &w.events {
+        append
+            .execute(params![w.id, e.seq, e.at_ms, e.kind, e.step_id, e.payload])
+            .map_err(backend)?;
+    }
+    let mut checkpoint = tx
+        .prepare_cached(
+            "INSERT INTO checkpoints (execution_id, seq, step_id, at_ms, completed, steps)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(backend)?;
+    for c in &w.checkpoints {
+        checkpoint
+            .execute(params![
+                w.id,
+                c.seq,
+                c.step_id,
+                c.at_ms,
+                c.completed,
+                c.steps
+            ])
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// The execution row's `detail` column: execution state that most executions never use.
@@ -539,15 +753,26 @@ impl Storage for SqliteStore {
         checkpoints: &[Checkpoint],
     ) -> Result<(), Error> {
         self.write(execution, steps, events, checkpoints, false)
+            .await
     }
 
     async fn create(&self, execution: &Execution) -> Result<(), Error> {
         let all: Vec<usize> = (0..execution.steps.len()).collect();
-        self.write(execution, &all, &[], &[], true)
+        self.write(execution, &all, &[], &[], true).await
+    }
+
+    async fn create_started(
+        &self,
+        execution: &Execution,
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error> {
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.write(execution, &all, events, checkpoints, true).await
     }
 
     async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT c.seq, c.step_id, c.at_ms, c.completed, c.steps, e.tenant
@@ -589,7 +814,7 @@ impl Storage for SqliteStore {
 
     async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
         let deleted = self
-            .conn()
+            .writer()
             .execute(
                 "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq NOT IN (
                      SELECT seq FROM checkpoints WHERE execution_id = ?1
@@ -601,7 +826,7 @@ impl Storage for SqliteStore {
     }
 
     async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT id, origin_seq, created_at_ms FROM executions WHERE origin_id = ?1
@@ -621,7 +846,7 @@ impl Storage for SqliteStore {
     }
 
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let corrupt = |problem: String| Error::Corrupt {
             id: id.to_string(),
             problem,
@@ -788,7 +1013,7 @@ impl Storage for SqliteStore {
     }
 
     async fn events(&self, id: &str) -> Result<Vec<EventRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT seq, at_ms, payload FROM events WHERE execution_id = ?1 ORDER BY seq",
@@ -823,7 +1048,7 @@ impl Storage for SqliteStore {
 
     async fn request_control(&self, request: &ControlRequest) -> Result<(), Error> {
         let action = serde_json::to_value(request.action).expect("enum serializes");
-        self.conn()
+        self.writer()
             .execute(
                 "INSERT INTO control_requests (execution_id, action, reason, requested_at_ms,
                      signal)
@@ -841,7 +1066,7 @@ impl Storage for SqliteStore {
     }
 
     async fn take_control_requests(&self, limit: usize) -> Result<Vec<ControlRequest>, Error> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let tx = conn.transaction().map_err(backend)?;
         type Row = (i64, String, String, Option<String>, i64, Option<String>);
         let rows: Vec<Row> = {
@@ -899,7 +1124,7 @@ impl Storage for SqliteStore {
         limit: usize,
         dry_run: bool,
     ) -> Result<Vec<PurgedExecution>, Error> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let tx = conn.transaction().map_err(backend)?;
         let matched: Vec<PurgedExecution> = {
             let mut stmt = tx
@@ -951,7 +1176,7 @@ impl Storage for SqliteStore {
             .after
             .clone()
             .map_or((i64::MAX, String::new()), |(ms, id)| (ms as i64, id));
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT id, process_name, process_version, status, created_at_ms, updated_at_ms
@@ -1000,7 +1225,7 @@ impl Storage for SqliteStore {
         process: &ProcessDef,
         now_ms: u64,
     ) -> Result<u32, Error> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
@@ -1061,7 +1286,7 @@ impl Storage for SqliteStore {
         version: Option<u32>,
     ) -> Result<Option<Arc<ProcessDef>>, Error> {
         let text: Option<String> = {
-            let conn = self.conn();
+            let conn = self.reader();
             match version {
                 Some(v) => conn.query_row(
                     "SELECT definition FROM definitions
@@ -1091,7 +1316,7 @@ impl Storage for SqliteStore {
     }
 
     async fn definitions(&self, tenant: &str) -> Result<Vec<DefinitionInfo>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT c.name, c.version, (SELECT max(version) FROM definitions d
@@ -1117,7 +1342,7 @@ impl Storage for SqliteStore {
         name: &str,
         version: u32,
     ) -> Result<(), Error> {
-        let conn = self.conn();
+        let conn = self.writer();
         let exists: i64 = conn
             .query_row(
                 "SELECT count(*) FROM definitions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
@@ -1140,7 +1365,7 @@ impl Storage for SqliteStore {
     }
 
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), Error> {
-        self.conn()
+        self.writer()
             .execute(
                 "INSERT INTO schedules (name, spec, definition, input, state, tenant)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -1163,7 +1388,7 @@ impl Storage for SqliteStore {
     async fn schedules(&self) -> Result<Vec<ScheduleRecord>, Error> {
         type Row = (String, String, String, String, String, String);
         let rows: Vec<Row> = {
-            let conn = self.conn();
+            let conn = self.reader();
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT name, spec, definition, input, state, tenant FROM schedules
@@ -1211,7 +1436,7 @@ impl Storage for SqliteStore {
         fires: &[FireRecord],
         closed: &[u64],
     ) -> Result<(), Error> {
-        let mut conn = self.conn();
+        let mut conn = self.writer();
         let tx = conn.transaction().map_err(backend)?;
         let updated = tx
             .execute(
@@ -1262,7 +1487,7 @@ impl Storage for SqliteStore {
     }
 
     async fn fires(&self, name: &str, open_only: bool) -> Result<Vec<FireRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT outcome, fire, execution_id, decided_at_ms FROM schedule_fires
@@ -1299,7 +1524,7 @@ impl Storage for SqliteStore {
     }
 
     async fn list_active(&self) -> Result<Vec<String>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT id FROM executions WHERE status IN ('pending', 'running', 'paused')
@@ -1503,7 +1728,7 @@ mod tests {
         let path = dir.path().join("race.db");
         let store = SqliteStore::open(&path).unwrap();
         store
-            .conn()
+            .writer()
             .execute_batch(
                 "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
                  ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
@@ -1538,7 +1763,7 @@ mod tests {
             .unwrap();
         // Turn the file back into what version 1 wrote: no `detail` columns.
         store
-            .conn()
+            .writer()
             .execute_batch(
                 "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
                  ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
@@ -1551,7 +1776,7 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.load("old").await.unwrap().unwrap(), exec);
         let version: i64 = store
-            .conn()
+            .writer()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);

@@ -1,0 +1,678 @@
+//! The performance table of issue #8 (`cargo xtask bench`, which also adds the simulator's rows;
+//! alone: `cargo bench -p proctor-engine --bench perf -- [--quick] [--json FILE]`).
+//!
+//! Every figure is measured in this one run on this machine, and every ratio is against a
+//! limit measured in the same run with the same settings:
+//! 1. durable steps/s, one execution of 10 no-op agent steps after another (agent on loopback
+//!    HTTP), `synchronous=FULL` and `NORMAL`, beside the raw SQLite commit rate (one small
+//!    insert per transaction: the one-commit-per-step limit);
+//! 2. 10, 100 and 1,000 executions in flight: steps/s against the raw commit rate, and the
+//!    latency the engine adds per step (agent time excluded: from the agent's answer to a
+//!    step to its receipt of the next call, measured by the agent);
+//! 3. CPU time per step with an in-process agent (an in-memory `Network`), against the CPU
+//!    time of one raw SQLite insert-and-commit;
+//! 4. recovery of 10,000 in-flight executions (`Engine::recover`: scan, load, decide,
+//!    re-dispatch), and the peak RSS while they all run to their end.
+//!
+//! Real time, threads and `HashMap`s are fine here: this is a measuring tool, not engine or
+//! simulator logic. Nothing here asserts a time; the targets are reported, never enforced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use proctor::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, ClientLimits};
+use proctor::clock::{Clock, SystemClock};
+use proctor::core::{Execution, ExecutionStatus, Input, Lane};
+use proctor::definition::{parse, Format, ProcessDef};
+use proctor::network::{Conn, Listener, Network, TokioNetwork};
+use proctor::rng::seeded;
+use proctor::store::{SqliteOptions, SqliteStore, Storage, Synchronous};
+use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
+use serde_json::json;
+
+/// Steps per execution in rows 1 to 3.
+const CHAIN_STEPS: usize = 10;
+
+/// One row of the table, as `cargo xtask bench` prints it.
+#[derive(serde::Serialize)]
+struct Row {
+    row: String,
+    value: f64,
+    unit: &'static str,
+    /// `value` divided by the limit it is compared with.
+    ratio: Option<f64>,
+    /// What the ratio is against.
+    against: String,
+    /// The issue's target, in words, and whether this run met it.
+    target: Option<String>,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn plain(row: impl Into<String>, value: f64, unit: &'static str) -> Row {
+        Row {
+            row: row.into(),
+            value,
+            unit,
+            ratio: None,
+            against: String::new(),
+            target: None,
+            met: None,
+        }
+    }
+
+    fn against(mut self, limit: f64, what: impl Into<String>) -> Row {
+        self.ratio = Some(self.value / limit);
+        self.against = what.into();
+        self
+    }
+
+    fn target(mut self, target: impl Into<String>, met: bool) -> Row {
+        self.target = Some(target.into());
+        self.met = Some(met);
+        self
+    }
+
+    fn print(&self) {
+        let ratio = self
+            .ratio
+            .map(|r| format!("{r:.2}x {}", self.against))
+            .unwrap_or_default();
+        let target = match (&self.target, self.met) {
+            (Some(t), Some(met)) => format!("{t}: {}", if met { "met" } else { "MISSED" }),
+            _ => String::new(),
+        };
+        println!(
+            "{:<58} {:>12.1} {:<10} {:<40} {}",
+            self.row, self.value, self.unit, ratio, target
+        );
+    }
+}
+
+/// How much work each row does: `--quick` is a smoke run of every code path.
+#[derive(Clone, Copy)]
+struct Size {
+    raw_commits: usize,
+    sequential_executions: usize,
+    concurrent_executions_per_slot: usize,
+    min_concurrent_executions: usize,
+    cpu_executions: usize,
+    recovery_executions: usize,
+}
+
+const FULL_SIZE: Size = Size {
+    raw_commits: 3_000,
+    sequential_executions: 200,
+    concurrent_executions_per_slot: 4,
+    min_concurrent_executions: 1_000,
+    cpu_executions: 2_000,
+    recovery_executions: 10_000,
+};
+
+const QUICK_SIZE: Size = Size {
+    raw_commits: 200,
+    sequential_executions: 10,
+    concurrent_executions_per_slot: 1,
+    min_concurrent_executions: 20,
+    cpu_executions: 20,
+    recovery_executions: 200,
+};
+
+fn chain(steps: usize) -> Arc<ProcessDef> {
+    let mut yaml = String::from("name: chain\nsteps:\n");
+    for i in 0..steps {
+        yaml.push_str(&format!("  - {{id: s{i}, type: agent_task, agent: worker"));
+        if i > 0 {
+            yaml.push_str(&format!(", depends_on: [s{}]", i - 1));
+        }
+        yaml.push_str("}\n");
+    }
+    Arc::new(parse("chain.yaml", &yaml, Format::Yaml).expect("the chain is valid"))
+}
+
+/// The CPU time this process has used, user and system, all threads.
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A `/proc/self/status` field in kB (`VmRSS`, `VmHWM`); 0 where there is none.
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS, so the next reading is this phase's peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The raw SQLite limit: one small insert per transaction, WAL, `synchronous` as given.
+/// Returns (commits per second, CPU time per commit).
+fn raw_commit_rate(dir: &Path, synchronous: Synchronous, commits: usize) -> (f64, Duration) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("raw-{synchronous:?}-{run}.db"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    let mode = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", mode).expect("sync");
+    conn.execute_batch(
+        "CREATE TABLE events (execution_id TEXT NOT NULL, seq INTEGER NOT NULL,
+             payload TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
+    )
+    .expect("table");
+    let payload = "x".repeat(200);
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    for seq in 0..commits {
+        conn.execute_batch("BEGIN").expect("begin");
+        conn.prepare_cached("INSERT INTO events VALUES ('exec', ?1, ?2)")
+            .expect("prepare")
+            .execute(rusqlite::params![seq as i64, payload])
+            .expect("insert");
+        conn.execute_batch("COMMIT").expect("commit");
+    }
+    let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
+    (commits as f64 / wall.as_secs_f64(), cpu / commits as u32)
+}
+
+/// When an agent call arrived and when it was answered, by (execution, step).
+#[derive(Default)]
+struct Timings {
+    calls: HashMap<(String, String), (Instant, Instant)>,
+}
+
+/// A no-op agent that records when each call arrived and was answered, over any `Network`.
+async fn start_agent(net: &dyn Network, addr: &str) -> (String, Arc<Mutex<Timings>>) {
+    let mut listener = net.bind(addr).await.expect("bind the agent");
+    let local = listener.local_addr().expect("address").to_string();
+    let timings = Arc::new(Mutex::new(Timings::default()));
+    let record = timings.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let arrived = Instant::now();
+                        let request: AgentRequest =
+                            serde_json::from_slice(&body).expect("an agent request");
+                        let answer = Bytes::from(json!({"step": request.step_id}).to_string());
+                        record.lock().unwrap().calls.insert(
+                            (request.execution_id, request.step_id),
+                            (arrived, Instant::now()),
+                        );
+                        Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(conn), service)
+                    .await;
+            });
+        }
+    });
+    (local, timings)
+}
+
+fn engine_on(net: Arc<dyn Network>, store: SqliteStore, agent: &str, seed: u64) -> Engine {
+    let mut registry = AgentRegistry::new();
+    registry.insert("worker", AgentEndpoint::Address(agent.to_string()));
+    Engine::new(
+        Ports {
+            clock: Arc::new(SystemClock),
+            net,
+            store: Arc::new(store),
+            rng: seeded(seed),
+        },
+        &registry,
+        EngineConfig::default(),
+    )
+    .expect("engine")
+}
+
+fn open(dir: &Path, name: &str, synchronous: Synchronous) -> SqliteStore {
+    SqliteStore::open_with(
+        &dir.join(name),
+        &SqliteOptions {
+            synchronous,
+            committer: if std::env::var("PROCTOR_BENCH_COMMITTER").as_deref() == Ok("task") {
+                proctor::store::Committer::Task
+            } else {
+                proctor::store::Committer::BlockingPool
+            },
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open the store")
+}
+
+/// Runs `executions` executions of `process`, at most `in_flight` at a time; returns the wall
+/// time and each execution's id with the instant it was submitted.
+async fn run_executions(
+    engine: &Engine,
+    process: &Arc<ProcessDef>,
+    executions: usize,
+    in_flight: usize,
+) -> (Duration, Vec<(String, Instant)>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let submitted = Arc::new(Mutex::new(Vec::with_capacity(executions)));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.min(executions) {
+        let (engine, process, next, submitted) = (
+            engine.clone(),
+            process.clone(),
+            next.clone(),
+            submitted.clone(),
+        );
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < executions {
+                let at = Instant::now();
+                let handle = engine
+                    .submit(process.clone(), json!({}))
+                    .await
+                    .expect("submit");
+                submitted.lock().unwrap().push((handle.id.clone(), at));
+                let done = handle.wait().await.expect("execution");
+                assert_eq!(done.status, ExecutionStatus::Completed);
+            }
+        });
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker.expect("worker");
+    }
+    let wall = started.elapsed();
+    let submitted = std::mem::take(&mut *submitted.lock().unwrap());
+    (wall, submitted)
+}
+
+/// The mean time of one agent call, alone, with the engine's client: what a step costs
+/// beyond its commit when nothing else is running.
+async fn agent_round_trip_us(agent: &str, calls: usize) -> f64 {
+    let client = AgentClient::new(Arc::new(TokioNetwork), ClientLimits::default());
+    let started = Instant::now();
+    for i in 0..calls {
+        let request = AgentRequest {
+            execution_id: format!("round-trip-{i}"),
+            step_id: "s0".into(),
+            attempt: 1,
+            idempotency_key: format!("round-trip-{i}"),
+            input: json!({}),
+        };
+        client
+            .call(agent, &request, 10_000)
+            .await
+            .expect("agent call");
+    }
+    started.elapsed().as_secs_f64() * 1e6 / calls as f64
+}
+
+/// The latency the engine adds per step: for each step, from the agent's answer to the step
+/// before (or the submit, for the first) to the agent's receipt of this step's call.
+fn engine_latencies(timings: &Timings, submitted: &[(String, Instant)]) -> Vec<Duration> {
+    let mut gaps = Vec::with_capacity(submitted.len() * CHAIN_STEPS);
+    for (id, at) in submitted {
+        let mut before = *at;
+        for i in 0..CHAIN_STEPS {
+            let (arrived, answered) = timings.calls[&(id.clone(), format!("s{i}"))];
+            gaps.push(arrived.saturating_duration_since(before));
+            before = answered;
+        }
+    }
+    gaps.sort();
+    gaps
+}
+
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let size = if args.iter().any(|a| a == "--quick") {
+        QUICK_SIZE
+    } else {
+        FULL_SIZE
+    };
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    // `--only N`: just row N (for profiling one of them).
+    let only: Option<u32> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let runs = |row: u32| only.is_none_or(|o| o == row);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let process = chain(CHAIN_STEPS);
+    let mut rows = Vec::new();
+    let mut emit = |row: Row| {
+        row.print();
+        rows.push(row);
+    };
+
+    // 1. One execution after another.
+    let (agent, timings) = start_agent(&TokioNetwork, "127.0.0.1:0").await;
+    let mut raw = BTreeMap::new();
+    for synchronous in [Synchronous::Full, Synchronous::Normal] {
+        if !runs(1) {
+            let (rate, _) = raw_commit_rate(dir.path(), synchronous, size.raw_commits);
+            raw.insert(format!("{synchronous:?}"), rate);
+            continue;
+        }
+        let (rate, _) = raw_commit_rate(dir.path(), synchronous, size.raw_commits);
+        raw.insert(format!("{synchronous:?}"), rate);
+        emit(Row::plain(
+            format!("1. raw SQLite commits/s, WAL {synchronous:?}"),
+            rate,
+            "commits/s",
+        ));
+        let store = open(dir.path(), &format!("seq-{synchronous:?}.db"), synchronous);
+        let engine = engine_on(Arc::new(TokioNetwork), store, &agent, 1);
+        let (wall, submitted) =
+            run_executions(&engine, &process, size.sequential_executions, 1).await;
+        let gaps = engine_latencies(&timings.lock().unwrap(), &submitted);
+        emit(Row::plain(
+            format!("1. engine latency per step p50, {synchronous:?}"),
+            percentile_us(&gaps, 0.5),
+            "µs",
+        ));
+        let steps_per_s = (size.sequential_executions * CHAIN_STEPS) as f64 / wall.as_secs_f64();
+        let row = Row::plain(
+            format!("1. durable steps/s, one execution at a time, {synchronous:?}"),
+            steps_per_s,
+            "steps/s",
+        )
+        .against(rate, "raw commits/s");
+        let row = if synchronous == Synchronous::Full {
+            let met = row.ratio.unwrap_or(0.0) >= 0.8;
+            row.target(">= 0.8x raw", met)
+        } else {
+            row
+        };
+        emit(row);
+    }
+    let raw_full = raw["Full"];
+    if runs(1) {
+        // What bounds the row above: a step cannot take less than its commit plus its call.
+        let call_us = agent_round_trip_us(&agent, size.raw_commits).await;
+        emit(Row::plain(
+            "1. one agent call alone (loopback HTTP), mean",
+            call_us,
+            "µs",
+        ));
+        let commit_us = 1e6 / raw_full;
+        emit(
+            Row::plain(
+                "1. ceiling: steps/s if the engine cost nothing, Full",
+                1e6 / (commit_us + call_us),
+                "steps/s",
+            )
+            .against(raw_full, "raw commits/s"),
+        );
+        // The same with the agent in this process: the engine's own share shows.
+        let memory: Arc<dyn Network> = Arc::new(MemoryNetwork::default());
+        let (agent, _) = start_agent(&*memory, "127.0.0.1:1").await;
+        let store = open(dir.path(), "seq-in-process.db", Synchronous::Full);
+        let engine = engine_on(memory, store, &agent, 5);
+        let (wall, _) = run_executions(&engine, &process, size.sequential_executions, 1).await;
+        let steps_per_s = (size.sequential_executions * CHAIN_STEPS) as f64 / wall.as_secs_f64();
+        emit(
+            Row::plain(
+                "1. durable steps/s, one at a time, Full, in-process agent",
+                steps_per_s,
+                "steps/s",
+            )
+            .against(raw_full, "raw commits/s"),
+        );
+    }
+
+    // 2. Many executions in flight, synchronous=FULL.
+    for in_flight in [10, 100, 1_000].into_iter().filter(|_| runs(2)) {
+        let (agent, timings) = start_agent(&TokioNetwork, "127.0.0.1:0").await;
+        let store = open(
+            dir.path(),
+            &format!("concurrent-{in_flight}.db"),
+            Synchronous::Full,
+        );
+        let engine = engine_on(Arc::new(TokioNetwork), store, &agent, 2);
+        let executions =
+            (in_flight * size.concurrent_executions_per_slot).max(size.min_concurrent_executions);
+        let (wall, submitted) = run_executions(&engine, &process, executions, in_flight).await;
+        let steps_per_s = (executions * CHAIN_STEPS) as f64 / wall.as_secs_f64();
+        let row = Row::plain(
+            format!("2. steps/s, {in_flight} executions in flight, Full"),
+            steps_per_s,
+            "steps/s",
+        )
+        .against(raw_full, "raw commits/s (Full)");
+        let row = if in_flight == 100 {
+            let met = row.ratio.unwrap_or(0.0) >= 5.0;
+            row.target(">= 5x raw", met)
+        } else {
+            row
+        };
+        emit(row);
+        let gaps = engine_latencies(&timings.lock().unwrap(), &submitted);
+        emit(Row::plain(
+            format!("2. engine latency per step p50, {in_flight} in flight"),
+            percentile_us(&gaps, 0.5),
+            "µs",
+        ));
+        emit(Row::plain(
+            format!("2. engine latency per step p99, {in_flight} in flight"),
+            percentile_us(&gaps, 0.99),
+            "µs",
+        ));
+    }
+
+    // 3. CPU per step with an in-process agent.
+    if runs(3) {
+        let (_, raw_cpu) = raw_commit_rate(dir.path(), Synchronous::Full, size.raw_commits);
+        let memory: Arc<dyn Network> = Arc::new(MemoryNetwork::default());
+        let (agent, _) = start_agent(&*memory, "127.0.0.1:1").await;
+        let store = open(dir.path(), "cpu.db", Synchronous::Full);
+        let engine = engine_on(memory, store, &agent, 3);
+        let cpu = cpu_time();
+        run_executions(&engine, &process, size.cpu_executions, 10).await;
+        let per_step = (cpu_time() - cpu) / (size.cpu_executions * CHAIN_STEPS) as u32;
+        emit(Row::plain(
+            "3. raw SQLite insert + commit, CPU time (Full)",
+            raw_cpu.as_secs_f64() * 1e6,
+            "µs",
+        ));
+        emit(
+            Row::plain(
+                "3. CPU per step, engine + in-process agent (Full)",
+                per_step.as_secs_f64() * 1e6,
+                "µs",
+            )
+            .against(raw_cpu.as_secs_f64() * 1e6, "one raw insert"),
+        );
+    }
+
+    // 4. Recovery of many in-flight executions.
+    if runs(4) {
+        for row in recovery(dir.path(), size.recovery_executions).await {
+            emit(row);
+        }
+    }
+
+    if let Some(path) = json_out {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows).expect("json"))
+            .expect("write the results");
+    }
+}
+
+/// Writes `n` executions of a three-step chain whose middle step was running when the engine
+/// died (written with `synchronous=OFF`: the setup is not what is measured), then recovers
+/// them with a fresh engine and drives them all to their end.
+async fn recovery(dir: &Path, n: usize) -> Vec<Row> {
+    let process = chain(3);
+    let path = dir.join("recovery.db");
+    {
+        let store = SqliteStore::open_with(
+            &path,
+            &SqliteOptions {
+                synchronous: Synchronous::Off,
+                ..SqliteOptions::default()
+            },
+        )
+        .expect("open");
+        let mut rng = seeded(1);
+        let now = SystemClock.now_ms();
+        for i in 0..n {
+            let mut exec = Execution::new(format!("exec-{i:06}"), process.clone(), json!({}), now);
+            store.create(&exec).await.expect("create");
+            for input in [
+                Input::Start,
+                Input::AgentReturned {
+                    lane: Lane::Main,
+                    step: 0,
+                    attempt: 1,
+                    result: Ok(json!({"ok": true})),
+                },
+            ] {
+                let t = exec.apply(input, now, &mut *rng);
+                let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+                store
+                    .commit(&exec, &dirty, &t.events, &t.checkpoints)
+                    .await
+                    .expect("commit");
+            }
+        }
+    }
+    let (agent, _) = start_agent(&TokioNetwork, "127.0.0.1:0").await;
+    let engine = engine_on(
+        Arc::new(TokioNetwork),
+        SqliteStore::open(&path).expect("open"),
+        &agent,
+        4,
+    );
+    reset_peak_rss();
+    let rss_before = proc_status_kb("VmRSS");
+    let started = Instant::now();
+    let recovery = engine
+        .recover(RecoveryConfig::default())
+        .await
+        .expect("recover");
+    let recovered = started.elapsed();
+    assert_eq!(recovery.report.retried, n, "every execution is recovered");
+    for handle in recovery.handles {
+        let exec = handle.wait().await.expect("execution");
+        assert_eq!(exec.status, ExecutionStatus::Completed);
+    }
+    let finished = started.elapsed();
+    let peak_kb = proc_status_kb("VmHWM");
+    vec![
+        Row::plain(
+            format!("4. recovery of {n} in-flight executions"),
+            recovered.as_secs_f64() * 1e3,
+            "ms",
+        )
+        .target("< 1000 ms", recovered < Duration::from_secs(1)),
+        Row::plain(
+            format!("4. recovery and completion of {n} executions"),
+            finished.as_secs_f64() * 1e3,
+            "ms",
+        ),
+        Row::plain(
+            format!("4. peak RSS, {n} executions in flight"),
+            peak_kb as f64 / 1024.0,
+            "MiB",
+        ),
+        Row::plain(
+            "4. peak RSS above the idle engine, per execution".to_string(),
+            peak_kb.saturating_sub(rss_before) as f64 * 1024.0 / n as f64,
+            "bytes",
+        ),
+    ]
+}
+
+/// An in-process `Network`: a connection is a pair of in-memory pipes, so an agent in this
+/// process is called with the engine's real HTTP client and no kernel sockets.
+#[derive(Default)]
+struct MemoryNetwork {
+    listeners: Mutex<BTreeMap<String, tokio::sync::mpsc::Sender<tokio::io::DuplexStream>>>,
+}
+
+/// Bytes buffered each way in one in-memory connection.
+const PIPE_BYTES: usize = 64 * 1024;
+
+#[async_trait]
+impl Network for MemoryNetwork {
+    async fn connect(&self, addr: &str) -> std::io::Result<Box<dyn Conn>> {
+        let listener = self.listeners.lock().unwrap().get(addr).cloned();
+        let Some(listener) = listener else {
+            return Err(std::io::ErrorKind::ConnectionRefused.into());
+        };
+        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+        listener
+            .send(theirs)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+        Ok(Box::new(ours))
+    }
+
+    async fn bind(&self, addr: &str) -> std::io::Result<Box<dyn Listener>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        self.listeners.lock().unwrap().insert(addr.to_string(), tx);
+        Ok(Box::new(MemoryListener { rx }))
+    }
+}
+
+struct MemoryListener {
+    rx: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+}
+
+#[async_trait]
+impl Listener for MemoryListener {
+    async fn accept(&mut self) -> std::io::Result<(Box<dyn Conn>, SocketAddr)> {
+        match self.rx.recv().await {
+            Some(conn) => Ok((Box::new(conn), SocketAddr::from(([127, 0, 0, 1], 1)))),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+    }
+}

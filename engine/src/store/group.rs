@@ -1,0 +1,258 @@
+//! Group commit: writes queued by many executions at once share one transaction, so they share
+//! one WAL sync. With `synchronous=FULL` a sync costs far more than the rows it makes durable,
+//! so the engine's throughput with many executions in flight is bounded by CPU, not by the
+//! one-commit-per-transition limit of the disk.
+//!
+//! Each writer queues its write and waits for its own answer. Whoever finds no commit under way
+//! starts the committer, which takes everything queued (up to [`MAX_BATCH_WRITES`]), writes it
+//! in one transaction and answers each writer, and goes on until the queue is empty. Nobody is
+//! answered before the transaction holding their write has committed, so an answer still means
+//! "durable", as with a commit of one's own.
+//!
+//! Where the committer runs is the store's choice ([`Committer`]): on tokio's blocking pool, so
+//! a sync never holds up a runtime worker (production); or as a task on the caller's runtime
+//! that first lets every other ready task queue its write (the simulator: one thread, so the
+//! same seed makes the same batches); or, outside any runtime, right in the caller.
+//!
+//! The queue needs no bound of its own: each writer waits for its answer before it can queue
+//! another write, so it holds at most one write per execution task and caller.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::Error;
+
+/// Writes per transaction, at most: bounds a transaction's size and the time its writers wait.
+pub const MAX_BATCH_WRITES: usize = 256;
+
+/// Writes a batch in one transaction: one result per write, in order.
+pub(super) type BatchWriter<W> = dyn Fn(&[W]) -> Vec<Result<(), Error>> + Send + Sync;
+
+/// Where the committer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committer {
+    /// On tokio's blocking pool.
+    BlockingPool,
+    /// As a task on the caller's runtime, after one yield.
+    Task,
+}
+
+pub(super) struct Group<W> {
+    queue: Mutex<Queue<W>>,
+    write_batch: Box<BatchWriter<W>>,
+    committer: Committer,
+}
+
+struct Queue<W> {
+    pending: VecDeque<(W, oneshot::Sender<Result<(), Error>>)>,
+    /// A committer is running (or about to): writers queue and wait.
+    committing: bool,
+}
+
+impl<W: Send + 'static> Group<W> {
+    pub(super) fn new(committer: Committer, write_batch: Box<BatchWriter<W>>) -> Arc<Group<W>> {
+        Arc::new(Group {
+            queue: Mutex::new(Queue {
+                pending: VecDeque::new(),
+                committing: false,
+            }),
+            write_batch,
+            committer,
+        })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue<W>> {
+        // The queue is changed only by pushes and pops that cannot panic halfway.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `write` and returns once the transaction holding it has committed (or failed).
+    pub(super) async fn write(self: &Arc<Self>, write: W) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue();
+            queue.pending.push_back((write, reply));
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start {
+            self.start_committer();
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Backend(
+                "the committer stopped before answering; the write may or may not have landed"
+                    .into(),
+            ))
+        })
+    }
+
+    fn start_committer(self: &Arc<Self>) {
+        let group = Armed(self.clone());
+        match (self.committer, tokio::runtime::Handle::try_current()) {
+            (_, Err(_)) => group.drain(),
+            (Committer::BlockingPool, Ok(runtime)) => {
+                runtime.spawn_blocking(move || group.drain());
+            }
+            (Committer::Task, Ok(runtime)) => {
+                runtime.spawn(async move {
+                    // Writers that are ready to run get to queue theirs first.
+                    tokio::task::yield_now().await;
+                    group.drain();
+                });
+            }
+        }
+    }
+}
+
+/// The committer's hold on the group. Dropped without draining (its task was dropped with its
+/// runtime), it ends the commit so that a later writer starts a new one; the writers still
+/// queued are answered with an error (their senders are dropped).
+struct Armed<W: Send + 'static>(Arc<Group<W>>);
+
+impl<W: Send + 'static> Armed<W> {
+    /// Writes batch after batch until the queue is empty; every write is answered.
+    fn drain(self) {
+        loop {
+            let batch: Vec<_> = {
+                let mut queue = self.0.queue();
+                if queue.pending.is_empty() {
+                    queue.committing = false;
+                    break;
+                }
+                let n = queue.pending.len().min(MAX_BATCH_WRITES);
+                queue.pending.drain(..n).collect()
+            };
+            let (writes, replies): (Vec<W>, Vec<_>) = batch.into_iter().unzip();
+            let results = (self.0.write_batch)(&writes);
+            assert_eq!(results.len(), replies.len(), "one result per write");
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A writer that stopped waiting does not want its answer.
+                let _ = reply.send(result);
+            }
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl<W: Send + 'static> Drop for Armed<W> {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue();
+        queue.committing = false;
+        queue.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every batch a test group's "transaction" was given.
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A group whose "transaction" records its batches and refuses writes ending in 7.
+    fn recording(committer: Committer) -> (Arc<Group<u32>>, Batches) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let group = Group::new(
+            committer,
+            Box::new(move |writes: &[u32]| {
+                seen.lock().unwrap().push(writes.to_vec());
+                writes
+                    .iter()
+                    .map(|w| {
+                        if w % 10 == 7 {
+                            Err(Error::Duplicate(w.to_string()))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect()
+            }),
+        );
+        (group, batches)
+    }
+
+    #[tokio::test]
+    async fn writers_queued_together_share_a_batch_and_get_their_own_results() {
+        let (group, batches) = recording(Committer::Task);
+        let writers: Vec<_> = (0..20u32)
+            .map(|w| {
+                let group = group.clone();
+                tokio::spawn(async move { (w, group.write(w).await) })
+            })
+            .collect();
+        for writer in writers {
+            let (w, result) = writer.await.unwrap();
+            match result {
+                Err(Error::Duplicate(id)) => assert_eq!((w % 10, id), (7, w.to_string())),
+                Ok(()) => assert_ne!(w % 10, 7),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let batches = batches.lock().unwrap();
+        let written: usize = batches.iter().map(Vec::len).sum();
+        assert_eq!(written, 20, "every write is written once");
+        assert!(
+            batches.len() < 20,
+            "writers that queue while a commit is pending share it: {batches:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_blocking_pool_committer_answers_every_writer() {
+        let (group, batches) = recording(Committer::BlockingPool);
+        let writers: Vec<_> = (0..500u32)
+            .map(|w| {
+                let group = group.clone();
+                tokio::spawn(async move { group.write(w).await.is_ok() })
+            })
+            .collect();
+        let mut ok = 0;
+        for writer in writers {
+            ok += usize::from(writer.await.unwrap());
+        }
+        assert_eq!(ok, 450);
+        let batches = batches.lock().unwrap();
+        assert!(batches.iter().all(|b| b.len() <= MAX_BATCH_WRITES));
+        let mut written: Vec<u32> = batches.iter().flatten().copied().collect();
+        written.sort();
+        assert_eq!(written, (0..500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn outside_a_runtime_the_caller_writes_at_once() {
+        use std::future::Future;
+        let (group, batches) = recording(Committer::Task);
+        let write = std::pin::pin!(group.write(1));
+        let ready = write.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        assert!(matches!(ready, std::task::Poll::Ready(Ok(()))));
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1]]);
+    }
+
+    #[test]
+    fn a_committer_dropped_before_it_drains_lets_the_next_writer_commit() {
+        use std::future::Future;
+        let (group, batches) = recording(Committer::Task);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut stranded = Box::pin(group.write(3));
+        {
+            // The committer task is spawned but never run: the runtime goes first.
+            let _entered = runtime.enter();
+            assert!(stranded.as_mut().poll(&mut cx).is_pending());
+        }
+        drop(runtime);
+        let answer = stranded.as_mut().poll(&mut cx);
+        assert!(matches!(
+            answer,
+            std::task::Poll::Ready(Err(Error::Backend(_)))
+        ));
+        // Outside any runtime now: the next writer commits by itself.
+        let next = std::pin::pin!(group.write(4));
+        assert!(matches!(next.poll(&mut cx), std::task::Poll::Ready(Ok(()))));
+        assert_eq!(*batches.lock().unwrap(), vec![vec![4]]);
+    }
+}
