@@ -473,7 +473,7 @@ async fn main() {
             &format!("concurrent-{in_flight}.db"),
             Synchronous::Full,
         );
-        let engine = engine_on(Arc::new(TokioNetwork), store, &agent, 2);
+        let engine = engine_on(Arc::new(TokioNetwork), store.clone(), &agent, 2);
         let executions =
             (in_flight * size.concurrent_executions_per_slot).max(size.min_concurrent_executions);
         let (wall, submitted) = run_executions(&engine, &process, executions, in_flight).await;
@@ -491,6 +491,12 @@ async fn main() {
             row
         };
         emit(row);
+        let stats = store.commit_stats();
+        emit(Row::plain(
+            format!("2. transitions per transaction, {in_flight} in flight"),
+            stats.writes as f64 / stats.transactions.max(1) as f64,
+            "writes",
+        ));
         let gaps = engine_latencies(&timings.lock().unwrap(), &submitted);
         emit(Row::plain(
             format!("2. engine latency per step p50, {in_flight} in flight"),

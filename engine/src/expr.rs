@@ -6,7 +6,12 @@
 //! `status`, `output`, `error`). CEL has no clock or random functions in the set we enable, so
 //! evaluation is deterministic.
 
-use cel::{Context, Program};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use cel::{Context, Env, Program};
 use serde_json::Value;
 
 /// Variables an expression may reference at its root.
@@ -47,15 +52,42 @@ pub struct Scope {
     pub locals: Vec<(&'static str, Value)>,
 }
 
-fn compile(source: &str) -> Result<Program, Error> {
+fn compile(source: &str) -> Result<Rc<Program>, Error> {
     compile_with(source, ROOT_VARIABLES)
 }
 
-fn compile_with(source: &str, roots: &[&str]) -> Result<Program, Error> {
-    let program = Program::compile(source).map_err(|e| Error::Parse {
+/// Parsed programs kept per thread, by source; past this many the cache starts over.
+pub const MAX_CACHED_PROGRAMS: usize = 256;
+
+thread_local! {
+    /// CEL's standard functions, built once per thread rather than for every evaluation.
+    static STDLIB: Arc<Env> = Arc::new(Env::stdlib());
+    /// Parsing is most of an evaluation's cost, and a definition's few expressions are
+    /// evaluated again at every step.
+    static PROGRAMS: RefCell<HashMap<String, Rc<Program>>> = RefCell::new(HashMap::new());
+}
+
+/// `source` parsed (from the cache when it has been before).
+fn parse(source: &str) -> Result<Rc<Program>, Error> {
+    if let Some(program) = PROGRAMS.with(|p| p.borrow().get(source).cloned()) {
+        return Ok(program);
+    }
+    let program = Rc::new(Program::compile(source).map_err(|e| Error::Parse {
         source_text: source.to_string(),
         message: e.to_string().trim().replace('\n', " "),
-    })?;
+    })?);
+    PROGRAMS.with(|p| {
+        let mut programs = p.borrow_mut();
+        if programs.len() >= MAX_CACHED_PROGRAMS {
+            programs.clear();
+        }
+        programs.insert(source.to_string(), program.clone());
+    });
+    Ok(program)
+}
+
+fn compile_with(source: &str, roots: &[&str]) -> Result<Rc<Program>, Error> {
+    let program = parse(source)?;
     let references = program.references();
     for name in references.variables() {
         if !roots.contains(&name) {
@@ -111,7 +143,7 @@ fn evaluate(source: &str, scope: &Scope) -> Result<Value, Error> {
         source_text: source.to_string(),
         message,
     };
-    let mut context = Context::default();
+    let mut context = Context::with_env(STDLIB.with(Arc::clone));
     context
         .add_variable("input", CelJson(&scope.input))
         .map_err(|e| eval_err(e.to_string()))?;

@@ -98,11 +98,14 @@ struct File {
 fn apply(bytes: &mut Vec<u8>, op: &Pending) {
     match op {
         Pending::Write { offset, data } => {
-            let end = offset + data.len();
-            if bytes.len() < end {
-                bytes.resize(end, 0);
+            // Overwrites what is there, then appends the rest (a gap past the end reads as
+            // zeros), so an append copies its bytes once instead of zeroing them first.
+            if bytes.len() < *offset {
+                bytes.resize(*offset, 0);
             }
-            bytes[*offset..end].copy_from_slice(data);
+            let overlap = (bytes.len() - offset).min(data.len());
+            bytes[*offset..offset + overlap].copy_from_slice(&data[..overlap]);
+            bytes.extend_from_slice(&data[overlap..]);
         }
         Pending::Truncate(len) => bytes.truncate(*len),
     }
@@ -387,6 +390,10 @@ impl DiskState {
         self.stats.crashes += 1;
         let policy = self.unsynced;
         for file in self.files.values_mut() {
+            if file.pending.is_empty() {
+                // All durable already: reads see exactly what survives.
+                continue;
+            }
             for op in std::mem::take(&mut file.pending) {
                 let fate = match policy {
                     Unsynced::Keep => 0,
@@ -410,7 +417,7 @@ impl DiskState {
                     _ => self.stats.lost += 1,
                 }
             }
-            file.current = file.durable.clone();
+            file.current.clone_from(&file.durable);
         }
         // Armed faults belonged to the old life's operations.
         self.armed.clear();

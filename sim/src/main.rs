@@ -12,6 +12,12 @@
 //!   failing run (`proctor_sim::shrink`), writes the minimal scenario under DIR (default
 //!   target/shrunk), checks the written file still fails the same way, and prints its replay
 //!   command; `cargo xtask shrink` calls it. Its candidate runs are sequential in this process.
+//! - `proctor-sim speed SCENARIO [--runs N] [--first-seed S]`: runs seeds S..S+N one after
+//!   another in this process, on this thread, and prints one JSON line: runs/s, simulated
+//!   seconds per wall second, failures and memory (RSS before, after, its peak, and its growth
+//!   per run over the last nine tenths of the runs: a long sweep must not grow) and the hash
+//!   of the runs' trace hashes (the same seeds give the same one). Wall time
+//!   comes from the production clock (`SystemClock`), the one real-time source.
 //!
 //! `--plant BUG` plants that bug in the engine for the run (and adds `--plant BUG` to the
 //! replay command it prints). It needs a binary built with the test-only `planted-bugs`
@@ -80,6 +86,17 @@ enum Command {
         /// Print the result as one JSON line.
         #[arg(long)]
         json: bool,
+    },
+    /// Runs many seeds one after another in this process and prints their speed and memory
+    /// as one JSON line.
+    Speed {
+        scenario: String,
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 200)]
+        runs: u64,
+        /// The first seed; the runs take the seeds that follow it.
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
     },
 }
 
@@ -166,6 +183,84 @@ fn shrink(name: &str, seed: u64, bug: Option<Bug>, out: &Path, json: bool) -> Ex
     }
 }
 
+/// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`); 0 where there is none (not Linux).
+fn proc_status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The least-squares slope of `ys` over `xs`.
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    if sxx > 0.0 {
+        sxy / sxx
+    } else {
+        0.0
+    }
+}
+
+/// `proctor-sim speed`: `runs` seeds of the scenario, in order, through [`proctor_sim::run`].
+fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
+    use proctor::clock::{Clock, SystemClock};
+    let scenario = match load(name) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rss_start_kb = proc_status_kb("VmRSS");
+    let started_ms = SystemClock.now_ms();
+    let (mut failures, mut simulated_ms) = (0u64, 0u64);
+    // Each run's trace hash, in seed order: hashed together, the sweep's fingerprint (the same
+    // seeds must give the same one in any process).
+    let mut hashes = proctor_sim::trace::Trace::default();
+    // VmRSS after each run, from run N/10 on (the first runs warm up allocators and caches).
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let warm_up = runs / 10;
+    for i in 0..runs {
+        let outcome = proctor_sim::run(&scenario, first_seed.wrapping_add(i));
+        simulated_ms += outcome.elapsed_ms;
+        hashes.lines.push(format!("{:016x}", outcome.trace.hash()));
+        if !outcome.passed() {
+            failures += 1;
+        }
+        if i + 1 >= warm_up.max(1) {
+            xs.push((i + 1) as f64);
+            ys.push(proc_status_kb("VmRSS") as f64 * 1024.0);
+        }
+    }
+    let wall_s = SystemClock.now_ms().saturating_sub(started_ms) as f64 / 1000.0;
+    let simulated_s = simulated_ms as f64 / 1000.0;
+    let per_wall_s = |x: f64| if wall_s > 0.0 { x / wall_s } else { 0.0 };
+    let report = serde_json::json!({
+        "scenario": scenario.name,
+        "runs": runs,
+        "first_seed": first_seed,
+        "failures": failures,
+        "wall_s": wall_s,
+        "runs_per_s": per_wall_s(runs as f64),
+        "simulated_s": simulated_s,
+        "sim_s_per_wall_s": per_wall_s(simulated_s),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "rss_start_kb": rss_start_kb,
+        "rss_end_kb": proc_status_kb("VmRSS"),
+        "peak_rss_kb": proc_status_kb("VmHWM"),
+        "rss_growth_bytes_per_run": slope(&xs, &ys).round(),
+        "traces_hash": format!("{:016x}", hashes.hash()),
+    });
+    println!("{report}");
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// The bug `--plant` names, planted for the rest of this process (none without `--plant`).
 fn plant(name: Option<&str>) -> Result<Option<Bug>, ExitCode> {
     let Some(name) = name else {
@@ -220,6 +315,11 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
+        Command::Speed {
+            scenario,
+            runs,
+            first_seed,
+        } => return speed(&scenario, runs, first_seed),
         Command::Shrink {
             scenario,
             seed,

@@ -823,7 +823,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     }
     let acknowledged = shared.acknowledged.lock().expect("ack lock").clone();
     let starts = shared.starts.lock().expect("starts lock").clone();
-    let (keyed, unkeyed) = keyed_executions(&store, scenario);
+    let mut reads = FinalReads {
+        store: &store,
+        loaded: BTreeMap::new(),
+    };
+    let (keyed, unkeyed) = keyed_executions(&mut reads, scenario);
     let mut schedule_fires = Vec::new();
     let mut scheduled = Vec::new();
     for s in &scenario.workload.schedules {
@@ -858,7 +862,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     // Sub-process children, checked like the rest.
     let mut children = Vec::new();
     for id in &acknowledged {
-        if let Some(parent) = now(store.load(id)).expect("store readable") {
+        if let Some(parent) = reads.load(id) {
             for (step, def) in parent.process.steps.iter().enumerate() {
                 if matches!(def.kind, proctor::definition::StepKind::Subprocess(_)) {
                     children.push(parent.child_id(step));
@@ -874,9 +878,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         .collect();
     let mut executions = Vec::new();
     for id in acknowledged.iter().chain(&scheduled).chain(&children) {
-        let execution = now(store.load(id)).expect("store readable");
-        let events = now(store.events(id)).expect("store readable");
-        if let Some(execution) = execution {
+        if let Some(execution) = reads.load(id).cloned() {
+            let events = now(store.events(id)).expect("store readable");
             executions.push((execution, events));
         }
     }
@@ -1034,9 +1037,10 @@ fn step_running_fired(
 /// (the workload's tenants, or the default one), paged to the end.
 /// Also returns the executions of the scenario's process that have no key.
 fn keyed_executions(
-    store: &SqliteStore,
+    reads: &mut FinalReads<'_>,
     scenario: &Scenario,
 ) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let store = reads.store;
     let mut tenants = scenario.workload.tenants.clone();
     if tenants.is_empty() {
         tenants.push(proctor::core::DEFAULT_TENANT.to_string());
@@ -1052,8 +1056,10 @@ fn keyed_executions(
         loop {
             let page = now(store.list_executions(&query)).expect("store readable");
             for summary in &page {
-                let execution = now(store.load(&summary.id)).expect("store readable");
-                match execution.and_then(|e| e.idempotency_key) {
+                match reads
+                    .load(&summary.id)
+                    .and_then(|e| e.idempotency_key.clone())
+                {
                     Some(key) => keyed.entry(key).or_default().push(summary.id.clone()),
                     None if summary.definition == scenario.process.name => {
                         unkeyed.push(summary.id.clone())
@@ -1070,6 +1076,23 @@ fn keyed_executions(
         }
     }
     (keyed, unkeyed)
+}
+
+/// The durable store after the run, each execution read from it once (the outcome's
+/// listings, children and histories all ask for the same ones).
+struct FinalReads<'a> {
+    store: &'a SqliteStore,
+    loaded: BTreeMap<String, Option<Execution>>,
+}
+
+impl FinalReads<'_> {
+    fn load(&mut self, id: &str) -> Option<&Execution> {
+        if !self.loaded.contains_key(id) {
+            let execution = now(self.store.load(id)).expect("store readable");
+            self.loaded.insert(id.to_string(), execution);
+        }
+        self.loaded[id].as_ref()
+    }
 }
 
 /// Most active executions one coverage observation inspects.

@@ -75,7 +75,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     )
     .context("parsing the engine's results")?;
 
-    let (release_runs, test_runs) = if quick { (20, 5) } else { (1_000, 100) };
+    let (release_runs, test_runs) = if quick { (20, 5) } else { (500, 100) };
     for (profile, runs) in [("release", release_runs), ("test", test_runs)] {
         run(
             Command::new(&cargo).args([

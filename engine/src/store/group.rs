@@ -18,6 +18,7 @@
 //! another write, so it holds at most one write per execution task and caller.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -43,6 +44,20 @@ pub(super) struct Group<W> {
     queue: Mutex<Queue<W>>,
     write_batch: Box<BatchWriter<W>>,
     committer: Committer,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// How many writes the group has written, in how many transactions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub writes: u64,
+    pub transactions: u64,
 }
 
 struct Queue<W> {
@@ -60,7 +75,15 @@ impl<W: Send + 'static> Group<W> {
             }),
             write_batch,
             committer,
+            stats: Counters::default(),
         })
+    }
+
+    pub(super) fn stats(&self) -> CommitStats {
+        CommitStats {
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+        }
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue<W>> {
@@ -125,6 +148,11 @@ impl<W: Send + 'static> Armed<W> {
             };
             let (writes, replies): (Vec<W>, Vec<_>) = batch.into_iter().unzip();
             let results = (self.0.write_batch)(&writes);
+            let stats = &self.0.stats;
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(writes.len() as u64, Ordering::Relaxed);
             assert_eq!(results.len(), replies.len(), "one result per write");
             for (reply, result) in replies.into_iter().zip(results) {
                 // A writer that stopped waiting does not want its answer.

@@ -18,7 +18,7 @@ use crate::definition::ProcessDef;
 use crate::event::EventRecord;
 use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
-pub use group::{Committer, MAX_BATCH_WRITES};
+pub use group::{CommitStats, Committer, MAX_BATCH_WRITES};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// `Clone`: one failed group commit fails every write it held, each with the same error.

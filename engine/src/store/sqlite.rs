@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::group::{Committer, Group};
+use super::group::{CommitStats, Committer, Group};
 use super::{
     ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
     FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
@@ -294,6 +294,7 @@ impl SqliteStore {
         let mut store = SqliteStore::init(conn, synchronous, options.committer)?;
         if !options.exclusive {
             let reader = connect()?;
+            stable_plans(&reader)?;
             reader
                 .pragma_update(None, "query_only", "ON")
                 .map_err(backend)?;
@@ -319,6 +320,7 @@ impl SqliteStore {
         synchronous: Synchronous,
         committer: Committer,
     ) -> Result<SqliteStore, Error> {
+        stable_plans(&conn)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -377,6 +379,11 @@ impl SqliteStore {
         self.group.write(prepared).await
     }
 
+    /// Transitions written so far, and the transactions that held them.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.group.stats()
+    }
+
     /// The connection for writes other than transitions.
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         lock(&self.writer)
@@ -386,6 +393,18 @@ impl SqliteStore {
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         lock(self.reader.as_ref().unwrap_or(&self.writer))
     }
+}
+
+/// Plans stop depending on bound values (SQLite's query planner stability guarantee): without
+/// it, a statement with a bound `LIMIT` is prepared again each time it is bound, so the
+/// statement cache does not help the listing the API serves on every poll.
+fn stable_plans(conn: &Connection) -> Result<(), Error> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(|_| ())
+    .map_err(backend)
 }
 
 fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -868,13 +887,14 @@ impl Storage for SqliteStore {
             Option<String>,
         );
         let row: Option<Row> = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
                         next_seq, breakpoint, origin_id, origin_seq, detail, tenant,
                         idempotency_key
                  FROM executions WHERE id = ?1",
-                [id],
-                |r| {
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([id], |r| {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
@@ -891,9 +911,9 @@ impl Storage for SqliteStore {
                         r.get(12)?,
                         r.get(13)?,
                     ))
-                },
-            )
-            .optional()
+                })
+                .optional()
+            })
             .map_err(backend)?;
         let Some((
             definition,
@@ -1593,6 +1613,89 @@ mod tests {
         assert_eq!(events, expected);
         assert_eq!(store.list_active().await.unwrap(), vec!["e1".to_string()]);
         assert!(store.load("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn transitions_queued_together_share_one_transaction_and_all_land() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut executions: Vec<Execution> =
+            (0..50).map(|i| execution(&format!("e{i:02}"))).collect();
+        for exec in &executions {
+            store.create(exec).await.unwrap();
+        }
+        let before = store.commit_stats();
+        let mut rng = seeded(7);
+        let mut writers = Vec::new();
+        for exec in &mut executions {
+            let t = exec.apply(Input::Start, 2_000, &mut *rng);
+            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+            let (store, exec) = (store.clone(), exec.clone());
+            writers.push(tokio::spawn(async move {
+                store.commit(&exec, &dirty, &t.events, &t.checkpoints).await
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let after = store.commit_stats();
+        assert_eq!(after.writes - before.writes, 50);
+        assert_eq!(
+            after.transactions - before.transactions,
+            1,
+            "50 writers queued before the committer ran: one transaction"
+        );
+        for exec in &executions {
+            let loaded = store.load(&exec.id).await.unwrap().unwrap();
+            assert_eq!(loaded.status, ExecutionStatus::Running);
+            assert_eq!(
+                store.events(&exec.id).await.unwrap().len(),
+                exec.next_seq as usize - 1
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_create_fails_alone_in_its_transaction() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store.create(&execution("taken")).await.unwrap();
+        let before = store.commit_stats();
+        let (taken, fresh) = (execution("taken"), execution("fresh"));
+        let (again, fresh) = tokio::join!(store.create(&taken), store.create(&fresh));
+        assert_eq!(store.commit_stats().transactions - before.transactions, 1);
+        assert!(matches!(again, Err(Error::Duplicate(id)) if id == "taken"));
+        fresh.unwrap();
+        assert!(store.load("fresh").await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_blocking_pool_concurrent_transitions_all_land_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("group.db")).unwrap();
+        let writers: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut exec = execution(&format!("e{i:03}"));
+                    store.create(&exec).await?;
+                    let t = exec.apply(Input::Start, 2_000, &mut *seeded(i));
+                    let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+                    store.commit(&exec, &dirty, &t.events, &t.checkpoints).await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let stats = store.commit_stats();
+        assert_eq!(stats.writes, 400);
+        assert!(stats.transactions <= stats.writes);
+        let reopened = SqliteStore::open(&dir.path().join("group.db")).unwrap();
+        let active = reopened.list_active().await.unwrap();
+        assert_eq!(active.len(), 200);
+        for id in active {
+            let loaded = reopened.load(&id).await.unwrap().unwrap();
+            assert_eq!(loaded.status, ExecutionStatus::Running);
+        }
     }
 
     #[tokio::test]
