@@ -15,7 +15,7 @@
 //! - `proctor-sim speed SCENARIO [--runs N] [--first-seed S]`: runs seeds S..S+N one after
 //!   another in this process, on this thread, and prints one JSON line: runs/s, simulated
 //!   seconds per wall second, failures and memory (RSS before, after, its peak, and its growth
-//!   per run over the last nine tenths of the runs: a long sweep must not grow) and the hash
+//!   per run over the second half of the runs: a long sweep must not grow) and the hash
 //!   of the runs' trace hashes (the same seeds give the same one). Wall time
 //!   comes from the production clock (`SystemClock`), the one real-time source.
 //!
@@ -219,9 +219,9 @@ fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
     // Each run's trace hash, in seed order: hashed together, the sweep's fingerprint (the same
     // seeds must give the same one in any process).
     let mut hashes = proctor_sim::trace::Trace::default();
-    // VmRSS after each run, from run N/10 on (the first runs warm up allocators and caches).
+    // VmRSS after each run of the second half (the first runs warm up allocators and caches).
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let warm_up = runs / 10;
+    let warm_up = runs / 2;
     for i in 0..runs {
         let outcome = proctor_sim::run(&scenario, first_seed.wrapping_add(i));
         simulated_ms += outcome.elapsed_ms;

@@ -23,7 +23,9 @@ use crate::schedule::ScheduleState;
 /// `control_requests.signal`, `executions.tenant`, tables `definitions`, `current_definitions`, `schedules` and
 /// `schedule_fires` (created by `SCHEMA`).
 /// 3: `executions.idempotency_key`, unique per tenant.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: an execution's definition and input, which never change, move to `execution_inputs`, so
+/// the row every transition rewrites stays small (a 10-step definition is 2 KB of JSON).
+const SCHEMA_VERSION: i64 = 4;
 
 /// From each older version to the next; applied in order inside one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -34,6 +36,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
      ALTER TABLE executions ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';",
     ),
     (2, "ALTER TABLE executions ADD COLUMN idempotency_key TEXT;"),
+    (
+        3,
+        "CREATE TABLE execution_inputs (
+         execution_id TEXT PRIMARY KEY REFERENCES executions (id),
+         definition   TEXT NOT NULL,
+         input        TEXT NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO execution_inputs (execution_id, definition, input)
+         SELECT id, definition, input FROM executions;
+     ALTER TABLE executions DROP COLUMN definition;
+     ALTER TABLE executions DROP COLUMN input;",
+    ),
 ];
 
 const SCHEMA: &str = "
@@ -41,8 +55,6 @@ CREATE TABLE IF NOT EXISTS executions (
     id              TEXT PRIMARY KEY,
     process_name    TEXT NOT NULL,
     process_version INTEGER NOT NULL,
-    definition      TEXT NOT NULL,
-    input           TEXT NOT NULL,
     status          TEXT NOT NULL,
     output          TEXT,
     error           TEXT,
@@ -60,6 +72,11 @@ CREATE INDEX IF NOT EXISTS executions_by_tenant ON executions (tenant, created_a
 CREATE UNIQUE INDEX IF NOT EXISTS executions_by_key ON executions (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_by_origin ON executions (origin_id);
+CREATE TABLE IF NOT EXISTS execution_inputs (
+    execution_id TEXT PRIMARY KEY REFERENCES executions (id),
+    definition   TEXT NOT NULL,
+    input        TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     execution_id TEXT NOT NULL REFERENCES executions (id),
     seq          INTEGER NOT NULL,
@@ -241,8 +258,9 @@ pub struct SqliteOptions {
     /// Other processes cannot open the file meanwhile; a VFS without shared memory needs it.
     /// Reads then share the writing connection.
     pub exclusive: bool,
-    /// Where group commits run: tokio's blocking pool (the default), or a task on the
-    /// caller's runtime (the simulator, whose runs must not depend on OS threads).
+    /// Where group commits run: a task whose worker hands its other tasks over while it writes
+    /// (the default), tokio's blocking pool, or a plain task on the caller's runtime (the
+    /// simulator, whose runs must not depend on OS threads).
     pub committer: Committer,
 }
 
@@ -252,7 +270,7 @@ impl Default for SqliteOptions {
             vfs: None,
             synchronous: Synchronous::Full,
             exclusive: false,
-            committer: Committer::BlockingPool,
+            committer: Committer::Worker,
         }
     }
 }
@@ -635,19 +653,16 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
     if updated == 0 {
         let new = &w.new_row;
         tx.prepare_cached(
-            "INSERT INTO executions (id, process_name, process_version, definition, input,
+            "INSERT INTO executions (id, process_name, process_version,
                  status, output, error, created_at_ms, updated_at_ms, next_seq, breakpoint,
                  origin_id, origin_seq, detail, tenant, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .and_then(|mut insert| {
             insert.execute(params![
                 w.id,
                 new.process.name,
                 new.process.version,
-                to_json(&*new.process),
-                to_json(&new.input),
                 w.status,
                 w.output,
                 w.error,
@@ -661,6 +676,13 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
                 w.tenant,
                 w.idempotency_key,
             ])
+        })
+        .map_err(backend)?;
+        tx.prepare_cached(
+            "INSERT INTO execution_inputs (execution_id, definition, input) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut insert| {
+            insert.execute(params![w.id, to_json(&*new.process), to_json(&new.input)])
         })
         .map_err(backend)?;
     }
@@ -888,10 +910,11 @@ impl Storage for SqliteStore {
         );
         let row: Option<Row> = conn
             .prepare_cached(
-                "SELECT definition, input, status, output, error, created_at_ms, updated_at_ms,
-                        next_seq, breakpoint, origin_id, origin_seq, detail, tenant,
-                        idempotency_key
-                 FROM executions WHERE id = ?1",
+                "SELECT i.definition, i.input, e.status, e.output, e.error, e.created_at_ms,
+                        e.updated_at_ms, e.next_seq, e.breakpoint, e.origin_id, e.origin_seq,
+                        e.detail, e.tenant, e.idempotency_key
+                 FROM executions e JOIN execution_inputs i ON i.execution_id = e.id
+                 WHERE e.id = ?1",
             )
             .and_then(|mut stmt| {
                 stmt.query_row([id], |r| {
@@ -1168,7 +1191,7 @@ impl Storage for SqliteStore {
         if dry_run {
             return Ok(matched);
         }
-        for table in ["checkpoints", "events", "steps"] {
+        for table in ["checkpoints", "events", "steps", "execution_inputs"] {
             let mut delete = tx
                 .prepare_cached(&format!("DELETE FROM {table} WHERE execution_id = ?1"))
                 .map_err(backend)?;
@@ -1668,9 +1691,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_the_blocking_pool_concurrent_transitions_all_land_in_a_file() {
+    async fn on_a_multi_thread_runtime_concurrent_transitions_all_land_in_a_file() {
+        for committer in [Committer::Worker, Committer::BlockingPool] {
+            concurrent_transitions_land(committer).await;
+        }
+    }
+
+    async fn concurrent_transitions_land(committer: Committer) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("group.db")).unwrap();
+        let options = SqliteOptions {
+            committer,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(&dir.path().join("group.db"), &options).unwrap();
         let writers: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
@@ -1830,16 +1863,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("race.db");
         let store = SqliteStore::open(&path).unwrap();
-        store
-            .writer()
-            .execute_batch(
-                "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
-                 ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
-                 ALTER TABLE control_requests DROP COLUMN signal;
-                 DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
+        to_version_1(&store);
         drop(store);
         // Both "processes" saw version 1; the first upgrades.
         let mut first = Connection::open(&path).unwrap();
@@ -1850,6 +1874,27 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// Turns the file back into what version 1 wrote: definition and input in the executions
+    /// row, no `detail`, `tenant`, `signal` or `idempotency_key` columns.
+    fn to_version_1(store: &SqliteStore) {
+        store
+            .writer()
+            .execute_batch(
+                "ALTER TABLE executions ADD COLUMN definition TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE executions ADD COLUMN input TEXT NOT NULL DEFAULT '';
+                 UPDATE executions SET
+                     definition = (SELECT definition FROM execution_inputs WHERE execution_id = id),
+                     input = (SELECT input FROM execution_inputs WHERE execution_id = id);
+                 DROP TABLE execution_inputs;
+                 DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
+                 ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
+                 ALTER TABLE control_requests DROP COLUMN signal;
+                 DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1864,17 +1909,7 @@ mod tests {
             .commit(&exec, &[0], &t.events, &t.checkpoints)
             .await
             .unwrap();
-        // Turn the file back into what version 1 wrote: no `detail` columns.
-        store
-            .writer()
-            .execute_batch(
-                "DROP INDEX executions_by_key; ALTER TABLE executions DROP COLUMN idempotency_key;
-                 ALTER TABLE executions DROP COLUMN detail; ALTER TABLE steps DROP COLUMN detail;
-                 ALTER TABLE control_requests DROP COLUMN signal;
-                 DROP INDEX executions_by_tenant; ALTER TABLE executions DROP COLUMN tenant;
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
+        to_version_1(&store);
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.load("old").await.unwrap().unwrap(), exec);
