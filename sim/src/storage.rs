@@ -196,6 +196,27 @@ impl FaultyStore {
         }
     }
 
+    /// `write` (not started yet) with this store's faults around it: an I/O error instead of
+    /// it, or a fault after it landed (an ambiguous commit, a crash point).
+    async fn faulty(
+        &self,
+        execution: &Execution,
+        events: &[EventRecord],
+        created: bool,
+        write: impl std::future::Future<Output = Result<(), Error>> + Send,
+    ) -> Result<(), Error> {
+        let fault = self.before_write().await;
+        if fault == Some(StorageFault::IoError) {
+            return Err(Self::spoiled(StorageFault::IoError));
+        }
+        write.await?;
+        self.after_write(execution, events, created).await;
+        match fault {
+            Some(kind) => Err(Self::spoiled(kind)),
+            None => Ok(()),
+        }
+    }
+
     fn spoiled(kind: StorageFault) -> Error {
         Error::Backend(format!("injected storage fault: {}", kind.name()))
     }
@@ -210,31 +231,13 @@ impl Storage for FaultyStore {
         events: &[EventRecord],
         checkpoints: &[Checkpoint],
     ) -> Result<(), Error> {
-        let fault = self.before_write().await;
-        if fault == Some(StorageFault::IoError) {
-            return Err(Self::spoiled(StorageFault::IoError));
-        }
-        self.inner
-            .commit(execution, steps, events, checkpoints)
-            .await?;
-        self.after_write(execution, events, false).await;
-        match fault {
-            Some(kind) => Err(Self::spoiled(kind)),
-            None => Ok(()),
-        }
+        let write = self.inner.commit(execution, steps, events, checkpoints);
+        self.faulty(execution, events, false, write).await
     }
 
     async fn create(&self, execution: &Execution) -> Result<(), Error> {
-        let fault = self.before_write().await;
-        if fault == Some(StorageFault::IoError) {
-            return Err(Self::spoiled(StorageFault::IoError));
-        }
-        self.inner.create(execution).await?;
-        self.after_write(execution, &[], true).await;
-        match fault {
-            Some(kind) => Err(Self::spoiled(kind)),
-            None => Ok(()),
-        }
+        let write = self.inner.create(execution);
+        self.faulty(execution, &[], true, write).await
     }
 
     async fn create_started(
@@ -243,18 +246,8 @@ impl Storage for FaultyStore {
         events: &[EventRecord],
         checkpoints: &[Checkpoint],
     ) -> Result<(), Error> {
-        let fault = self.before_write().await;
-        if fault == Some(StorageFault::IoError) {
-            return Err(Self::spoiled(StorageFault::IoError));
-        }
-        self.inner
-            .create_started(execution, events, checkpoints)
-            .await?;
-        self.after_write(execution, events, true).await;
-        match fault {
-            Some(kind) => Err(Self::spoiled(kind)),
-            None => Ok(()),
-        }
+        let write = self.inner.create_started(execution, events, checkpoints);
+        self.faulty(execution, events, true, write).await
     }
 
     async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
