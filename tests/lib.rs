@@ -653,9 +653,10 @@ fn json_column(text: Option<String>) -> Option<Value> {
 
 pub fn execution_row(conn: &rusqlite::Connection, id: &str) -> ExecutionRow {
     conn.query_row(
-        "SELECT process_name, process_version, input, status, output, error, created_at_ms,
-                updated_at_ms, next_seq
-         FROM executions WHERE id = ?1",
+        "SELECT e.process_name, e.process_version, i.input, e.status, e.output, e.error,
+                e.created_at_ms, e.updated_at_ms, e.next_seq
+         FROM executions e JOIN execution_inputs i ON i.execution_id = e.id
+         WHERE e.id = ?1",
         [id],
         |r| {
             Ok(ExecutionRow {

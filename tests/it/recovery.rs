@@ -719,7 +719,7 @@ async fn test_recovery_continues_on_error() {
     let changed = t
         .sql()
         .execute(
-            "UPDATE executions SET definition = '{not json' WHERE id = ?1",
+            "UPDATE execution_inputs SET definition = '{not json' WHERE execution_id = ?1",
             [&broken],
         )
         .unwrap();
