@@ -263,17 +263,20 @@ fn engine_on(net: Arc<dyn Network>, store: SqliteStore, agent: &str, seed: u64) 
     .expect("engine")
 }
 
+/// A store with the production settings but `synchronous`, and the committer
+/// `PROCTOR_BENCH_COMMITTER` names (`pool`, `task`; the production one otherwise).
 fn open(dir: &Path, name: &str, synchronous: Synchronous) -> SqliteStore {
+    let defaults = SqliteOptions::default();
     SqliteStore::open_with(
         &dir.join(name),
         &SqliteOptions {
             synchronous,
             committer: match std::env::var("PROCTOR_BENCH_COMMITTER").as_deref() {
+                Ok("pool") => proctor::store::Committer::BlockingPool,
                 Ok("task") => proctor::store::Committer::Task,
-                Ok("worker") => proctor::store::Committer::Worker,
-                _ => proctor::store::Committer::BlockingPool,
+                _ => defaults.committer,
             },
-            ..SqliteOptions::default()
+            ..defaults
         },
     )
     .expect("open the store")
@@ -560,14 +563,7 @@ async fn recovery(dir: &Path, n: usize) -> Vec<Row> {
     let process = chain(3);
     let path = dir.join("recovery.db");
     {
-        let store = SqliteStore::open_with(
-            &path,
-            &SqliteOptions {
-                synchronous: Synchronous::Off,
-                ..SqliteOptions::default()
-            },
-        )
-        .expect("open");
+        let store = open(dir, "recovery.db", Synchronous::Off);
         let mut rng = seeded(1);
         let now = SystemClock.now_ms();
         for i in 0..n {

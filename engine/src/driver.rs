@@ -381,7 +381,10 @@ impl Engine {
 
     /// Persists a new pending execution and returns its id. Nothing runs until [`Engine::start`].
     pub async fn create(&self, process: Arc<ProcessDef>, input: Value) -> Result<String, Error> {
-        self.create_until(process, input, None).await
+        let id = self.new_execution_id(self.inner.clock.now_ms());
+        self.create_stored(id.clone(), process, input, Creation::default())
+            .await?;
+        Ok(id)
     }
 
     /// Creates and starts an execution that pauses once `breakpoint` completes (an
@@ -406,23 +409,6 @@ impl Engine {
             ..Creation::default()
         };
         self.submit_new(process, input, creation).await
-    }
-
-    async fn create_until(
-        &self,
-        process: Arc<ProcessDef>,
-        input: Value,
-        breakpoint: Option<String>,
-    ) -> Result<String, Error> {
-        let now = self.inner.clock.now_ms();
-        let id = self.new_execution_id(now);
-        let creation = Creation {
-            breakpoint,
-            ..Creation::default()
-        };
-        self.create_stored(id.clone(), process, input, creation)
-            .await?;
-        Ok(id)
     }
 
     /// Creates and starts an execution with one commit: its row is written together with its

@@ -150,24 +150,14 @@ impl AgentClient {
         let attempt = async {
             if let Some(mut kept) = self.take_idle(addr) {
                 match self.exchange(&mut kept, addr, body.clone(), progress).await {
-                    Exchanged::Reusable(result) => {
-                        self.put_idle(addr, kept);
-                        return result;
-                    }
-                    Exchanged::Spent(result) => return result,
                     // Sent again below, on a fresh connection.
                     Exchanged::Dead(_) => {}
+                    ended => return self.settle(addr, kept, ended),
                 }
             }
             let mut fresh = self.connect(addr).await?;
-            match self.exchange(&mut fresh, addr, body, progress).await {
-                Exchanged::Reusable(result) => {
-                    self.put_idle(addr, fresh);
-                    result
-                }
-                Exchanged::Spent(result) => result,
-                Exchanged::Dead(e) => Err(e),
-            }
+            let ended = self.exchange(&mut fresh, addr, body, progress).await;
+            self.settle(addr, fresh, ended)
         };
         match tokio::time::timeout(Duration::from_millis(timeout_ms), attempt).await {
             Err(_) => Err(StepError::new(
@@ -175,6 +165,18 @@ impl AgentClient {
                 format!("no response from {addr} within {timeout_ms}ms"),
             )),
             Ok(result) => result,
+        }
+    }
+
+    /// The call's result; `conn` goes back to the pool if the exchange left it reusable.
+    fn settle(&self, addr: &str, conn: Connection, ended: Exchanged) -> Result<Value, StepError> {
+        match ended {
+            Exchanged::Reusable(result) => {
+                self.put_idle(addr, conn);
+                result
+            }
+            Exchanged::Spent(result) => result,
+            Exchanged::Dead(e) => Err(e),
         }
     }
 

@@ -125,19 +125,13 @@ impl<W: Send + 'static> Group<W> {
             (Committer::BlockingPool, Ok(runtime)) => {
                 runtime.spawn_blocking(move || group.drain());
             }
-            (Committer::Task, Ok(runtime)) => {
+            (task @ (Committer::Task | Committer::Worker), Ok(runtime)) => {
+                let in_place = task == Committer::Worker
+                    && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
                 runtime.spawn(async move {
                     // Writers that are ready to run get to queue theirs first.
                     tokio::task::yield_now().await;
-                    group.drain();
-                });
-            }
-            (Committer::Worker, Ok(runtime)) => {
-                let multi_thread =
-                    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
-                runtime.spawn(async move {
-                    tokio::task::yield_now().await;
-                    if multi_thread {
+                    if in_place {
                         tokio::task::block_in_place(|| group.drain());
                     } else {
                         group.drain();

@@ -312,12 +312,9 @@ impl SqliteStore {
         let mut store = SqliteStore::init(conn, synchronous, options.committer)?;
         if !options.exclusive {
             let reader = connect()?;
-            stable_plans(&reader)?;
+            configure(&reader)?;
             reader
                 .pragma_update(None, "query_only", "ON")
-                .map_err(backend)?;
-            reader
-                .busy_timeout(std::time::Duration::from_secs(5))
                 .map_err(backend)?;
             store.reader = Some(Arc::new(Mutex::new(reader)));
         }
@@ -338,12 +335,10 @@ impl SqliteStore {
         synchronous: Synchronous,
         committer: Committer,
     ) -> Result<SqliteStore, Error> {
-        stable_plans(&conn)?;
+        configure(&conn)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -413,16 +408,18 @@ impl SqliteStore {
     }
 }
 
-/// Plans stop depending on bound values (SQLite's query planner stability guarantee): without
-/// it, a statement with a bound `LIMIT` is prepared again each time it is bound, so the
-/// statement cache does not help the listing the API serves on every poll.
-fn stable_plans(conn: &Connection) -> Result<(), Error> {
+/// What every connection of the store sets: a wait for another process's lock, and plans that
+/// do not depend on bound values (SQLite's query planner stability guarantee: without it, a
+/// statement with a bound `LIMIT` is prepared again each time it is bound, so the statement
+/// cache does not help the listing the API serves on every poll).
+fn configure(conn: &Connection) -> Result<(), Error> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )
-    .map(|_| ())
-    .map_err(backend)
+    .map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)
 }
 
 fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
