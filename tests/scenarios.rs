@@ -11,6 +11,9 @@
 //!
 //! `SEED=N cargo test --test scenarios` runs only seed N of every scenario.
 //!
+//! The `timeline::*` trials (tests/timeline.rs) draw a run's timeline page and load it in
+//! headless Chromium.
+//!
 //! The `harness::*` trials test the checkers themselves, with the scenario files in
 //! tests/harness/ (never ordinary trials: those come from scenarios/*.yaml only). Each plants a
 //! deliberate engine bug (`proctor::planted`, compiled in only because this crate's
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+mod timeline;
 use proctor::planted::{self, Bug};
 use proctor_sim::{Scenario, Summary};
 
@@ -87,6 +92,10 @@ fn child(spec: &str) -> ! {
     }
     let outcome = proctor_sim::run(&scenario, seed);
     let summary = Summary::of(&outcome);
+    if let Ok(page) = std::env::var(timeline::TIMELINE_ENV) {
+        let html = proctor_sim::timeline::Timeline::of(&outcome, &summary.repro).html();
+        std::fs::write(&page, html).unwrap_or_else(|e| panic!("writing {page}: {e}"));
+    }
     println!(
         "{}",
         serde_json::to_string(&summary).expect("a summary serialises")
@@ -115,7 +124,10 @@ fn in_child(
         Some(bug) => command.env(PLANT_ENV, bug.name()),
         None => command.env_remove(PLANT_ENV),
     };
-    command.env_remove(SYNC_ENV).env_remove(SHRINK_ENV);
+    command
+        .env_remove(SYNC_ENV)
+        .env_remove(SHRINK_ENV)
+        .env_remove(timeline::TIMELINE_ENV);
     command.envs(env.iter().copied());
     let out = command.output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -128,6 +140,13 @@ fn in_child(
         .into());
     }
     Ok(stdout.lines().last().unwrap_or_default().to_string())
+}
+
+/// A scenario file from tests/harness/.
+fn harness_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("harness")
+        .join(name)
 }
 
 /// The first seed's summary must match `snapshots/<scenario>.snap`: a behaviour change shows
@@ -464,9 +483,7 @@ mod harness {
     }
 
     fn file(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("harness")
-            .join(name)
+        harness_file(name)
     }
 
     /// A file from tests/harness/. Its trials run the file's seeds, `0..seeds`, whatever `SEED`
@@ -593,5 +610,6 @@ fn main() {
         })
         .collect();
     trials.extend(harness::trials());
+    trials.extend(timeline::trials());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -204,6 +204,7 @@ async fn submit_all(
         let client = clients.of(tenant);
         let key = key_of(scenario, n);
         let input = &scenario.workload.input;
+        let sent_ms = crate::runner::sim_elapsed_ms();
         let started = until_answered("starting", || client.start(name, input, Some(&key)))
             .await
             .map_err(|e| refused(&format!("start {key}"), e))?;
@@ -212,6 +213,8 @@ async fn submit_all(
             id: started.execution.id.clone(),
             created: started.created,
             tenant: tenant.cloned(),
+            sent_ms,
+            answered_ms: crate::runner::sim_elapsed_ms(),
         });
         if scenario.workload.spacing_ms > 0 {
             tokio::time::sleep(Duration::from_millis(scenario.workload.spacing_ms)).await;

@@ -13,6 +13,8 @@
 //! - [`shrink`]: a failing run's fault schedule written out and reduced (delta debugging) to a
 //!   minimal one that fails the same way.
 //! - [`summary`]: a run's outcome in brief (JSON for sweeps, snapshots for tests).
+//! - [`timeline`]: a run drawn as a self-contained HTML page (hosts, calls, faults, steps,
+//!   violated invariants), for `repro --html`.
 //! - [`trace`]: the run's trace (one line per event, simulated time first) and its hash.
 //! - [`checker`]: the invariants, one module each.
 
@@ -26,6 +28,7 @@ pub mod scenario;
 pub mod shrink;
 pub mod storage;
 pub mod summary;
+pub mod timeline;
 pub mod trace;
 pub mod vfs;
 

@@ -1,7 +1,8 @@
 //! `proctor-sim`: runs one simulated run in this (fresh) process.
 //!
-//! - `proctor-sim repro SCENARIO --seed N [--trace] [--plant BUG]`: the outcome for a human
-//!   (and the trace); `cargo xtask repro` calls it.
+//! - `proctor-sim repro SCENARIO --seed N [--trace] [--plant BUG] [--html OUT.html]`: the
+//!   outcome for a human (and the trace, and the run's timeline as one HTML page:
+//!   `proctor_sim::timeline`); `cargo xtask repro` calls it.
 //! - `proctor-sim run SCENARIO --seed N [--plant BUG]`: the outcome as one JSON line (a
 //!   [`Summary`]); `cargo xtask chaos` and `cargo xtask mutants` call it, one process per run.
 //! - `proctor-sim bugs`: the names of the deliberate engine bugs (`proctor::planted::Bug`), one
@@ -57,6 +58,10 @@ enum Command {
         /// Plant this deliberate engine bug (needs the `planted-bugs` feature).
         #[arg(long, value_name = "BUG")]
         plant: Option<String>,
+        /// Also write the run's timeline to this file: one self-contained HTML page (hosts,
+        /// agent calls, faults, step states, the violated invariants at their instants).
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
     /// Runs one run and prints its summary as JSON.
     Run {
@@ -291,18 +296,19 @@ fn plant(name: Option<&str>) -> Result<Option<Bug>, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (name, seed, trace, json, planted) = match cli.command {
+    let (name, seed, trace, json, planted, html) = match cli.command {
         Command::Repro {
             scenario,
             seed,
             trace,
             plant,
-        } => (scenario, seed, trace, false, plant),
+            html,
+        } => (scenario, seed, trace, false, plant, html),
         Command::Run {
             scenario,
             seed,
             plant,
-        } => (scenario, seed, false, true, plant),
+        } => (scenario, seed, false, true, plant, None),
         Command::Bugs => {
             for bug in Bug::ALL {
                 println!("{}", bug.name());
@@ -350,6 +356,14 @@ fn main() -> ExitCode {
     if let Some(bug) = bug {
         summary.repro = format!("{} --plant {}", summary.repro, bug.name());
     }
+    if let Some(path) = &html {
+        let page = proctor_sim::timeline::Timeline::of(&outcome, &summary.repro).html();
+        if let Err(e) = std::fs::write(path, page) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("timeline: {}", path.display());
+    }
     if json {
         println!(
             "{}",
@@ -372,6 +386,9 @@ fn main() -> ExitCode {
                 println!("{v}");
             }
             println!("replay: {}", summary.repro);
+            if html.is_none() {
+                println!("see it: {} --html target/timeline.html", summary.repro);
+            }
         }
     }
     if summary.passed {

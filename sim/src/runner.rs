@@ -116,10 +116,88 @@ pub struct Outcome {
     pub window_end_ms: u64,
     /// When the engine host came back after each crash.
     pub engine_restarts_ms: Vec<u64>,
+    /// Every fault as it began, ended or struck, in simulated time: what the timeline draws.
+    pub fault_log: Vec<FaultEntry>,
     pub elapsed_ms: u64,
     /// A host's error, or the liveness bound passing with executions still active.
     pub sim_error: Option<String>,
     pub violations: Vec<Violation>,
+}
+
+/// One fault in the run's log: the start or end of a fault that lasts (a crash until its
+/// restart, a cut link until it heals, a full disk), or one that strikes once.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FaultEntry {
+    /// Simulated ms since the run began.
+    pub at_ms: u64,
+    /// What lasts or strikes: `crash`, `partition`, `hold`, `latency`, `loss`, `disk_full`,
+    /// `duplicate`, `clock_jump`, a disk fault's or a storage fault's name.
+    pub kind: String,
+    pub phase: FaultPhase,
+    /// The hosts it touches (both ends of a link).
+    pub hosts: Vec<String>,
+    /// As the trace says it.
+    pub label: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultPhase {
+    Begins,
+    Ends,
+    Strikes,
+}
+
+impl Action {
+    /// How the fault log records this action: `None` for bookkeeping that is no fault.
+    fn fault_entry(&self, at_ms: u64) -> Option<FaultEntry> {
+        let engine = || vec![ENGINE_HOST.to_string()];
+        let (kind, phase, hosts) = match self {
+            Action::Crash { host, .. } => {
+                ("crash".to_string(), FaultPhase::Begins, vec![host.clone()])
+            }
+            Action::Restart(host) => ("crash".to_string(), FaultPhase::Ends, vec![host.clone()]),
+            Action::Cut(link, a, b) => (
+                link_kind(link).to_string(),
+                FaultPhase::Begins,
+                vec![a.clone(), b.clone()],
+            ),
+            Action::Heal(link, a, b) => (
+                link_kind(link).to_string(),
+                FaultPhase::Ends,
+                vec![a.clone(), b.clone()],
+            ),
+            Action::Storage(kind, _) => (kind.name().to_string(), FaultPhase::Strikes, engine()),
+            Action::ClockJump(_) => ("clock_jump".to_string(), FaultPhase::Strikes, engine()),
+            Action::Disk(kind, _) => (kind.name().to_string(), FaultPhase::Strikes, engine()),
+            Action::DiskFull(full) => (
+                "disk_full".to_string(),
+                if *full {
+                    FaultPhase::Begins
+                } else {
+                    FaultPhase::Ends
+                },
+                engine(),
+            ),
+            Action::ArmCut(..) => return None,
+            Action::Duplicate(host, rate) => (
+                "duplicate".to_string(),
+                if *rate > 0.0 {
+                    FaultPhase::Begins
+                } else {
+                    FaultPhase::Ends
+                },
+                vec![ENGINE_HOST.to_string(), host.clone()],
+            ),
+        };
+        Some(FaultEntry {
+            at_ms,
+            kind,
+            phase,
+            hosts,
+            label: String::new(),
+        })
+    }
 }
 
 impl Outcome {
@@ -161,6 +239,9 @@ pub struct StartAck {
     /// The answer said this request created it (`false`: the key had, earlier).
     pub created: bool,
     pub tenant: Option<String>,
+    /// Simulated ms since the run began: the first try, and the answer (after any retries).
+    pub sent_ms: u64,
+    pub answered_ms: u64,
 }
 
 /// State that outlives host crashes.
@@ -457,9 +538,18 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             let agent_seed = seed ^ ((index as u64 + 1) << 48) ^ (life << 24);
             async move {
                 let addr = format!("0.0.0.0:{AGENT_PORT}");
-                let _agent =
-                    example::start_seeded(&SimNetwork, &addr, &name, behaviour, ledger, agent_seed)
-                        .await?;
+                // Agents read simulated time with no offset: the engine's clock jumps are its own.
+                let clock: Arc<dyn proctor::clock::Clock> = Arc::new(SimClock::default());
+                let _agent = example::start_timed(
+                    &SimNetwork,
+                    &addr,
+                    &name,
+                    behaviour,
+                    ledger,
+                    agent_seed,
+                    Some(clock),
+                )
+                .await?;
                 std::future::pending::<()>().await;
                 Ok(())
             }
@@ -570,6 +660,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         plan.io_error_rate > 0.0 || plan.ambiguous_rate > 0.0 || plan.disk_error_rate > 0.0;
     let mut storage_chaos_on = storage_chaos;
     let mut engine_restarts_ms = Vec::new();
+    let mut fault_log: Vec<FaultEntry> = Vec::new();
     let sim_error = loop {
         let now_ms = sim.elapsed().as_millis() as u64;
         if storage_chaos_on && now_ms >= window_ms {
@@ -609,6 +700,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             );
         }
         while let Some(action) = schedule.due(now_ms) {
+            let entry = action.fault_entry(now_ms);
             let line = match action {
                 Action::Crash {
                     host,
@@ -764,6 +856,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     format!("storage {} x{commits}", kind.name())
                 }
             };
+            if let Some(mut entry) = entry.filter(|_| !line.ends_with("skipped: already down")) {
+                if !line.ends_with("skipped: already up") {
+                    entry.label = line.clone();
+                    fault_log.push(entry);
+                }
+            }
             shared.trace(format!("{now_ms:>8} FAULT {line}"));
         }
         match sim.step() {
@@ -799,9 +897,18 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         let faults = shared.faults.lock().expect("faults lock");
         (faults.writes, faults.injected.clone())
     };
-    for kind in storage_faults {
+    for (at_ms, kind) in storage_faults {
         count(kind.name());
+        fault_log.push(FaultEntry {
+            at_ms,
+            kind: kind.name().to_string(),
+            phase: FaultPhase::Strikes,
+            hosts: vec![ENGINE_HOST.to_string()],
+            label: format!("storage {} on a write", kind.name()),
+        });
     }
+    // Stable: entries of one instant keep the order they happened in.
+    fault_log.sort_by_key(|entry| entry.at_ms);
     // What the power cuts did to unsynced writes, and the disk operations that failed with EIO
     // (scripted or chaos), counted per write or operation.
     let duplicated = shared
@@ -902,12 +1009,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     let ledgers = ledgers
         .into_iter()
         .map(|(name, l)| {
-            let l = l.lock().unwrap_or_else(|p| p.into_inner());
-            let copy = Ledger {
-                requests: l.requests.clone(),
-                attempts: l.attempts.clone(),
-                effects: l.effects.clone(),
-            };
+            let copy = l.lock().unwrap_or_else(|p| p.into_inner()).clone();
             (name, copy)
         })
         .collect();
@@ -942,6 +1044,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
             .collect(),
         window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
         engine_restarts_ms,
+        fault_log,
         coverage,
         clock_offsets,
         event_sim_ms: std::mem::take(&mut *shared.event_sim_ms.lock().expect("event time lock")),
@@ -979,6 +1082,16 @@ fn align_task_ids() {
         if id.is_multiple_of(TASK_ID_ALIGN) {
             break;
         }
+    }
+}
+
+/// A link fault's kind, the same at its start and its end.
+fn link_kind(link: &Link) -> &'static str {
+    match link {
+        Link::Partition => "partition",
+        Link::Hold => "hold",
+        Link::Latency(_) => "latency",
+        Link::Loss(_) => "loss",
     }
 }
 
@@ -1374,7 +1487,7 @@ async fn run_purge(engine: Engine, shared: Arc<Shared>, purge: crate::scenario::
 }
 
 /// The client's sequence number at the end of an id: short, and unique within a run.
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     id.rsplit('-').next().unwrap_or(id)
 }
 

@@ -55,8 +55,8 @@ pub struct Faults {
     /// Set when a point crash fired: the fault index. The runner crashes the engine host and
     /// clears it; until then every write waits forever.
     pub dying: Option<usize>,
-    /// Storage faults injected, by kind.
-    pub injected: Vec<StorageFault>,
+    /// Storage faults injected: when (simulated ms since the run began) and which.
+    pub injected: Vec<(u64, StorageFault)>,
     rng: ChaCha8Rng,
 }
 
@@ -149,7 +149,9 @@ impl FaultyStore {
                 } else {
                     let fault = faults.next_storage_fault();
                     if let Some(kind) = fault {
-                        faults.injected.push(kind);
+                        faults
+                            .injected
+                            .push((crate::runner::sim_elapsed_ms(), kind));
                     }
                     Some(fault)
                 }
@@ -427,7 +429,7 @@ mod tests {
         assert_eq!(faults.writes, 3);
         assert_eq!(
             faults.injected,
-            vec![StorageFault::IoError, StorageFault::Ambiguous]
+            vec![(0, StorageFault::IoError), (0, StorageFault::Ambiguous)]
         );
     }
 

@@ -9,10 +9,11 @@
 //!   10,000 executions and its memory, simulator speed and memory over a long sweep, each with
 //!   its ratio and target. `--quick` is a smoke run of the harness.
 //!
-//! - `repro SCENARIO --seed N [--trace] [--plant BUG]`: replays one simulated run and prints its
-//!   outcome (and trace), in a fresh process so the seed replays exactly; with `--plant`, with
-//!   that deliberate engine bug planted (the simulator is then built with its test-only
-//!   `planted-bugs` feature).
+//! - `repro SCENARIO --seed N [--trace] [--plant BUG] [--html OUT.html]`: replays one simulated
+//!   run and prints its outcome (and trace), in a fresh process so the seed replays exactly;
+//!   with `--plant`, with that deliberate engine bug planted (the simulator is then built with
+//!   its test-only `planted-bugs` feature); with `--html`, also writes the run's timeline (one
+//!   self-contained page: `proctor_sim::timeline`).
 //!
 //! - `chaos [--scenario NAME] [--seeds N] [--start S] [--jobs J] [--shard K/M] [--json FILE]`:
 //!   runs every scenario (or one) for seeds S..S+N-1 (default 0..100), each run its own release

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AgentRequest;
+use crate::clock::Clock;
 use crate::network::{Listener, Network};
 
 /// Largest request body the example agent reads.
@@ -143,7 +144,7 @@ impl Rolls {
 }
 
 /// What the agent has seen; shared with whoever started it.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ledger {
     /// Every request, in arrival order.
     pub requests: Vec<AgentRequest>,
@@ -151,6 +152,23 @@ pub struct Ledger {
     pub attempts: BTreeMap<String, u32>,
     /// Effects applied per idempotency key: never above 1.
     pub effects: BTreeMap<String, u32>,
+    /// When each request arrived and was answered, for an agent started with a clock
+    /// ([`start_timed`]): the simulator's timeline draws calls from them. In the order the
+    /// agent decided them (after any delay); a request it hangs on has no answer.
+    pub calls: Vec<CallTiming>,
+}
+
+/// One request's arrival and answer, on the agent's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallTiming {
+    pub execution_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub received_ms: u64,
+    /// `None` for a request the agent hangs on.
+    pub answered_ms: Option<u64>,
+    /// `ok`, `error` or `hang`.
+    pub answer: &'static str,
 }
 
 /// A running example agent. Dropping it stops the server.
@@ -210,6 +228,20 @@ pub async fn start_seeded(
     ledger: Arc<Mutex<Ledger>>,
     seed: u64,
 ) -> std::io::Result<RunningAgent> {
+    start_timed(net, addr, name, behaviour, ledger, seed, None).await
+}
+
+/// As [`start_seeded`], stamping each request's arrival and answer with `clock` into
+/// [`Ledger::calls`]. Reading the clock changes nothing the agent does.
+pub async fn start_timed(
+    net: &dyn Network,
+    addr: &str,
+    name: &str,
+    behaviour: Behaviour,
+    ledger: Arc<Mutex<Ledger>>,
+    seed: u64,
+    clock: Option<Arc<dyn Clock>>,
+) -> std::io::Result<RunningAgent> {
     behaviour.check().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -222,6 +254,7 @@ pub async fn start_seeded(
         name: name.to_string(),
         behaviour,
         rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
+        clock,
     });
     let task = tokio::spawn(serve(listener, agent, ledger.clone()));
     Ok(RunningAgent {
@@ -236,6 +269,13 @@ struct Agent {
     name: String,
     behaviour: Behaviour,
     rng: Arc<Mutex<ChaCha8Rng>>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl Agent {
+    fn now_ms(&self) -> Option<u64> {
+        self.clock.as_ref().map(|c| c.now_ms())
+    }
 }
 
 async fn serve(mut listener: Box<dyn Listener>, agent: Arc<Agent>, ledger: Arc<Mutex<Ledger>>) {
@@ -332,18 +372,20 @@ async fn handle(
             ))
         }
     };
+    let received_ms = agent.now_ms();
     let rolls = Rolls::draw(
         behaviour,
         &mut agent.rng.lock().unwrap_or_else(|p| p.into_inner()),
     );
     if behaviour.progress {
-        return Ok(stream_answer(agent, ledger, request, rolls));
+        return Ok(stream_answer(agent, ledger, request, rolls, received_ms));
     }
     let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
-    match decide(behaviour, &rolls, &ledger, &request) {
+    let stamp = received_ms.zip(agent.now_ms());
+    match decide(behaviour, &rolls, &ledger, &request, stamp) {
         // Recorded above, so the simulator sees the attempt; only the caller's timeout ends it.
         Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
         Outcome::Fail(attempts) => {
@@ -395,6 +437,7 @@ fn stream_answer(
     ledger: Arc<Mutex<Ledger>>,
     request: AgentRequest,
     rolls: Rolls,
+    received_ms: Option<u64>,
 ) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::spawn(async move {
@@ -418,7 +461,8 @@ fn stream_answer(
         if delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
-        let last = match decide(&agent.behaviour, &rolls, &ledger, &request) {
+        let stamp = received_ms.zip(agent.now_ms());
+        let last = match decide(&agent.behaviour, &rolls, &ledger, &request, stamp) {
             Outcome::Hang => {
                 // Silent until the caller gives up (dropping the receiver ends this task).
                 tx.closed().await;
@@ -455,14 +499,41 @@ fn stream_answer(
 }
 
 /// Records the attempt in the ledger and decides what it gets (applying the effect, once per
-/// key, when it is answered).
+/// key, when it is answered). `stamp`: when the request arrived and now, for an agent with a
+/// clock.
 fn decide(
     behaviour: &Behaviour,
     rolls: &Rolls,
     ledger: &Mutex<Ledger>,
     request: &AgentRequest,
+    stamp: Option<(u64, u64)>,
 ) -> Outcome {
     let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let outcome = decide_locked(behaviour, rolls, &mut ledger, request);
+    if let Some((received_ms, now_ms)) = stamp {
+        let (answered_ms, answer) = match outcome {
+            Outcome::Hang => (None, "hang"),
+            Outcome::Fail(_) => (Some(now_ms), "error"),
+            Outcome::Answer => (Some(now_ms), "ok"),
+        };
+        ledger.calls.push(CallTiming {
+            execution_id: request.execution_id.clone(),
+            step_id: request.step_id.clone(),
+            attempt: request.attempt,
+            received_ms,
+            answered_ms,
+            answer,
+        });
+    }
+    outcome
+}
+
+fn decide_locked(
+    behaviour: &Behaviour,
+    rolls: &Rolls,
+    ledger: &mut Ledger,
+    request: &AgentRequest,
+) -> Outcome {
     ledger.requests.push(request.clone());
     let attempts = {
         let n = ledger
