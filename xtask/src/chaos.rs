@@ -520,21 +520,51 @@ fn sweep(sim: &Path, root: &Path, names: &[String], runs: &[(usize, u64)], jobs:
         let result = run_one(sim, root, &names[scenario], seed, None);
         (began.elapsed(), result)
     };
+    let progress = progress_bar(runs.len() as u64);
     in_parallel(runs, jobs, work, |i, (took, result)| {
         let (scenario, seed) = runs[i];
         report.add(scenario, seed, took, result);
+        progress.inc(1);
+        progress.set_message(format!("{} failed", report.failures.len()));
         let stats = &report.scenarios[scenario].1;
         if stats.runs == per_scenario[scenario] {
-            eprintln!(
+            let line = format!(
                 "chaos: {}: {} seed(s), {} failed ({} failure(s) so far)",
                 names[scenario],
                 stats.runs,
                 stats.failures,
                 report.failures.len()
             );
+            // A hidden bar (stderr is a file or a pipe, as in CI) prints nothing.
+            if progress.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                progress.println(line);
+            }
         }
     });
+    progress.finish_and_clear();
     report
+}
+
+/// A bar on stderr for a sweep of `runs`: done and left, runs/s, time left, failures so far
+/// (the message). Drawn only on a terminal.
+pub(crate) fn progress_bar(runs: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(runs);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} runs, {rate}, {eta} left, {msg}",
+    )
+    .expect("the template is valid")
+    .with_key(
+        "rate",
+        |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.1} runs/s", state.per_sec());
+        },
+    )
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message("0 failed");
+    bar
 }
 
 /// One run in its own process, with `plant` planted (a binary built with the `planted-bugs`
@@ -932,6 +962,16 @@ pub(crate) mod tests {
             8,
         );
         assert_eq!(last.unwrap().last_seed(), u64::MAX);
+    }
+
+    #[test]
+    fn the_progress_bar_counts_runs_and_failures() {
+        // Its template parses (a bad one panics here, not an hour into a sweep).
+        let bar = progress_bar(3);
+        bar.inc(2);
+        bar.set_message("1 failed");
+        assert_eq!((bar.position(), bar.length()), (2, Some(3)));
+        assert_eq!(bar.message(), "1 failed");
     }
 
     #[test]
