@@ -159,7 +159,10 @@ impl Graph {
                     let id = format!("{}{COMPENSATE_SUFFIX}", step.id);
                     nodes.push(Node {
                         id: id.clone(),
-                        lines: vec![format!("undo {}", step.id), format!("agent: {}", undo.agent)],
+                        lines: vec![
+                            format!("undo {}", step.id),
+                            format!("agent: {}", undo.agent),
+                        ],
                         shape: Shape::Compensation,
                     });
                     edges.push(Edge {
@@ -296,7 +299,10 @@ fn detail(kind: &StepKind) -> Vec<String> {
     let (what, on_error) = match kind {
         StepKind::AgentTask(t) => (format!("agent: {}", t.agent), t.on_error),
         StepKind::Gateway(g) => (
-            format!("{} route(s)", g.routes.len() + usize::from(!g.default.is_empty())),
+            format!(
+                "{} route(s)",
+                g.routes.len() + usize::from(!g.default.is_empty())
+            ),
             OnError::Fail,
         ),
         StepKind::Timer(t) => (
@@ -496,7 +502,9 @@ steps:
                 ("f", "s", None),
             ]
         );
-        assert!(g.dot().contains("  \"g\" -> \"t\" [label=\"input.x > 1\"];"));
+        assert!(g
+            .dot()
+            .contains("  \"g\" -> \"t\" [label=\"input.x > 1\"];"));
         assert!(g.mermaid().contains("  n1 -->|\"input.x #62; 1\"| n2"));
         assert!(g.mermaid().contains("  n1 -->|\"default\"| n3"));
     }
@@ -525,7 +533,10 @@ steps:
 "#,
         );
         let dot = g.dot();
-        assert!(dot.starts_with("digraph \"say \\\"hi\\\" v1\" {\n"), "{dot}");
+        assert!(
+            dot.starts_with("digraph \"say \\\"hi\\\" v1\" {\n"),
+            "{dot}"
+        );
         assert!(
             dot.contains(r#"[label="input.s == \"a\\b\" || input.t == \"<b>#1%%\""]"#),
             "{dot}"
@@ -540,7 +551,10 @@ steps:
         );
         assert!(mermaid.contains("agent: ec#34;ho\""), "{mermaid}");
         // Nothing user-written leaves a quoted string: every quote in the output is ours.
-        for line in mermaid.lines().filter(|l| !l.trim_start().starts_with("%%")) {
+        for line in mermaid
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("%%"))
+        {
             assert_eq!(line.matches('"').count() % 2, 0, "{line}");
         }
     }
@@ -577,7 +591,8 @@ steps:
 
     #[test]
     fn an_edge_to_a_missing_step_still_renders() {
-        let g = graph("name: p\nsteps:\n  - {id: a, type: agent_task, agent: e, depends_on: [nope]}\n");
+        let g =
+            graph("name: p\nsteps:\n  - {id: a, type: agent_task, agent: e, depends_on: [nope]}\n");
         assert!(g.dot().contains("\"nope\" -> \"a\";"));
         assert!(g.mermaid().contains("%% unknown step in edge nope -> a"));
     }
