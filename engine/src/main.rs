@@ -1,5 +1,7 @@
 //! The `proctor` command: validate definitions, run an execution against agents, serve the
-//! example agent.
+//! API and the example agent; the operator's read-only commands are in `operator.rs`.
+
+mod operator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +22,12 @@ use proctor::store::{ControlAction, ControlRequest, SignalRequest, SqliteStore, 
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 
 #[derive(Parser)]
-#[command(name = "proctor", version, about = "A durable process engine")]
+#[command(
+    name = "proctor",
+    version,
+    about = "A durable process engine",
+    after_help = operator::TOP_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,12 +68,19 @@ enum Command {
         #[arg(long, default_value = "proctor.db")]
         db: PathBuf,
     },
+    /// List executions, newest first: status, progress, when created and last changed.
+    List(operator::ListArgs),
+    /// Show one execution: its state, then each step's status, attempts, timing and error.
+    Show(operator::ShowArgs),
+    /// Print an execution's events (its history and audit log), oldest first.
+    History(operator::HistoryArgs),
+    /// Print an execution's events, then follow new ones until it ends.
+    Tail(operator::TailArgs),
     /// Show each time an execution was resumed, recovered or reset.
-    History {
-        id: String,
-        #[arg(long, default_value = "proctor.db")]
-        db: PathBuf,
-    },
+    Lineage(operator::LineageArgs),
+    /// Draw a definition's graph (Graphviz DOT or Mermaid) after validating it.
+    #[command(visible_alias = "graph")]
+    Dot(operator::DotArgs),
     /// Reset an execution to a checkpoint: a new execution starts from that state and runs.
     Reset {
         id: String,
@@ -215,6 +229,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
+        // The reader went away (`proctor history ID | head`): nothing left to say to it.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -222,34 +238,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { file, agents } => {
-            let names = match agents {
-                Some(path) => Some(
-                    AgentRegistry::load(&path)
-                        .map_err(anyhow::Error::msg)?
-                        .names(),
-                ),
-                None => None,
-            };
-            match definition::load(&file, names.as_deref()) {
-                Ok(def) => {
-                    println!(
-                        "{}: ok ({} v{}, {} steps)",
-                        file.display(),
-                        def.name,
-                        def.version,
-                        def.steps.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(diagnostics) => {
-                    eprintln!("{diagnostics}");
-                    Ok(ExitCode::from(1))
-                }
+        Command::Validate { file, agents } => match load_definition(&file, agents.as_deref())? {
+            Ok(def) => {
+                println!(
+                    "{}: ok ({} v{}, {} steps)",
+                    file.display(),
+                    def.name,
+                    def.version,
+                    def.steps.len()
+                );
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            Err(diagnostics) => {
+                eprintln!("{diagnostics}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Run {
             definition,
             input,
@@ -275,17 +289,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { id, db } => {
-            let store = open_existing(&db)?;
-            let history = proctor::driver::history(&store, &id).await?;
-            if history.is_empty() {
-                println!("execution {id} was never resumed, recovered or reset");
-            }
-            for entry in history {
-                println!("{}", serde_json::to_string(&entry)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::List(args) => operator::list(args).await,
+        Command::Show(args) => operator::show(args).await,
+        Command::History(args) => operator::history(args).await,
+        Command::Tail(args) => operator::tail(args).await,
+        Command::Lineage(args) => operator::lineage(args).await,
+        Command::Dot(args) => operator::dot(args),
         Command::Reset {
             id,
             agents,
@@ -660,6 +669,24 @@ async fn control(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads, parses and validates a definition file, checking agent names against `agents`
+/// when given. The outer error is an unreadable agents file; the inner, the definition's
+/// problems, each naming the file and step.
+fn load_definition(
+    file: &Path,
+    agents: Option<&Path>,
+) -> anyhow::Result<Result<definition::ProcessDef, definition::Diagnostics>> {
+    let names = match agents {
+        Some(path) => Some(
+            AgentRegistry::load(path)
+                .map_err(anyhow::Error::msg)?
+                .names(),
+        ),
+        None => None,
+    };
+    Ok(definition::load(file, names.as_deref()))
+}
+
 fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
     if !db.exists() {
         bail!("no database at {}", db.display());
@@ -768,8 +795,19 @@ async fn recover(engine: &Engine, config: RecoveryConfig) -> anyhow::Result<proc
 
 /// One line per event: sequence, time since start, type, step, details.
 fn event_line(e: &EventRecord, started_ms: u64) -> String {
-    let elapsed = e.at_ms.saturating_sub(started_ms);
-    let details = match &e.event {
+    format!(
+        "{:>3} {:>6}ms {:<19} {:<10} {}",
+        e.seq,
+        e.at_ms.saturating_sub(started_ms),
+        e.event.kind(),
+        e.event.step().unwrap_or("-"),
+        event_detail(&e.event)
+    )
+}
+
+/// What an event says beyond its kind and step, in a few words (outputs and payloads whole).
+fn event_detail(event: &DomainEvent) -> String {
+    match event {
         DomainEvent::ExecutionStarted { process, version } => format!("{process} v{version}"),
         DomainEvent::ExecutionForked {
             from,
@@ -842,13 +880,5 @@ fn event_line(e: &EventRecord, started_ms: u64) -> String {
             signal_id,
             payload,
         } => format!("{name} ({signal_id}): {payload}"),
-    };
-    format!(
-        "{:>3} {:>6}ms {:<19} {:<10} {}",
-        e.seq,
-        elapsed,
-        e.event.kind(),
-        e.event.step().unwrap_or("-"),
-        details
-    )
+    }
 }

@@ -5,6 +5,7 @@
 //! asserts these properties rather than re-checking them.
 
 mod duration;
+pub mod graph;
 pub mod validate;
 
 use std::path::Path;
