@@ -128,7 +128,7 @@ impl TestEngine {
             self.agents.clone(),
             self.dir.clone(),
             now_ms,
-            self.config,
+            self.config.clone(),
         )
     }
 
@@ -148,7 +148,7 @@ impl TestEngine {
             Arc::new(running),
             self.dir.clone(),
             now_ms,
-            self.config,
+            self.config.clone(),
         )
     }
 
@@ -171,7 +171,7 @@ impl TestEngine {
                 rng: proctor::rng::seeded(SEED),
             },
             registry,
-            config,
+            config.clone(),
         )
         .expect("build engine");
         let captured = engine.bus().capture();

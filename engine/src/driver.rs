@@ -198,9 +198,12 @@ pub struct Ports {
     pub rng: Rng,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
     pub client: ClientLimits,
+    /// Values for `${secrets.NAME}` in `http` steps' headers, filled in only as a request is
+    /// sent (never stored).
+    pub secrets: crate::secrets::Secrets,
     /// Keep only this many newest checkpoints per execution (all when `None`).
     pub keep_checkpoints: Option<usize>,
 }
@@ -249,6 +252,7 @@ struct Inner {
     /// Agent name to `host:port`.
     agents: BTreeMap<String, String>,
     client: AgentClient,
+    http: crate::http_call::HttpCaller,
     bus: EventBus,
     /// Inboxes of executions with a live task.
     live: Mutex<BTreeMap<String, mpsc::Sender<Envelope>>>,
@@ -355,7 +359,8 @@ impl Engine {
                 store: ports.store,
                 rng: Mutex::new(ports.rng),
                 agents: addresses,
-                client: AgentClient::new(ports.net, config.client),
+                client: AgentClient::new(ports.net.clone(), config.client),
+                http: crate::http_call::HttpCaller::new(ports.net, config.client, config.secrets),
                 bus: EventBus::new(),
                 live: Mutex::new(BTreeMap::new()),
                 last_recovery: Mutex::new(None),
@@ -1539,6 +1544,34 @@ impl Inner {
                         .await;
                 });
                 ((call.step, call.lane), task.abort_handle())
+            }
+            Command::CallHttp(call) => {
+                let http = self.http.clone();
+                let step = call.step;
+                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
+                let task = tokio::spawn(async move {
+                    let Some(counted) = counted else {
+                        // Shutting down: the request stays dispatched in storage, and recovery
+                        // sends it at the next start.
+                        return std::future::pending::<()>().await;
+                    };
+                    let result = http.send(&call).await;
+                    let input = Input::AgentReturned {
+                        step: call.step,
+                        lane: Lane::Main,
+                        attempt: call.attempt,
+                        result,
+                    };
+                    let _ = tx
+                        .send(Envelope {
+                            input,
+                            ack: None,
+                            hold: Some(counted),
+                        })
+                        .await;
+                });
+                ((step, Lane::Main), task.abort_handle())
             }
             Command::Wake {
                 step,

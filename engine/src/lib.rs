@@ -16,6 +16,7 @@ pub mod definition;
 pub mod driver;
 pub mod event;
 pub mod expr;
+pub mod http_call;
 pub mod name;
 pub mod network;
 pub mod planted;
@@ -23,6 +24,7 @@ pub mod recovery;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod tenant;
 

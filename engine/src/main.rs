@@ -208,6 +208,19 @@ enum Command {
     },
 }
 
+/// The engine's settings from the environment: `PROCTOR_SECRET_<NAME>` variables are the
+/// secrets `http` steps' headers may name.
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        // `vars()` would panic on a variable that is not UTF-8; such a one is no secret of ours.
+        secrets: proctor::secrets::Secrets::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        ),
+        ..EngineConfig::default()
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -510,7 +523,7 @@ async fn serve(
             rng: proctor::rng::seeded(seed.unwrap_or_else(wall_clock_seed)),
         },
         &registry,
-        EngineConfig::default(),
+        engine_config(),
     )?;
     let api = proctor::api::Api::new(engine.clone(), auth);
     match recover(&engine, RecoveryConfig::default()).await {
@@ -601,7 +614,7 @@ async fn open_engine(
             rng: proctor::rng::seeded(seed),
         },
         &registry,
-        EngineConfig::default(),
+        engine_config(),
     )?;
     let started_ms = clock.now_ms();
     engine

@@ -5,6 +5,7 @@ mod checkpoints;
 mod events;
 mod examples;
 mod gateway;
+mod http;
 mod lifecycle;
 mod output;
 mod parallel;

@@ -6,6 +6,11 @@
 //! a given status and error type, or respond after a fixed or random delay.
 //! The README's demo, `proctor agent`, the integration tests and the simulator use it.
 //!
+//! It is also a plain HTTP service for `http` steps: any method on `/echo...` answers
+//! `{agent, method, path, query, idempotency_key, body}` (the body parsed when it is JSON),
+//! with the same misbehaviours, keyed by the request's `Idempotency-Key` header (a request
+//! without one is answered and not recorded).
+//!
 //! Random behaviours draw from a ChaCha8 generator seeded by whoever starts the agent
 //! ([`start_seeded`]), so a simulated run stays reproducible from its seed. Each request draws
 //! once its body has parsed, in a fixed order (hang, fail, latency), and only for the
@@ -342,11 +347,14 @@ async fn handle(
             }),
         ));
     }
+    if req.uri().path().starts_with("/echo") {
+        return Ok(echo(req, agent, ledger).await);
+    }
     if req.method() != hyper::Method::POST || req.uri().path() != "/run" {
         return Ok(error_reply(
             StatusCode::NOT_FOUND,
             "not_found",
-            "this agent serves POST /run and GET /ledger",
+            "this agent serves POST /run, GET /ledger and /echo",
         ));
     }
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
@@ -397,6 +405,98 @@ async fn handle(
             Ok(error_reply(status, &error_type, &message))
         }
         Outcome::Answer => Ok(reply(StatusCode::OK, output(&agent, &request))),
+    }
+}
+
+/// A plain HTTP request to `/echo...`: answered with what it carried, after the agent's
+/// behaviour (delays, failures, hangs) for its `Idempotency-Key`.
+async fn echo(
+    req: Request<Incoming>,
+    agent: Arc<Agent>,
+    ledger: Arc<Mutex<Ledger>>,
+) -> Response<Body> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let body = if body.is_empty() {
+        Value::Null
+    } else if is_json {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("not JSON: {e}"),
+                )
+            }
+        }
+    } else {
+        Value::String(String::from_utf8_lossy(&body).into_owned())
+    };
+    let answer = json!({
+        "agent": agent.name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "idempotency_key": key,
+        "body": body,
+    });
+    let Some(key) = key else {
+        return reply(StatusCode::OK, answer);
+    };
+    // The engine's key is `<execution>:<step>`: the ledger files the request under both.
+    let (execution_id, step_id) = key
+        .rsplit_once(':')
+        .map_or((String::new(), key.clone()), |(e, s)| {
+            (e.to_string(), s.to_string())
+        });
+    let request = AgentRequest {
+        execution_id,
+        step_id,
+        attempt: 0,
+        idempotency_key: key,
+        input: json!({"method": answer["method"], "path": answer["path"], "body": answer["body"]}),
+    };
+    let received_ms = agent.now_ms();
+    let behaviour = &agent.behaviour;
+    let rolls = Rolls::draw(
+        behaviour,
+        &mut agent.rng.lock().unwrap_or_else(|p| p.into_inner()),
+    );
+    let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    let stamp = received_ms.zip(agent.now_ms());
+    match decide(behaviour, &rolls, &ledger, &request, stamp) {
+        Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
+        Outcome::Fail(attempts) => {
+            let status = behaviour
+                .fail_status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let (error_type, message) = failure(&agent, &request, attempts);
+            error_reply(status, &error_type, &message)
+        }
+        Outcome::Answer => reply(StatusCode::OK, answer),
     }
 }
 

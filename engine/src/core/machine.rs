@@ -160,10 +160,27 @@ pub struct AgentCall {
     pub timeout_ms: u64,
 }
 
+/// One plain HTTP request to send, for an `http` step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCall {
+    pub step: usize,
+    pub step_id: String,
+    pub attempt: u32,
+    /// Execution and step: sent as the `Idempotency-Key` header of every attempt.
+    pub idempotency_key: String,
+    /// The rendered request, `{method, url, headers, body}`, as stored in the step's input:
+    /// secret references in headers are still references (the driver fills them in).
+    pub request: Value,
+    pub timeout_ms: u64,
+    pub success: Vec<crate::definition::StatusMatch>,
+}
+
 /// Side effects the driver performs after the transition is durable.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     CallAgent(AgentCall),
+    /// Send an `http` step's request; its result comes back as [`Input::AgentReturned`].
+    CallHttp(HttpCall),
     /// Deliver [`Input::Wake`] at `at_ms` (Clock time), or at once if that has passed.
     Wake {
         step: usize,
@@ -403,7 +420,7 @@ impl Execution {
                 if !self.is_current(step, attempt, StepStatus::Running)
                     || !matches!(
                         self.process.steps[step].kind,
-                        StepKind::AgentTask(_) | StepKind::Subprocess(_)
+                        StepKind::AgentTask(_) | StepKind::Subprocess(_) | StepKind::Http(_)
                     )
                 {
                     return cx.tx;
@@ -600,7 +617,10 @@ impl Execution {
             RecoveryAction::MarkFailed
         } else if self.process.steps.iter().zip(&self.steps).any(|(d, s)| {
             (s.status == StepStatus::Running
-                && matches!(d.kind, StepKind::AgentTask(_) | StepKind::Subprocess(_)))
+                && matches!(
+                    d.kind,
+                    StepKind::AgentTask(_) | StepKind::Subprocess(_) | StepKind::Http(_)
+                ))
                 || s.detail.compensation.as_ref().map(|c| c.status) == Some(CallStatus::Running)
                 || s.detail
                     .items
@@ -630,7 +650,7 @@ impl Execution {
             let st = &self.steps[step];
             let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
             match (status, &self.process.steps[step].kind) {
-                (StepStatus::Running, StepKind::AgentTask(_)) if calls => {
+                (StepStatus::Running, StepKind::AgentTask(_) | StepKind::Http(_)) if calls => {
                     if crate::planted::planted(Bug::NoRedispatchOnRecovery) {
                         // Planted bug (test-only, see `planted`): the call is forgotten.
                         continue;
@@ -676,10 +696,7 @@ impl Execution {
                     });
                 }
                 (StepStatus::Retrying, kind) if self.status == ExecutionStatus::Running => {
-                    let longest = match kind {
-                        StepKind::AgentTask(task) => Some(max_retry_delay_ms(&task.retry)),
-                        _ => None,
-                    };
+                    let longest = kind.call_retry().map(max_retry_delay_ms);
                     cx.tx.commands.push(Command::Wake {
                         step,
                         lane: Lane::Main,
@@ -987,7 +1004,18 @@ impl Execution {
     fn start_step(&mut self, cx: &mut Ctx<'_>, step: usize) {
         let def = self.process.steps[step].clone();
         match &def.kind {
-            StepKind::AgentTask(_) => self.start_attempt(cx, step, 1),
+            StepKind::AgentTask(_) | StepKind::Http(_) => self.start_attempt(cx, step, 1),
+            StepKind::Transform(transform) => {
+                // No I/O: the output is computed here, and the step ends in this transition.
+                self.mark_started(cx, step, 1, None);
+                match expr::render(&transform.output, &self.scope()) {
+                    Ok(output) => self.complete_step(cx, step, output),
+                    Err(e) => {
+                        let error = StepError::new(ErrorKind::Expression, e.to_string());
+                        self.attempt_failed(cx, step, error);
+                    }
+                }
+            }
             StepKind::Subprocess(sub) => {
                 self.mark_started(cx, step, 1, None);
                 let input = match &sub.input {
@@ -1122,8 +1150,8 @@ impl Execution {
     /// Starts attempt `attempt` of an agent task (input rendered afresh).
     fn start_attempt(&mut self, cx: &mut Ctx<'_>, step: usize, attempt: u32) {
         assert!(
-            matches!(self.process.steps[step].kind, StepKind::AgentTask(_)),
-            "only agent tasks have attempts"
+            self.process.steps[step].kind.call_retry().is_some(),
+            "only steps that call out have attempts"
         );
         self.mark_started(cx, step, attempt, None);
         if self.steps[step].input.is_none() {
@@ -1139,31 +1167,77 @@ impl Execution {
     /// every retry and every re-dispatch after a restart sends the stored result, so one
     /// idempotency key never carries two different inputs.
     fn render_input(&self, step: usize) -> Result<Value, StepError> {
-        let StepKind::AgentTask(task) = &self.process.steps[step].kind else {
-            unreachable!("only agent tasks have inputs")
-        };
-        match &task.input {
-            None => Ok(json!({})),
-            Some(template) => expr::render(template, &self.scope())
-                .map_err(|e| StepError::new(ErrorKind::Expression, e.to_string())),
+        let expression = |e: expr::Error| StepError::new(ErrorKind::Expression, e.to_string());
+        match &self.process.steps[step].kind {
+            StepKind::AgentTask(task) => match &task.input {
+                None => Ok(json!({})),
+                Some(template) => expr::render(template, &self.scope()).map_err(expression),
+            },
+            StepKind::Http(http) => {
+                let scope = self.scope();
+                let text = |template: &str, field: &str| -> Result<String, StepError> {
+                    match expr::render(&Value::String(template.to_string()), &scope)
+                        .map_err(expression)?
+                    {
+                        Value::String(s) => Ok(s),
+                        Value::Null => Ok(String::new()),
+                        other if !other.is_object() && !other.is_array() => Ok(other.to_string()),
+                        other => Err(StepError::new(
+                            ErrorKind::Expression,
+                            format!("{field}: {template:?} gave {other}, not text"),
+                        )),
+                    }
+                };
+                let mut headers = serde_json::Map::new();
+                for (name, value) in &http.headers {
+                    // Secret references are not templates: they pass through unfilled.
+                    headers.insert(
+                        name.to_ascii_lowercase(),
+                        Value::String(text(value, &format!("headers.{name}"))?),
+                    );
+                }
+                let body = match &http.body {
+                    None => Value::Null,
+                    Some(template) => expr::render(template, &scope).map_err(expression)?,
+                };
+                Ok(json!({
+                    "method": http.method.to_ascii_uppercase(),
+                    "url": text(&http.url, "url")?,
+                    "headers": headers,
+                    "body": body,
+                }))
+            }
+            _ => unreachable!("only agent tasks and http steps have inputs"),
         }
     }
 
     /// The agent call for `attempt` of `step`, with the step's stored input.
     fn call_command(&self, step: usize, attempt: u32) -> Command {
         let def = &self.process.steps[step];
-        let StepKind::AgentTask(task) = &def.kind else {
-            unreachable!("only agent tasks call agents")
-        };
         let input = self.steps[step]
             .input
             .clone()
-            .expect("an agent task's input is rendered before its first call");
+            .expect("a step's input is rendered before its first call");
         let mut idempotency_key = format!("{}:{}", self.id, def.id);
         if crate::planted::planted(Bug::RetryWithFreshKey) && attempt > 1 {
             // Planted bug (test-only, see `planted`): each retry is keyed as a new call.
             idempotency_key = format!("{idempotency_key}:{attempt}");
         }
+        let task = match &def.kind {
+            StepKind::AgentTask(task) => task,
+            StepKind::Http(http) => {
+                return Command::CallHttp(HttpCall {
+                    step,
+                    step_id: def.id.clone(),
+                    attempt,
+                    idempotency_key,
+                    request: input,
+                    timeout_ms: http.timeout.as_millis(),
+                    success: http.success.clone(),
+                })
+            }
+            _ => unreachable!("only agent tasks and http steps call out"),
+        };
         Command::CallAgent(AgentCall {
             step,
             lane: Lane::Main,
@@ -1225,8 +1299,8 @@ impl Execution {
         let attempt = self.steps[step].attempt;
         self.steps[step].last_error = Some(error.clone());
         cx.tx.dirty_steps.insert(step);
-        if let StepKind::AgentTask(task) = &def.kind {
-            if let Some((delay_ms, at_ms)) = backoff(&task.retry, attempt, &error, cx) {
+        if let Some(retry) = def.kind.call_retry() {
+            if let Some((delay_ms, at_ms)) = backoff(retry, attempt, &error, cx) {
                 self.set_step_status(cx, step, StepStatus::Retrying);
                 self.steps[step].wake_at_ms = Some(at_ms);
                 self.emit(
@@ -1982,6 +2056,8 @@ fn def_on_error(kind: &StepKind) -> OnError {
         StepKind::AgentTask(task) => task.on_error,
         StepKind::Foreach(each) => each.on_error,
         StepKind::Subprocess(sub) => sub.on_error,
+        StepKind::Http(http) => http.on_error,
+        StepKind::Transform(transform) => transform.on_error,
         StepKind::Gateway(_) | StepKind::Timer(_) | StepKind::WaitSignal(_) => OnError::Fail,
     }
 }

@@ -13,7 +13,7 @@ mod state;
 
 pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
 pub use machine::{
-    AgentCall, Command, Execution, Input, Lane, Progress, RecoveryAction, Transition,
+    AgentCall, Command, Execution, HttpCall, Input, Lane, Progress, RecoveryAction, Transition,
     DEFAULT_TENANT, MAX_SIGNALS_PER_EXECUTION,
 };
 pub use retry::retry_delay_ms;

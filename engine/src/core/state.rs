@@ -173,6 +173,9 @@ pub enum ErrorKind {
     Limit,
     /// A sub-process's child execution failed or was cancelled, or could not be created.
     Child,
+    /// An `http` step's request could not be made as written (a bad URL, an unknown secret),
+    /// or the service refused it with a status no retry changes (4xx other than 408 and 429).
+    Request,
 }
 
 impl ErrorKind {

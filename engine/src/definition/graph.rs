@@ -30,6 +30,10 @@ pub enum Shape {
     Foreach,
     WaitSignal,
     Subprocess,
+    /// An `http` step: a request out of the engine.
+    Http,
+    /// A `transform` step: data reshaped, no I/O.
+    Transform,
     /// A step's compensating action (its undo call), drawn dashed beside the step.
     Compensation,
 }
@@ -43,6 +47,8 @@ impl Shape {
             StepKind::Foreach(_) => Shape::Foreach,
             StepKind::WaitSignal(_) => Shape::WaitSignal,
             StepKind::Subprocess(_) => Shape::Subprocess,
+            StepKind::Http(_) => Shape::Http,
+            StepKind::Transform(_) => Shape::Transform,
         }
     }
 
@@ -55,6 +61,8 @@ impl Shape {
             Shape::Foreach => "box3d",
             Shape::WaitSignal => "cds",
             Shape::Subprocess => "box, peripheries=2",
+            Shape::Http => "component",
+            Shape::Transform => "parallelogram",
             Shape::Compensation => "box, style=\"rounded,dashed\", color=firebrick",
         }
     }
@@ -68,6 +76,8 @@ impl Shape {
             Shape::Foreach => ("{{", "}}"),
             Shape::WaitSignal => (">", "]"),
             Shape::Subprocess => ("[[", "]]"),
+            Shape::Http => ("[(", ")]"),
+            Shape::Transform => ("[/", "/]"),
         }
     }
 }
@@ -318,6 +328,17 @@ fn detail(kind: &StepKind) -> Vec<String> {
             f.on_error,
         ),
         StepKind::WaitSignal(w) => (format!("signal: {}", w.signal), OnError::Fail),
+        StepKind::Http(h) => (
+            format!("{} {}", h.method.to_ascii_uppercase(), h.url),
+            h.on_error,
+        ),
+        StepKind::Transform(t) => (
+            match &t.output {
+                serde_json::Value::Object(fields) => format!("fields: {}", fields.len()),
+                _ => "output".to_string(),
+            },
+            t.on_error,
+        ),
         StepKind::Subprocess(s) => (
             match s.version {
                 Some(v) => format!("process: {} v{v}", s.process),
@@ -451,13 +472,15 @@ steps:
             Shape::Foreach,
             Shape::WaitSignal,
             Shape::Subprocess,
+            Shape::Http,
+            Shape::Transform,
             Shape::Compensation,
         ];
         let dot: std::collections::BTreeSet<_> = all.iter().map(|s| s.dot()).collect();
         assert_eq!(dot.len(), all.len(), "a DOT shape is shared");
         // The compensation node differs from an agent task by its class, not its brackets.
-        let mermaid: std::collections::BTreeSet<_> = all[..6].iter().map(|s| s.mermaid()).collect();
-        assert_eq!(mermaid.len(), 6, "a Mermaid shape is shared");
+        let mermaid: std::collections::BTreeSet<_> = all[..8].iter().map(|s| s.mermaid()).collect();
+        assert_eq!(mermaid.len(), 8, "a Mermaid shape is shared");
 
         let dot = g.dot();
         for line in [

@@ -80,6 +80,8 @@ pub enum StepKind {
     Foreach(Box<Foreach>),
     WaitSignal(WaitSignal),
     Subprocess(Subprocess),
+    Http(Box<HttpTask>),
+    Transform(Transform),
 }
 
 impl StepKind {
@@ -91,8 +93,115 @@ impl StepKind {
             StepKind::Foreach(_) => "foreach",
             StepKind::WaitSignal(_) => "wait_signal",
             StepKind::Subprocess(_) => "subprocess",
+            StepKind::Http(_) => "http",
+            StepKind::Transform(_) => "transform",
         }
     }
+
+    /// The retry policy of a step whose attempts are calls out of the engine (an agent task,
+    /// an HTTP request): such a step has attempts, a timeout, and is re-sent after a crash.
+    pub fn call_retry(&self) -> Option<&RetryPolicy> {
+        match self {
+            StepKind::AgentTask(task) => Some(&task.retry),
+            StepKind::Http(http) => Some(&http.retry),
+            _ => None,
+        }
+    }
+}
+
+/// Sends one plain HTTP request (no agent protocol) and completes with the response:
+/// `{status, headers, body}`, the body parsed as JSON when its content type says JSON.
+/// `url`, header values and `body` are templates; a header value may also name a secret,
+/// `${secrets.NAME}`, which is filled in only when the request is sent, so it is never stored
+/// in the step's input, its events or its errors. Every attempt carries the step's
+/// idempotency key in an `Idempotency-Key` header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTask {
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// `http://host[:port]/path?query`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    /// A JSON body (any JSON value, sent as `application/json`), or a string sent as
+    /// `text/plain` unless a `content-type` header says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// Statuses that complete the step: codes (`200`) or classes (`"2xx"`). Default: 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success: Vec<StatusMatch>,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: DurationMs,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+/// The methods an `http` step may send.
+pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+/// One entry of an `http` step's `success` list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StatusMatch {
+    Code(u16),
+    /// `"2xx"`, `"4xx"`, or a code as a string.
+    Pattern(String),
+}
+
+impl StatusMatch {
+    /// Whether `status` matches; `None` for a malformed pattern (validation reports those).
+    pub fn matches(&self, status: u16) -> Option<bool> {
+        match self {
+            StatusMatch::Code(code) => (100..=599).contains(code).then_some(*code == status),
+            StatusMatch::Pattern(p) => {
+                let p = p.trim().to_ascii_lowercase();
+                if let Some(class) = p.strip_suffix("xx") {
+                    let class: u16 = class.parse().ok().filter(|c| (1..=5).contains(c))?;
+                    (p.len() == 3).then_some(status / 100 == class)
+                } else {
+                    let code: u16 = p.parse().ok().filter(|c| (100..=599).contains(c))?;
+                    Some(code == status)
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Code(code) => write!(f, "{code}"),
+            StatusMatch::Pattern(p) => write!(f, "{p:?}"),
+        }
+    }
+}
+
+/// Whether `status` completes an `http` step with this `success` list.
+pub fn http_success(success: &[StatusMatch], status: u16) -> bool {
+    if success.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        success.iter().any(|m| m.matches(status) == Some(true))
+    }
+}
+
+/// Computes its output from templates over `input` and `steps`, with no I/O: for reshaping
+/// data between steps. An expression that fails fails the step, naming the expression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    /// Any JSON value; strings may hold `{{ expr }}` templates (a string that is one template
+    /// keeps the expression's type).
+    pub output: Value,
+    #[serde(default)]
+    pub on_error: OnError,
 }
 
 /// Calls an external agent over HTTP (DESIGN §2's protocol).

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::{
-    DurationMs, FailurePolicy, OnError, ProcessDef, RetryPolicy, StepKind, MAX_ATTEMPTS_PER_STEP,
-    MAX_FOREACH_CONCURRENCY, MAX_STEPS_PER_PROCESS,
+    DurationMs, FailurePolicy, HttpTask, OnError, ProcessDef, RetryPolicy, StepKind, HTTP_METHODS,
+    MAX_ATTEMPTS_PER_STEP, MAX_FOREACH_CONCURRENCY, MAX_STEPS_PER_PROCESS,
 };
 use crate::expr;
 
@@ -230,6 +230,26 @@ pub fn validate(
                     problem(id, "timeout_output without a timeout".into());
                 }
             }
+            StepKind::Http(http) => {
+                check_http(http, &mut |p| problem(id, p));
+                if http.on_error == OnError::Compensate && !compensable {
+                    problem(
+                        id,
+                        "on_error is compensate but no step declares a `compensate` action".into(),
+                    );
+                }
+            }
+            StepKind::Transform(transform) => {
+                if let Err(e) = expr::check_template(&transform.output) {
+                    problem(id, format!("output: {e}"));
+                }
+                if transform.on_error == OnError::Compensate && !compensable {
+                    problem(
+                        id,
+                        "on_error is compensate but no step declares a `compensate` action".into(),
+                    );
+                }
+            }
             StepKind::Timer(timer) => match (&timer.duration, &timer.until) {
                 (Some(_), Some(_)) => problem(id, "timer has both `duration` and `until`".into()),
                 (None, None) => problem(id, "timer needs `duration` or `until`".into()),
@@ -305,7 +325,76 @@ fn check_call(
             problem(format!("{field}input: {e}"));
         }
     }
-    let retry = call.retry;
+    check_policy(field, call.timeout, call.retry, problem);
+}
+
+/// Checks an `http` step's request: method, URL, headers (and the secrets they name), body,
+/// success statuses, timeout and retries.
+fn check_http(http: &HttpTask, problem: &mut dyn FnMut(String)) {
+    if !HTTP_METHODS.contains(&http.method.to_ascii_uppercase().as_str()) {
+        problem(format!(
+            "method: {:?} is not one of {}",
+            http.method,
+            HTTP_METHODS.join(", ")
+        ));
+    }
+    let url = http.url.trim_start();
+    if url.starts_with("https://") {
+        problem("url: https is not supported yet (plain http:// only)".into());
+    } else if !url.starts_with("http://") && !url.starts_with("{{") {
+        problem(format!(
+            "url: {:?} must start with http:// (or be a template)",
+            http.url
+        ));
+    }
+    if let Err(e) = expr::check_template(&serde_json::Value::String(http.url.clone())) {
+        problem(format!("url: {e}"));
+    }
+    for (name, value) in &http.headers {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            problem(format!("headers: {name:?} is not a header name"));
+        }
+        if let Err(e) = crate::secrets::references(value) {
+            problem(format!("headers.{name}: {e}"));
+        }
+        if let Err(e) = expr::check_template(&serde_json::Value::String(value.clone())) {
+            problem(format!("headers.{name}: {e}"));
+        }
+    }
+    let elsewhere = http.url.contains(crate::secrets::OPENER)
+        || http
+            .body
+            .as_ref()
+            .is_some_and(|b| b.to_string().contains(crate::secrets::OPENER));
+    if elsewhere {
+        problem("secrets (`${secrets.NAME}`) may appear in header values only".into());
+    }
+    if let Some(body) = &http.body {
+        if let Err(e) = expr::check_template(body) {
+            problem(format!("body: {e}"));
+        }
+    }
+    for status in &http.success {
+        if status.matches(200).is_none() {
+            problem(format!(
+                "success: {status} is neither a status (100 to 599) nor a class like \"2xx\""
+            ));
+        }
+    }
+    check_policy("", http.timeout, &http.retry, problem);
+}
+
+/// Checks a call's timeout and retry policy; `field` prefixes each problem's field name.
+fn check_policy(
+    field: &str,
+    timeout: DurationMs,
+    retry: &RetryPolicy,
+    problem: &mut dyn FnMut(String),
+) {
     if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS_PER_STEP {
         problem(format!(
             "{field}retry.max_attempts must be between 1 and {MAX_ATTEMPTS_PER_STEP}, got {}",
@@ -330,7 +419,7 @@ fn check_call(
             retry.max_delay, retry.initial_delay
         ));
     }
-    if call.timeout.as_millis() == 0 {
+    if timeout.as_millis() == 0 {
         problem(format!("{field}timeout must be greater than zero"));
     }
 }
@@ -418,6 +507,60 @@ mod tests {
 
     fn problems(yaml: &str) -> String {
         check(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn http_and_transform_steps_are_checked_field_by_field() {
+        check(
+            r#"
+name: p
+steps:
+  - id: get
+    type: http
+    url: "http://svc:80/orders/{{input.id}}"
+    headers: { authorization: "Bearer ${secrets.TOKEN}" }
+    success: [200, "4xx"]
+  - id: shape
+    type: transform
+    depends_on: [get]
+    output: { status: "{{steps.get.output.status}}" }
+"#,
+        )
+        .unwrap();
+        let out = problems(
+            r#"
+name: p
+steps:
+  - id: get
+    type: http
+    method: FETCH
+    url: "https://svc/x"
+    headers: { "bad header": x, authorization: "Bearer ${secrets.bad-name}" }
+    body: { token: "${secrets.TOKEN}" }
+    success: [700, "2yy"]
+    timeout: 0s
+  - id: other
+    type: http
+    url: "svc/{{input.x"
+  - id: shape
+    type: transform
+    output: "{{ steps.get.output. }}"
+"#,
+        );
+        for expected in [
+            "step 'get': method: \"FETCH\" is not one of GET, POST, PUT, PATCH, DELETE, HEAD",
+            "step 'get': url: https is not supported yet",
+            "step 'get': headers: \"bad header\" is not a header name",
+            "step 'get': headers.authorization: `${secrets.bad-name}`",
+            "step 'get': secrets (`${secrets.NAME}`) may appear in header values only",
+            "step 'get': success: 700 is neither",
+            "step 'get': success: \"2yy\" is neither",
+            "step 'get': timeout must be greater than zero",
+            "step 'other': url: \"svc/{{input.x\" must start with http://",
+            "step 'shape': output: expression",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        }
     }
 
     #[test]
