@@ -1321,7 +1321,10 @@ async fn boot(
             rng: proctor::rng::seeded(seed ^ (u64::from(boot) << 32)),
         },
         &registry,
-        EngineConfig::default(),
+        EngineConfig {
+            secrets: proctor::secrets::Secrets::new(scenario.secrets.clone()),
+            ..EngineConfig::default()
+        },
     )?;
     shared.recovering.store(true, Ordering::SeqCst);
     shared

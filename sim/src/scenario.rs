@@ -69,6 +69,9 @@ struct File {
     clock: Option<ClockSpec>,
     #[serde(default)]
     disk: DiskSpec,
+    /// Values for the process's `${secrets.NAME}` references (`http` steps' headers).
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
 }
 
 /// The engine's disk: how SQLite syncs (production: `full`) and what a power cut does to
@@ -547,6 +550,8 @@ pub struct Scenario {
     /// The engine's wall clock at simulated time 0 (ms since the Unix epoch).
     pub clock_start_ms: u64,
     pub disk: DiskSpec,
+    /// What the engine's `${secrets.NAME}` references resolve to.
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl Scenario {
@@ -703,6 +708,7 @@ impl Scenario {
             seeds: file.seeds,
             clock_start_ms,
             disk: file.disk,
+            secrets: file.secrets,
         })
     }
 

@@ -27,10 +27,9 @@ pub(super) fn check(_: &Scenario, outcome: &Outcome, out: &mut Vec<Violation>) {
         for e in events {
             let (step, attempt, what, allowed) = match &e.event {
                 DomainEvent::StepStarted { step, attempt, .. } => {
-                    let allowed = match kind(step) {
-                        Some(StepKind::AgentTask(task)) => task.retry.max_attempts,
-                        _ => 1,
-                    };
+                    let allowed = kind(step)
+                        .and_then(StepKind::call_retry)
+                        .map_or(1, |retry| retry.max_attempts);
                     (step, *attempt, "attempt", allowed)
                 }
                 DomainEvent::ItemStarted { step, attempt, .. } => {
