@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use proctor::core::ErrorKind;
 use proctor::event::{DomainEvent, EventRecord};
 use serde::Serialize;
 
@@ -451,7 +452,7 @@ fn calls(outcome: &Outcome, times: &EventTimes<'_>) -> (Vec<Call>, usize) {
 }
 
 /// Whether `event` is what an answer (`ok` or an error) turns into: a timeout's retry is not
-/// the answer taken in, so an answer lost on the way gets no arrow back.
+/// the answer taken in, so an answer lost on the way gets no arrow back to the engine.
 fn takes_answer(event: &DomainEvent, ok: bool) -> bool {
     if ok {
         matches!(
@@ -461,15 +462,17 @@ fn takes_answer(event: &DomainEvent, ok: bool) -> bool {
                 | DomainEvent::StepCompensated { .. }
         )
     } else {
-        matches!(
-            event,
-            DomainEvent::StepFailed { .. }
-                | DomainEvent::StepRetrying { .. }
-                | DomainEvent::ItemFailed { .. }
-                | DomainEvent::ItemRetrying { .. }
-                | DomainEvent::CompensationRetrying { .. }
-                | DomainEvent::CompensationFailed { .. }
-        )
+        let error = match event {
+            DomainEvent::StepFailed { error, .. }
+            | DomainEvent::StepRetrying { error, .. }
+            | DomainEvent::ItemFailed { error, .. }
+            | DomainEvent::ItemRetrying { error, .. }
+            | DomainEvent::CompensationRetrying { error, .. }
+            | DomainEvent::CompensationFailed { error, .. } => error,
+            _ => return false,
+        };
+        // A timeout or a broken connection is the engine giving up, not the answer arriving.
+        !matches!(error.kind, ErrorKind::Timeout | ErrorKind::Connection)
     }
 }
 
