@@ -1078,3 +1078,83 @@ fn help_lists_the_operator_commands_with_examples() {
         assert!(text.contains("--json") || command == "dot", "{text}");
     }
 }
+
+/// `proctor run` of an `http` step then a `transform` step against `proctor agent`'s plain
+/// `/echo` service in another process; the header's secret comes from `PROCTOR_SECRET_*`.
+#[test]
+fn run_sends_http_requests_and_transforms_the_response() {
+    use std::io::BufRead as _;
+    let mut agent = proctor()
+        .args(["agent", "--listen", "127.0.0.1:0", "--name", "svc"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(agent.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _agent = Running(agent);
+    let service = first
+        .trim()
+        .rsplit("http://")
+        .next()
+        .expect("the agent prints its address")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let def = dir.path().join("order.yaml");
+    std::fs::write(
+        &def,
+        r#"
+name: order
+steps:
+  - id: fetch
+    type: http
+    method: POST
+    url: "http://{{input.service}}/echo/orders/{{input.order}}"
+    headers: { authorization: "Bearer ${secrets.SVC_TOKEN}" }
+    body: { qty: "{{input.qty}}" }
+  - id: shape
+    type: transform
+    depends_on: [fetch]
+    output:
+      order: "{{steps.fetch.output.body.path}}"
+      total: "{{steps.fetch.output.body.body.qty * 10}}"
+"#,
+    )
+    .unwrap();
+    let agents = dir.path().join("agents.yaml");
+    std::fs::write(&agents, "agents: {}\n").unwrap();
+    let db = dir.path().join("p.db");
+    let input = format!(r#"{{"service": "{service}", "order": 7, "qty": 3}}"#);
+    let out = proctor()
+        .arg("run")
+        .arg(&def)
+        .args(["--input", &input, "--agents"])
+        .arg(&agents)
+        .arg("--db")
+        .arg(&db)
+        .env("PROCTOR_SECRET_SVC_TOKEN", "cli-secret-value-42")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(r#""order":"/echo/orders/7""#) && stdout.contains(r#""total":30"#),
+        "{stdout}"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let input: String = conn
+        .query_row(
+            "SELECT input FROM steps WHERE step_id = 'fetch'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(input.contains("${secrets.SVC_TOKEN}"), "{input}");
+    assert!(!stdout.contains("cli-secret-value-42"));
+}
