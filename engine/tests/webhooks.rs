@@ -225,6 +225,9 @@ async fn raw(
     (status.as_u16(), kind)
 }
 
+/// Request headers, owned values.
+type Headers<'a> = Vec<(&'a str, String)>;
+
 fn signal_count(events: &[proctor::event::EventRecord]) -> usize {
     events
         .iter()
@@ -247,7 +250,9 @@ async fn a_signed_delivery_completes_the_waiting_step_once() {
     let good = sign(PAYMENT_SECRET.as_bytes(), body);
 
     // Refused, each with the status and type it should have, and none changes anything.
-    let refused: Vec<(&str, Vec<(&str, String)>, &str, &[u8], (u16, &str))> = vec![
+    // (what, headers, content type, body, the answer's status and error type)
+    type Refusal<'a> = (&'a str, Headers<'a>, &'a str, &'a [u8], (u16, &'a str));
+    let refused: Vec<Refusal> = vec![
         (
             "no signature",
             vec![("x-proctor-delivery", "d-1".into())],
@@ -653,4 +658,42 @@ async fn an_inline_secret_works_with_a_warning() {
     );
     assert!(!output.contains("warning: webhook 'order'"), "{output}");
     assert!(!output.contains("inline-secret-0123456789"), "{output}");
+}
+
+/// The README's recipe for a sender's signature (`openssl dgst -sha256 -hmac`, its last
+/// field) gives exactly what `sign` gives, and so what the server (tested above with `sign`)
+/// accepts.
+#[test]
+fn the_readme_openssl_recipe_signs_as_the_server_checks() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("the README is readable");
+    let recipe = "openssl dgst -sha256 -hmac \"$APPROVAL_HOOK_SECRET\" | sed 's/^.* //'";
+    assert!(
+        readme.contains(recipe),
+        "the README no longer shows {recipe}"
+    );
+    for body in [
+        r#"{"by": "ana"}"#,
+        r#"{"name": "Zoë ✓", "n": [1, 2.5, null]}"#,
+    ] {
+        let script = format!("printf '%s' \"$BODY\" | {recipe}");
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("BODY", body)
+            .env("APPROVAL_HOOK_SECRET", PAYMENT_SECRET)
+            .output()
+            .expect("run sh (openssl must be installed)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hex = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            format!("sha256={}", hex.trim()),
+            sign(PAYMENT_SECRET.as_bytes(), body.as_bytes()),
+            "for {body}"
+        );
+    }
 }
