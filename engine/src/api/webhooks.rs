@@ -104,6 +104,8 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A hook as given, unchecked (for tests and the simulator, which build their own):
+    /// [`Webhooks::parse`] is what checks a file's entries.
     pub fn new(name: &str, tenant: &str, action: Action, secret: Secret) -> Webhook {
         Webhook {
             name: name.to_string(),
