@@ -184,6 +184,11 @@ enum Command {
         /// open and every request acts for the default tenant: for local use only.
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// Inbound webhooks file (`webhooks: [{name, secret_env, tenant, signal | start}]`):
+        /// `POST /api/webhooks/NAME[/EXECUTION]`, signed with HMAC-SHA256, becomes a signal or
+        /// a start. Refused at start if any entry is wrong (a secret's variable unset, ...).
+        #[arg(long)]
+        webhooks: Option<PathBuf>,
         /// On shutdown, how long requests and agent calls in progress may take to finish.
         #[arg(long, default_value_t = 10_000)]
         shutdown_grace_ms: u64,
@@ -424,9 +429,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             agents,
             tokens,
+            webhooks,
             shutdown_grace_ms,
             seed,
-        } => serve(db, listen, agents, tokens, shutdown_grace_ms, seed).await,
+        } => {
+            serve(
+                db,
+                listen,
+                agents,
+                tokens,
+                webhooks,
+                shutdown_grace_ms,
+                seed,
+            )
+            .await
+        }
         Command::Agent {
             listen,
             name,
@@ -500,9 +517,24 @@ async fn serve(
     listen: String,
     agents_path: PathBuf,
     tokens: Option<PathBuf>,
+    webhooks: Option<PathBuf>,
     grace_ms: u64,
     seed: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
+    let webhooks = match &webhooks {
+        Some(path) => {
+            let hooks = proctor::api::webhooks::Webhooks::load(path)?;
+            for hook in hooks.iter().filter(|h| h.inline_secret) {
+                eprintln!(
+                    "warning: webhook '{}' has its secret in {}: prefer `secret_env`",
+                    hook.name,
+                    path.display()
+                );
+            }
+            hooks
+        }
+        None => proctor::api::webhooks::Webhooks::default(),
+    };
     let auth = match &tokens {
         Some(path) => proctor::api::auth::Auth::load(path)?,
         None => {
@@ -525,7 +557,7 @@ async fn serve(
         &registry,
         engine_config(),
     )?;
-    let api = proctor::api::Api::new(engine.clone(), auth);
+    let api = proctor::api::Api::new(engine.clone(), auth).with_webhooks(webhooks);
     match recover(&engine, RecoveryConfig::default()).await {
         Ok(recovery) => println!("{}", recovery.report.summary()),
         Err(e) => println!("recovery failed, serving anyway: {e:#}"),

@@ -16,6 +16,7 @@ use proctor::agent::example::{self, RunningAgent};
 use proctor::agent::AgentRegistry;
 use proctor::api::auth::Auth;
 use proctor::api::client::ApiClient;
+use proctor::api::webhooks::{self, Action, Secret, Webhook, Webhooks};
 use proctor::api::{Api, MAX_BODY_BYTES, OPENAPI_YAML, ROUTES};
 use proctor::clock::SystemClock;
 use proctor::network::{Network, TokioNetwork};
@@ -134,6 +135,18 @@ impl Doc {
             }
         }
         all
+    }
+
+    /// Whether the operation is authenticated by a webhook signature instead of a token.
+    fn signed(&self, method: &str, template: &str) -> bool {
+        self.operation(method, template)["security"]
+            .as_array()
+            .is_some_and(|s| {
+                s.iter().any(|req| {
+                    req.as_object()
+                        .is_some_and(|r| r.contains_key("webhookSignature"))
+                })
+            })
     }
 
     /// Whether the operation needs a bearer token: its own `security`, else the document's.
@@ -377,7 +390,7 @@ impl Server {
             EngineConfig::default(),
         )
         .expect("engine");
-        let api = Arc::new(Api::new(engine.clone(), auth));
+        let api = Arc::new(Api::new(engine.clone(), auth).with_webhooks(test_webhooks()));
         let listener = TokioNetwork.bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address").to_string();
         let serving = api.clone();
@@ -404,6 +417,47 @@ impl Server {
             .await
             .expect("the server stops")
             .expect("the server task ends cleanly");
+    }
+}
+
+/// The webhooks every test server has, in the default tenant: `greet-hook` starts `greet`,
+/// `gate-hook` sends `approve`.
+fn test_webhooks() -> Webhooks {
+    let hook = |name: &str, action| Webhook::new(name, "default", action, Secret::new(HOOK_SECRET));
+    Webhooks::new([
+        hook("greet-hook", Action::Start("greet".into())),
+        hook("gate-hook", Action::Signal("approve".into())),
+    ])
+}
+
+const HOOK_SECRET: &str = "hook-secret-0123456789";
+
+/// A webhook delivery: its headers (signed with [`HOOK_SECRET`]) and JSON body.
+struct Signed {
+    signature: String,
+    delivery: String,
+    body: Vec<u8>,
+}
+
+impl Signed {
+    fn new(delivery: &str, body: &Value) -> Signed {
+        let body = serde_json::to_vec(body).unwrap();
+        Signed {
+            signature: webhooks::sign(HOOK_SECRET.as_bytes(), &body),
+            delivery: delivery.to_string(),
+            body,
+        }
+    }
+
+    fn headers(&self) -> [(&str, &str); 2] {
+        [
+            ("x-proctor-signature", &self.signature),
+            ("x-proctor-delivery", &self.delivery),
+        ]
+    }
+
+    fn body(&self) -> Option<(&'static str, Vec<u8>)> {
+        Some(("application/json", self.body.clone()))
     }
 }
 
@@ -1112,6 +1166,33 @@ async fn every_route_answers_as_documented() {
     );
     c.wait_for("left-pending", &["completed"]).await;
 
+    // Webhooks: a start and its replay; a signal to a waiting gate and its replay.
+    let order = Signed::new("order-1", &json!({"name": "hook"}));
+    let (path, headers) = ("/api/webhooks/greet-hook", order.headers());
+    let created = c.expect(201, "POST", path, &headers, order.body()).await;
+    assert_eq!(created["applied"], true, "{created}");
+    assert_eq!(created["delivery"], "order-1");
+    let replayed = c.expect(200, "POST", path, &headers, order.body()).await;
+    assert_eq!(replayed["applied"], false, "{replayed}");
+    assert_eq!(replayed["execution_id"], created["execution_id"]);
+    let started = created["execution_id"].as_str().unwrap();
+    let done = c.wait_for(started, &["completed"]).await;
+    assert_eq!(done["input"], json!({"name": "hook"}));
+    let gate = c.start_gate().await;
+    let approval = Signed::new("approval-1", &json!({"by": "hook"}));
+    let path = format!("/api/webhooks/gate-hook/{gate}");
+    let headers = approval.headers();
+    let signalled = c
+        .expect(200, "POST", &path, &headers, approval.body())
+        .await;
+    assert_eq!(signalled["applied"], true, "{signalled}");
+    let done = c.wait_for(&gate, &["completed"]).await;
+    assert_eq!(done["steps"][0]["output"]["payload"], json!({"by": "hook"}));
+    let replayed = c
+        .expect(200, "POST", &path, &headers, approval.body())
+        .await;
+    assert_eq!(replayed["applied"], false, "{replayed}");
+
     let served: BTreeSet<(String, String)> = ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -1520,6 +1601,138 @@ async fn errors_answer_as_documented() {
     )
     .await;
 
+    // Webhooks, in the order the server checks them.
+    let hook_errors = [
+        (404, "not_found", "/api/webhooks/nobody", None),
+        (
+            401,
+            "invalid_signature",
+            "/api/webhooks/greet-hook",
+            Some("sha256=00"),
+        ),
+        (404, "not_found", "/api/webhooks/gate-hook", None),
+        (
+            404,
+            "not_found",
+            &format!("/api/webhooks/greet-hook/{gate}"),
+            None,
+        ),
+        (
+            404,
+            "not_found",
+            "/api/webhooks/gate-hook/nothing-here",
+            None,
+        ),
+    ];
+    let delivery = Signed::new("d-1", &json!({"x": 1}));
+    for (status, kind, path, signature) in hook_errors {
+        let mut headers = delivery.headers();
+        if let Some(signature) = signature {
+            headers[0].1 = signature;
+        }
+        c.expect_error(status, kind, "POST", path, &headers, delivery.body())
+            .await;
+    }
+    let unsigned = [("x-proctor-delivery", "d-1")];
+    let path = "/api/webhooks/greet-hook";
+    c.expect_error(
+        401,
+        "invalid_signature",
+        "POST",
+        path,
+        &unsigned,
+        delivery.body(),
+    )
+    .await;
+    c.expect_error(
+        400,
+        "bad_request",
+        "POST",
+        path,
+        &delivery.headers()[..1],
+        delivery.body(),
+    )
+    .await;
+    let spaced = [delivery.headers()[0], ("x-proctor-delivery", "has space")];
+    c.expect_error(400, "bad_request", "POST", path, &spaced, delivery.body())
+        .await;
+    let text = Some(("text/plain", delivery.body.clone()));
+    c.expect_error(
+        415,
+        "unsupported_media_type",
+        "POST",
+        path,
+        &delivery.headers(),
+        text,
+    )
+    .await;
+    let not_json = Signed {
+        signature: webhooks::sign(HOOK_SECRET.as_bytes(), b"{oops"),
+        delivery: "d-2".into(),
+        body: b"{oops".to_vec(),
+    };
+    c.expect_error(
+        400,
+        "bad_request",
+        "POST",
+        path,
+        &not_json.headers(),
+        not_json.body(),
+    )
+    .await;
+    let mut big = b"{\"x\": \"".to_vec();
+    big.resize(MAX_BODY_BYTES + 16, b'x');
+    big.extend_from_slice(b"\"}");
+    let big = Signed {
+        signature: webhooks::sign(HOOK_SECRET.as_bytes(), &big),
+        delivery: "d-3".into(),
+        body: big,
+    };
+    c.expect_error(
+        413,
+        "payload_too_large",
+        "POST",
+        path,
+        &big.headers(),
+        big.body(),
+    )
+    .await;
+    c.expect(201, "POST", path, &delivery.headers(), delivery.body())
+        .await;
+    let changed = Signed::new("d-1", &json!({"x": 2}));
+    c.expect_error(
+        409,
+        "idempotency_key_reused",
+        "POST",
+        path,
+        &changed.headers(),
+        changed.body(),
+    )
+    .await;
+    let huge_payload = Signed::new("d-4", &json!({"x": "y".repeat(70 * 1024)}));
+    let waiting = c.start_gate().await;
+    let waiting_path = format!("/api/webhooks/gate-hook/{waiting}");
+    c.expect_error(
+        400,
+        "bad_request",
+        "POST",
+        &waiting_path,
+        &huge_payload.headers(),
+        huge_payload.body(),
+    )
+    .await;
+    // `gate` was cancelled above: it will never take a signal.
+    let gate_path = format!("/api/webhooks/gate-hook/{gate}");
+    c.expect_error(
+        409,
+        "conflict",
+        "POST",
+        &gate_path,
+        &delivery.headers(),
+        delivery.body(),
+    )
+    .await;
+
     // The definition upload's oversized body (read as raw bytes, not JSON).
     let mut big_yaml = b"name: greet\ndescription: '".to_vec();
     big_yaml.resize(MAX_BODY_BYTES + 16, b'x');
@@ -1545,15 +1758,33 @@ async fn authentication_is_as_documented() {
     let server = Server::start(auth).await;
     let mut c = Checker::new(server.client());
     let doc = Doc::load();
-    let values: BTreeMap<&str, &str> = [("{id}", "x"), ("{name}", "greet"), ("{version}", "1")]
-        .into_iter()
-        .collect();
+    let values: BTreeMap<&str, &str> = [
+        ("{id}", "x"),
+        ("{execution_id}", "x"),
+        ("{name}", "greet"),
+        ("{version}", "1"),
+    ]
+    .into_iter()
+    .collect();
     for (method, template) in ROUTES {
-        let path = template
+        let mut path = template
             .split('/')
             .map(|s| values.get(s).copied().unwrap_or(s))
             .collect::<Vec<_>>()
             .join("/");
+        if doc.signed(method, template) {
+            // A webhook's delivery: no token is asked for, and without a signature (or with
+            // only a token) it is refused.
+            path = path.replace("/greet", "/greet-hook");
+            let token = [("Authorization", "Bearer aaaaaaaaaaaaaaaaaaaa")];
+            for headers in [&[][..], &token[..]] {
+                let response = c.send(method, &path, headers, None).await;
+                assert_eq!(response.status, 401, "{method} {template} unsigned");
+                assert_eq!(response.json()["error"]["type"], "invalid_signature");
+            }
+            assert!(!doc.needs_auth(method, template), "{method} {template}");
+            continue;
+        }
         let response = c.send(method, &path, &[], None).await;
         if doc.needs_auth(method, template) {
             assert_eq!(

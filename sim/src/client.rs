@@ -6,7 +6,8 @@
 //! `<scenario>-<n:04>` and retries that start, under the same key, until it is answered: a
 //! start whose reply a crash, a partition or an ambiguous commit lost is asked again and must
 //! come back as the same execution. It sends the workload's signals (each under a fixed
-//! signal id, retried until answered), samples progress (`workload.monitor`) and polls the
+//! signal id, retried until answered; with `workload.webhook`, as signed webhook deliveries
+//! whose delivery id is that signal id), samples progress (`workload.monitor`) and polls the
 //! listing until everything it started is terminal. A 4xx answer is a bug in the scenario or
 //! the engine, and fails the run.
 //!
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proctor::api::client::{ApiClient, ClientError};
-use proctor::core::ExecutionStatus;
+use proctor::api::webhooks::{Action, Secret, Webhook, Webhooks};
+use proctor::core::{ExecutionStatus, DEFAULT_TENANT};
 
 use crate::ports::SimNetwork;
 use crate::runner::{sim_elapsed_ms, sleep_until_sim_ms, stuck, Shared, StartAck};
@@ -41,6 +43,49 @@ const STREAM_SILENCE_MS: u64 = 1_000;
 /// The bearer token the scenario's tenant `tenant` is configured with.
 pub(crate) fn token_for(tenant: &str) -> String {
     format!("sim-token-of-{tenant}")
+}
+
+/// The webhook that carries signal `signal` to `tenant`'s executions (`workload.webhook`):
+/// one per signal name and tenant, since a webhook acts for one tenant.
+fn webhook_name(signal: &str, tenant: Option<&String>) -> String {
+    match tenant {
+        Some(tenant) => format!("{signal}-{tenant}"),
+        None => signal.to_string(),
+    }
+}
+
+/// The secret webhook `name` is configured with.
+fn webhook_secret(name: &str) -> String {
+    format!("sim-webhook-secret-of-{name}")
+}
+
+/// The webhooks the engine host serves: with `workload.webhook`, one per signal name and
+/// tenant; none otherwise.
+pub(crate) fn webhooks(scenario: &Scenario) -> Webhooks {
+    if !scenario.workload.webhook {
+        return Webhooks::default();
+    }
+    let signals: BTreeSet<&String> = scenario.workload.signals.iter().map(|s| &s.name).collect();
+    let tenants: Vec<Option<&String>> = if scenario.workload.tenants.is_empty() {
+        vec![None]
+    } else {
+        scenario.workload.tenants.iter().map(Some).collect()
+    };
+    let mut hooks = Vec::new();
+    for signal in signals {
+        for tenant in &tenants {
+            let name = webhook_name(signal, *tenant);
+            let secret = Secret::new(webhook_secret(&name));
+            let tenant = tenant.map_or(DEFAULT_TENANT, String::as_str);
+            hooks.push(Webhook::new(
+                &name,
+                tenant,
+                Action::Signal(signal.clone()),
+                secret,
+            ));
+        }
+    }
+    Webhooks::new(hooks)
 }
 
 /// The tenant that submits execution `n`.
@@ -238,8 +283,13 @@ async fn send_signals(
         sleep_until_sim_ms(signal.at_ms).await;
         for n in 0..scenario.workload.executions {
             let id = acknowledged(shared, n).await;
-            let client = clients.of(tenant_of(scenario, n));
+            let tenant = tenant_of(scenario, n);
+            let client = clients.of(tenant);
             let signal_id = format!("{}:{}:{k}", key_of(scenario, n), signal.name);
+            if scenario.workload.webhook {
+                deliver(&clients.open, &id, signal, tenant, &signal_id).await?;
+                continue;
+            }
             until_answered("signalling", || {
                 client.signal(&id, &signal.name, &signal.payload, &signal_id)
             })
@@ -248,6 +298,37 @@ async fn send_signals(
         }
     }
     Ok(())
+}
+
+/// Sends `signal` to execution `id` through its webhook, under the delivery id `delivery`,
+/// asked until answered: a delivery whose answer was lost is sent again as it was, and the
+/// engine applies it once. No bearer token: the signature authenticates it. A 409 means the
+/// execution ended without it (its wait timed out), as the signal route's `200` would.
+async fn deliver(
+    open: &ApiClient,
+    id: &str,
+    signal: &WorkloadSignal,
+    tenant: Option<&String>,
+    delivery: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const CONFLICT: u16 = 409;
+    let hook = webhook_name(&signal.name, tenant);
+    let secret = webhook_secret(&hook);
+    let answered = until_answered("delivering", || {
+        open.webhook(
+            &hook,
+            Some(id),
+            delivery,
+            &signal.payload,
+            secret.as_bytes(),
+        )
+    })
+    .await;
+    match answered {
+        Ok(_) => Ok(()),
+        Err(e) if e.status() == Some(CONFLICT) => Ok(()),
+        Err(e) => Err(refused(&format!("webhook delivery {delivery}"), e)),
+    }
 }
 
 /// The execution submission `n` started, once acknowledged.

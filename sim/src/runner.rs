@@ -1431,7 +1431,7 @@ async fn boot(
                 .collect(),
         )
     };
-    let api = Api::new(engine.clone(), auth);
+    let api = Api::new(engine.clone(), auth).with_webhooks(crate::client::webhooks(&scenario));
     let listener = SimNetwork
         .bind(&format!("0.0.0.0:{API_PORT}"))
         .await

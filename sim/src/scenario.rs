@@ -142,6 +142,11 @@ pub struct Workload {
     /// execution acknowledged (so a late execution gets it before it reaches its step).
     #[serde(default)]
     pub signals: Vec<WorkloadSignal>,
+    /// The client sends the signals through signed inbound webhooks (`POST
+    /// /api/webhooks/<signal>[-<tenant>]/{id}`, the signal id as the delivery id) instead of
+    /// the signal route; the engine host serves one webhook per signal name and tenant.
+    #[serde(default)]
+    pub webhook: bool,
     /// Schedules the engine registers at every boot and runs (their runs are checked like
     /// the submitted executions). With schedules, `executions` may be 0.
     #[serde(default)]
@@ -607,6 +612,11 @@ impl Scenario {
                     "workload.tenants[{i}]: letters, digits, '_' and '-' only"
                 )));
             }
+        }
+        if file.workload.webhook && file.workload.signals.is_empty() {
+            return Err(invalid(
+                "workload.webhook: delivers the workload's signals, and there are none".into(),
+            ));
         }
         if !file.workload.tenants.is_empty() && !file.workload.versions.is_empty() {
             return Err(invalid(

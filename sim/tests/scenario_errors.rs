@@ -318,6 +318,15 @@ fn too_many_executions_are_refused() {
 }
 
 #[test]
+fn webhook_deliveries_without_signals_are_refused() {
+    let message = error_of(&with_line(
+        "workload:",
+        "workload: { executions: 2, spacing_ms: 10, webhook: true }",
+    ));
+    assert_mentions(&message, &["workload.webhook", "no"]);
+}
+
+#[test]
 fn a_value_of_the_wrong_type_is_named() {
     let message = error_of(&with_line("seeds:", "seeds: many"));
     assert_mentions(&message, &["seeds", "invalid type"]);

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use super::views::{ExecutionPage, ExecutionView, Registered, Started};
+use super::views::{ExecutionPage, ExecutionView, Registered, Started, WebhookReceipt};
 use crate::event::EventRecord;
 use crate::network::Network;
 
@@ -274,6 +274,36 @@ impl ApiClient {
         let path = format!("/api/executions/{id}/signal");
         let body = Self::json_body(&json!({ "name": name, "payload": payload, "id": signal_id }));
         self.call(Method::POST, &path, &[], body).await
+    }
+
+    /// Delivers `body` to webhook `name` (a signal hook's when `execution_id` is given, a
+    /// start hook's otherwise) as delivery `delivery`, signed with `secret`. Sending the same
+    /// delivery again is safe: the receipt says `applied: false`.
+    pub async fn webhook(
+        &self,
+        name: &str,
+        execution_id: Option<&str>,
+        delivery: &str,
+        body: &Value,
+        secret: &[u8],
+    ) -> Result<WebhookReceipt, ClientError> {
+        let path = match execution_id {
+            Some(id) => format!("/api/webhooks/{name}/{id}"),
+            None => format!("/api/webhooks/{name}"),
+        };
+        let body = serde_json::to_vec(body).expect("JSON values serialize");
+        let signature = super::webhooks::sign(secret, &body);
+        let headers = [
+            (super::webhooks::SIGNATURE_HEADER, signature.as_str()),
+            (super::webhooks::DELIVERY_HEADER, delivery),
+        ];
+        self.call(
+            Method::POST,
+            &path,
+            &headers,
+            Some(("application/json", body)),
+        )
+        .await
     }
 
     /// The stored history after event `after`.

@@ -47,7 +47,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"type": self.kind, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        // Only a missing bearer token asks for one: a webhook's bad signature is not cured
+        // by a token.
+        if self.status == StatusCode::UNAUTHORIZED && self.kind == "unauthorized" {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),

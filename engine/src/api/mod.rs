@@ -1,8 +1,10 @@
 //! The HTTP API (`proctor serve`): definitions, executions, their events (history and a live
-//! Server-Sent Events stream), recovery status and health, as JSON over axum.
+//! Server-Sent Events stream), recovery status and health, as JSON over axum; and inbound
+//! webhooks ([`webhooks`]), which turn a signed POST into a signal or a start.
 //!
 //! The server runs over the [`Network`] port, so the simulator's client host drives this very
-//! router over simulated TCP. Every route acts for the caller's tenant ([`auth::Caller`]);
+//! router over simulated TCP. Every route but the webhooks' (which act for their configured
+//! tenant, authenticated by signature) acts for the caller's tenant ([`auth::Caller`]);
 //! every failure is `{"error": {"type", "message"}}` ([`error::ApiError`]). The routes are
 //! listed once, in [`ROUTES`], which the OpenAPI document (`engine/openapi.yaml`) is checked
 //! against.
@@ -15,6 +17,7 @@ pub mod error;
 mod events;
 mod executions;
 pub mod views;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,7 @@ use crate::event::EventRecord;
 use crate::network::Listener;
 use auth::Auth;
 use error::ApiError;
+use webhooks::Webhooks;
 
 /// Largest request body (a definition, an input, a signal): 1 MiB. A larger one is 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -69,6 +73,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/executions/{id}/reset"),
     ("GET", "/api/executions/{id}/events"),
     ("GET", "/api/executions/{id}/events/stream"),
+    ("POST", "/api/webhooks/{name}"),
+    ("POST", "/api/webhooks/{name}/{execution_id}"),
 ];
 
 /// What every handler shares.
@@ -76,6 +82,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct AppState {
     engine: Engine,
     auth: Arc<Auth>,
+    /// Inbound webhooks (authenticated by their signatures, not by `auth`).
+    webhooks: Arc<Webhooks>,
     /// Every committed event, for live streams.
     events: broadcast::Sender<EventRecord>,
     /// Becomes true when the server shuts down: live streams end.
@@ -103,12 +111,19 @@ impl Api {
             state: AppState {
                 engine,
                 auth: Arc::new(auth),
+                webhooks: Arc::new(Webhooks::default()),
                 events,
                 shutdown: shutdown_rx,
                 streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
             },
             shutdown,
         }
+    }
+
+    /// The same API, also answering `webhooks`' deliveries (`POST /api/webhooks/...`).
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Api {
+        self.state.webhooks = Arc::new(webhooks);
+        self
     }
 
     pub fn router(&self) -> Router {
@@ -209,6 +224,11 @@ fn router(state: AppState) -> Router {
         .route("/api/executions/{id}/reset", post(executions::reset))
         .route("/api/executions/{id}/events", get(events::history))
         .route("/api/executions/{id}/events/stream", get(events::stream))
+        .route("/api/webhooks/{name}", post(webhooks::start))
+        .route(
+            "/api/webhooks/{name}/{execution_id}",
+            post(webhooks::signal),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

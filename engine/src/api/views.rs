@@ -103,3 +103,16 @@ pub struct Registered {
     /// `false` when the content equals the current version's (nothing new was stored).
     pub created: bool,
 }
+
+/// A webhook delivery's answer (`POST /api/webhooks/...`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookReceipt {
+    pub webhook: String,
+    /// The request's `X-Proctor-Delivery`.
+    pub delivery: String,
+    /// The execution signalled, or started.
+    pub execution_id: String,
+    /// `true`: this request delivered the signal (started the execution); `false`: the same
+    /// delivery had already been applied, and nothing changed.
+    pub applied: bool,
+}
