@@ -65,6 +65,27 @@ async fn post(tx: &mpsc::Sender<Envelope>, input: Input) {
     let _ = tx.send(envelope).await;
 }
 
+/// Hands a call's result to its execution's task, holding the call's place in the in-flight
+/// count until the transition that records it is committed.
+async fn post_result(
+    tx: &mpsc::Sender<Envelope>,
+    (step, lane, attempt): (usize, Lane, u32),
+    result: Result<Value, StepError>,
+    counted: CallInFlight,
+) {
+    let envelope = Envelope {
+        input: Input::AgentReturned {
+            step,
+            lane,
+            attempt,
+            result,
+        },
+        ack: None,
+        hold: Some(counted),
+    };
+    let _ = tx.send(envelope).await;
+}
+
 /// How a new execution is created, beyond its id, process and input.
 struct Creation<'a> {
     tenant: &'a str,
@@ -1529,19 +1550,7 @@ impl Inner {
                     while let Ok(progress) = progress_rx.try_recv() {
                         let _ = tx.send(relay(progress)).await;
                     }
-                    let input = Input::AgentReturned {
-                        step: call.step,
-                        lane: call.lane,
-                        attempt: call.attempt,
-                        result,
-                    };
-                    let _ = tx
-                        .send(Envelope {
-                            input,
-                            ack: None,
-                            hold: Some(counted),
-                        })
-                        .await;
+                    post_result(&tx, (call.step, call.lane, call.attempt), result, counted).await;
                 });
                 ((call.step, call.lane), task.abort_handle())
             }
@@ -1557,19 +1566,8 @@ impl Inner {
                         return std::future::pending::<()>().await;
                     };
                     let result = http.send(&call).await;
-                    let input = Input::AgentReturned {
-                        step: call.step,
-                        lane: Lane::Main,
-                        attempt: call.attempt,
-                        result,
-                    };
-                    let _ = tx
-                        .send(Envelope {
-                            input,
-                            ack: None,
-                            hold: Some(counted),
-                        })
-                        .await;
+                    let at = (call.step, Lane::Main, call.attempt);
+                    post_result(&tx, at, result, counted).await;
                 });
                 ((step, Lane::Main), task.abort_handle())
             }

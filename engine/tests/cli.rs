@@ -1149,11 +1149,9 @@ steps:
     );
     let conn = rusqlite::Connection::open(&db).unwrap();
     let input: String = conn
-        .query_row(
-            "SELECT input FROM steps WHERE step_id = 'fetch'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT input FROM steps WHERE step_id = 'fetch'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(input.contains("${secrets.SVC_TOKEN}"), "{input}");
     assert!(!stdout.contains("cli-secret-value-42"));

@@ -388,12 +388,27 @@ async fn handle(
     if behaviour.progress {
         return Ok(stream_answer(agent, ledger, request, rolls, received_ms));
     }
+    let ok = output(&agent, &request);
+    Ok(answer(&agent, &ledger, &request, &rolls, received_ms, ok).await)
+}
+
+/// A plain (not streamed) answer to `request`: after the behaviour's delay, recorded in the
+/// ledger, then a hang, a failure, or `ok`.
+async fn answer(
+    agent: &Agent,
+    ledger: &Mutex<Ledger>,
+    request: &AgentRequest,
+    rolls: &Rolls,
+    received_ms: Option<u64>,
+    ok: Value,
+) -> Response<Body> {
+    let behaviour = &agent.behaviour;
     let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     let stamp = received_ms.zip(agent.now_ms());
-    match decide(behaviour, &rolls, &ledger, &request, stamp) {
+    match decide(behaviour, rolls, ledger, request, stamp) {
         // Recorded above, so the simulator sees the attempt; only the caller's timeout ends it.
         Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
         Outcome::Fail(attempts) => {
@@ -401,10 +416,10 @@ async fn handle(
                 .fail_status
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let (error_type, message) = failure(&agent, &request, attempts);
-            Ok(error_reply(status, &error_type, &message))
+            let (error_type, message) = failure(agent, request, attempts);
+            error_reply(status, &error_type, &message)
         }
-        Outcome::Answer => Ok(reply(StatusCode::OK, output(&agent, &request))),
+        Outcome::Answer => reply(StatusCode::OK, ok),
     }
 }
 
@@ -451,7 +466,7 @@ async fn echo(
     } else {
         Value::String(String::from_utf8_lossy(&body).into_owned())
     };
-    let answer = json!({
+    let echoed = json!({
         "agent": agent.name,
         "method": method,
         "path": path,
@@ -460,7 +475,7 @@ async fn echo(
         "body": body,
     });
     let Some(key) = key else {
-        return reply(StatusCode::OK, answer);
+        return reply(StatusCode::OK, echoed);
     };
     // The engine's key is `<execution>:<step>`: the ledger files the request under both.
     let (execution_id, step_id) = key
@@ -473,31 +488,14 @@ async fn echo(
         step_id,
         attempt: 0,
         idempotency_key: key,
-        input: json!({"method": answer["method"], "path": answer["path"], "body": answer["body"]}),
+        input: json!({"method": echoed["method"], "path": echoed["path"], "body": echoed["body"]}),
     };
     let received_ms = agent.now_ms();
-    let behaviour = &agent.behaviour;
     let rolls = Rolls::draw(
-        behaviour,
+        &agent.behaviour,
         &mut agent.rng.lock().unwrap_or_else(|p| p.into_inner()),
     );
-    let delay_ms = behaviour.delay_ms.saturating_add(rolls.latency_ms);
-    if delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-    }
-    let stamp = received_ms.zip(agent.now_ms());
-    match decide(behaviour, &rolls, &ledger, &request, stamp) {
-        Outcome::Hang => match std::future::pending::<std::convert::Infallible>().await {},
-        Outcome::Fail(attempts) => {
-            let status = behaviour
-                .fail_status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let (error_type, message) = failure(&agent, &request, attempts);
-            error_reply(status, &error_type, &message)
-        }
-        Outcome::Answer => reply(StatusCode::OK, answer),
-    }
+    answer(&agent, &ledger, &request, &rolls, received_ms, echoed).await
 }
 
 /// The failure an attempt gets: its `error.type` and message.
