@@ -225,6 +225,8 @@ pub struct EngineConfig {
     /// Values for `${secrets.NAME}` in `http` steps' headers, filled in only as a request is
     /// sent (never stored).
     pub secrets: crate::secrets::Secrets,
+    /// Where `email` steps send (none: they fail, saying so).
+    pub smtp: Option<crate::email::SmtpConfig>,
     /// Keep only this many newest checkpoints per execution (all when `None`).
     pub keep_checkpoints: Option<usize>,
 }
@@ -274,6 +276,7 @@ struct Inner {
     agents: BTreeMap<String, String>,
     client: AgentClient,
     http: crate::http_call::HttpCaller,
+    email: crate::email::EmailSender,
     bus: EventBus,
     /// Inboxes of executions with a live task.
     live: Mutex<BTreeMap<String, mpsc::Sender<Envelope>>>,
@@ -376,11 +379,17 @@ impl Engine {
         }
         Ok(Engine {
             inner: Arc::new(Inner {
-                clock: ports.clock,
+                clock: ports.clock.clone(),
                 store: ports.store,
                 rng: Mutex::new(ports.rng),
                 agents: addresses,
                 client: AgentClient::new(ports.net.clone(), config.client),
+                email: crate::email::EmailSender::new(
+                    ports.net.clone(),
+                    ports.clock.clone(),
+                    config.smtp,
+                    config.client.connect_timeout_ms,
+                ),
                 http: crate::http_call::HttpCaller::new(ports.net, config.client, config.secrets),
                 bus: EventBus::new(),
                 live: Mutex::new(BTreeMap::new()),
@@ -1566,6 +1575,23 @@ impl Inner {
                         return std::future::pending::<()>().await;
                     };
                     let result = http.send(&call).await;
+                    let at = (call.step, Lane::Main, call.attempt);
+                    post_result(&tx, at, result, counted).await;
+                });
+                ((step, Lane::Main), task.abort_handle())
+            }
+            Command::SendEmail(call) => {
+                let email = self.email.clone();
+                let step = call.step;
+                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
+                let task = tokio::spawn(async move {
+                    let Some(counted) = counted else {
+                        // Shutting down: the message stays dispatched in storage, and recovery
+                        // sends it at the next start.
+                        return std::future::pending::<()>().await;
+                    };
+                    let result = email.send(&call).await;
                     let at = (call.step, Lane::Main, call.attempt);
                     post_result(&tx, at, result, counted).await;
                 });

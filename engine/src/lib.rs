@@ -14,6 +14,7 @@ pub mod clock;
 pub mod core;
 pub mod definition;
 pub mod driver;
+pub mod email;
 pub mod event;
 pub mod expr;
 pub mod http_call;

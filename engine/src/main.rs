@@ -222,6 +222,13 @@ fn engine_config() -> EngineConfig {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         ),
+        smtp: std::env::var("PROCTOR_SMTP")
+            .ok()
+            .map(|server| proctor::email::SmtpConfig {
+                server,
+                from: std::env::var("PROCTOR_SMTP_FROM")
+                    .unwrap_or_else(|_| "proctor@localhost".to_string()),
+            }),
         ..EngineConfig::default()
     }
 }

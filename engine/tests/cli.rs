@@ -1079,10 +1079,12 @@ fn help_lists_the_operator_commands_with_examples() {
     }
 }
 
-/// `proctor run` of an `http` step then a `transform` step against `proctor agent`'s plain
-/// `/echo` service in another process; the header's secret comes from `PROCTOR_SECRET_*`.
+/// `proctor run` of `http` → `transform` → `email`: the request goes to `proctor agent`'s plain
+/// `/echo` service in another process (its header's secret from `PROCTOR_SECRET_*`), the
+/// transform reshapes the response, and the mail goes to a real SMTP server (Python's
+/// aiosmtpd, writing a maildir), carrying the transformed data.
 #[test]
-fn run_sends_http_requests_and_transforms_the_response() {
+fn run_chains_http_transform_and_email() {
     use std::io::BufRead as _;
     let mut agent = proctor()
         .args(["agent", "--listen", "127.0.0.1:0", "--name", "svc"])
@@ -1120,9 +1122,16 @@ steps:
     output:
       order: "{{steps.fetch.output.body.path}}"
       total: "{{steps.fetch.output.body.body.qty * 10}}"
+  - id: notify
+    type: email
+    depends_on: [shape]
+    to: "ops@example.com"
+    subject: "Order {{steps.shape.output.order}}"
+    body: "Total: {{steps.shape.output.total}}"
 "#,
     )
     .unwrap();
+    let smtp = SmtpSink::start(dir.path());
     let agents = dir.path().join("agents.yaml");
     std::fs::write(&agents, "agents: {}\n").unwrap();
     let db = dir.path().join("p.db");
@@ -1135,6 +1144,8 @@ steps:
         .arg("--db")
         .arg(&db)
         .env("PROCTOR_SECRET_SVC_TOKEN", "cli-secret-value-42")
+        .env("PROCTOR_SMTP", &smtp.addr)
+        .env("PROCTOR_SMTP_FROM", "proctor@example.com")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1155,4 +1166,78 @@ steps:
         .unwrap();
     assert!(input.contains("${secrets.SVC_TOKEN}"), "{input}");
     assert!(!stdout.contains("cli-secret-value-42"));
+    // The mail carries the transformed data.
+    let mail = smtp.messages();
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    for expected in [
+        "Subject: Order /echo/orders/7",
+        "To: ops@example.com",
+        "Total: 30",
+        "X-Proctor-Idempotency-Key: ",
+    ] {
+        assert!(
+            mail[0].contains(expected),
+            "{expected:?} not in:\n{}",
+            mail[0]
+        );
+    }
+}
+
+/// Python's aiosmtpd on a free loopback port, writing what it takes into a maildir; killed
+/// when dropped.
+struct SmtpSink {
+    _server: Running,
+    addr: String,
+    maildir: PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &Path) -> SmtpSink {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        let maildir = dir.join("mail");
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &addr,
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let waited = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("aiosmtpd exited ({status}): `pip install aiosmtpd` (as .ci/run does)");
+            }
+            assert!(
+                waited.elapsed() < LINE_WAIT,
+                "aiosmtpd did not listen on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        SmtpSink {
+            _server: Running(child),
+            addr,
+            maildir,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    }
 }

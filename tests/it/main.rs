@@ -2,6 +2,7 @@
 //! ManualClock. Fixtures live in the crate's lib.rs.
 
 mod checkpoints;
+mod email;
 mod events;
 mod examples;
 mod gateway;

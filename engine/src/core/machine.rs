@@ -175,12 +175,27 @@ pub struct HttpCall {
     pub success: Vec<crate::definition::StatusMatch>,
 }
 
+/// One email to send, for an `email` step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmailCall {
+    pub step: usize,
+    pub step_id: String,
+    pub attempt: u32,
+    /// Execution and step: the message's `X-Proctor-Idempotency-Key`, and its `Message-ID`.
+    pub idempotency_key: String,
+    /// The rendered message, `{to: [..], from, subject, body}`, as stored in the step's input.
+    pub message: Value,
+    pub timeout_ms: u64,
+}
+
 /// Side effects the driver performs after the transition is durable.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     CallAgent(AgentCall),
     /// Send an `http` step's request; its result comes back as [`Input::AgentReturned`].
     CallHttp(HttpCall),
+    /// Send an `email` step's message; its result comes back as [`Input::AgentReturned`].
+    SendEmail(EmailCall),
     /// Deliver [`Input::Wake`] at `at_ms` (Clock time), or at once if that has passed.
     Wake {
         step: usize,
@@ -420,7 +435,10 @@ impl Execution {
                 if !self.is_current(step, attempt, StepStatus::Running)
                     || !matches!(
                         self.process.steps[step].kind,
-                        StepKind::AgentTask(_) | StepKind::Subprocess(_) | StepKind::Http(_)
+                        StepKind::AgentTask(_)
+                            | StepKind::Subprocess(_)
+                            | StepKind::Http(_)
+                            | StepKind::Email(_)
                     )
                 {
                     return cx.tx;
@@ -619,7 +637,10 @@ impl Execution {
             (s.status == StepStatus::Running
                 && matches!(
                     d.kind,
-                    StepKind::AgentTask(_) | StepKind::Subprocess(_) | StepKind::Http(_)
+                    StepKind::AgentTask(_)
+                        | StepKind::Subprocess(_)
+                        | StepKind::Http(_)
+                        | StepKind::Email(_)
                 ))
                 || s.detail.compensation.as_ref().map(|c| c.status) == Some(CallStatus::Running)
                 || s.detail
@@ -650,7 +671,10 @@ impl Execution {
             let st = &self.steps[step];
             let (status, attempt, wake_at) = (st.status, st.attempt, st.wake_at_ms);
             match (status, &self.process.steps[step].kind) {
-                (StepStatus::Running, StepKind::AgentTask(_) | StepKind::Http(_)) if calls => {
+                (
+                    StepStatus::Running,
+                    StepKind::AgentTask(_) | StepKind::Http(_) | StepKind::Email(_),
+                ) if calls => {
                     if crate::planted::planted(Bug::NoRedispatchOnRecovery) {
                         // Planted bug (test-only, see `planted`): the call is forgotten.
                         continue;
@@ -1004,7 +1028,9 @@ impl Execution {
     fn start_step(&mut self, cx: &mut Ctx<'_>, step: usize) {
         let def = self.process.steps[step].clone();
         match &def.kind {
-            StepKind::AgentTask(_) | StepKind::Http(_) => self.start_attempt(cx, step, 1),
+            StepKind::AgentTask(_) | StepKind::Http(_) | StepKind::Email(_) => {
+                self.start_attempt(cx, step, 1)
+            }
             StepKind::Transform(transform) => {
                 // No I/O: the output is computed here, and the step ends in this transition.
                 self.mark_started(cx, step, 1, None);
@@ -1207,7 +1233,41 @@ impl Execution {
                     "body": body,
                 }))
             }
-            _ => unreachable!("only agent tasks and http steps have inputs"),
+            StepKind::Email(email) => {
+                let scope = self.scope();
+                let to = match expr::render(&email.to, &scope).map_err(expression)? {
+                    Value::String(one) => vec![Value::String(one)],
+                    Value::Array(many) => many
+                        .into_iter()
+                        .flat_map(|v| match v {
+                            // A template in the list may give a list of its own.
+                            Value::Array(inner) => inner,
+                            other => vec![other],
+                        })
+                        .collect(),
+                    other => {
+                        return Err(StepError::new(
+                            ErrorKind::Expression,
+                            format!("to: gave {other}, not an address or a list of them"),
+                        ))
+                    }
+                };
+                let text = |template: &str| {
+                    expr::render(&Value::String(template.to_string()), &scope)
+                        .map_err(expression)
+                        .map(|v| match v {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        })
+                };
+                Ok(json!({
+                    "to": to,
+                    "from": email.from.as_deref().map(text).transpose()?,
+                    "subject": text(&email.subject)?,
+                    "body": text(&email.body)?,
+                }))
+            }
+            _ => unreachable!("only agent tasks, http and email steps have inputs"),
         }
     }
 
@@ -1236,7 +1296,17 @@ impl Execution {
                     success: http.success.clone(),
                 })
             }
-            _ => unreachable!("only agent tasks and http steps call out"),
+            StepKind::Email(email) => {
+                return Command::SendEmail(EmailCall {
+                    step,
+                    step_id: def.id.clone(),
+                    attempt,
+                    idempotency_key,
+                    message: input,
+                    timeout_ms: email.timeout.as_millis(),
+                })
+            }
+            _ => unreachable!("only agent tasks, http and email steps call out"),
         };
         Command::CallAgent(AgentCall {
             step,
@@ -2057,6 +2127,7 @@ fn def_on_error(kind: &StepKind) -> OnError {
         StepKind::Foreach(each) => each.on_error,
         StepKind::Subprocess(sub) => sub.on_error,
         StepKind::Http(http) => http.on_error,
+        StepKind::Email(email) => email.on_error,
         StepKind::Transform(transform) => transform.on_error,
         StepKind::Gateway(_) | StepKind::Timer(_) | StepKind::WaitSignal(_) => OnError::Fail,
     }

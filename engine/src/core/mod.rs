@@ -13,8 +13,8 @@ mod state;
 
 pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
 pub use machine::{
-    AgentCall, Command, Execution, HttpCall, Input, Lane, Progress, RecoveryAction, Transition,
-    DEFAULT_TENANT, MAX_SIGNALS_PER_EXECUTION,
+    AgentCall, Command, EmailCall, Execution, HttpCall, Input, Lane, Progress, RecoveryAction,
+    Transition, DEFAULT_TENANT, MAX_SIGNALS_PER_EXECUTION,
 };
 pub use retry::retry_delay_ms;
 pub use state::{

@@ -34,6 +34,8 @@ pub enum Shape {
     Http,
     /// A `transform` step: data reshaped, no I/O.
     Transform,
+    /// An `email` step.
+    Email,
     /// A step's compensating action (its undo call), drawn dashed beside the step.
     Compensation,
 }
@@ -49,6 +51,7 @@ impl Shape {
             StepKind::Subprocess(_) => Shape::Subprocess,
             StepKind::Http(_) => Shape::Http,
             StepKind::Transform(_) => Shape::Transform,
+            StepKind::Email(_) => Shape::Email,
         }
     }
 
@@ -63,6 +66,7 @@ impl Shape {
             Shape::Subprocess => "box, peripheries=2",
             Shape::Http => "component",
             Shape::Transform => "parallelogram",
+            Shape::Email => "note",
             Shape::Compensation => "box, style=\"rounded,dashed\", color=firebrick",
         }
     }
@@ -78,6 +82,7 @@ impl Shape {
             Shape::Subprocess => ("[[", "]]"),
             Shape::Http => ("[(", ")]"),
             Shape::Transform => ("[/", "/]"),
+            Shape::Email => ("[\\", "/]"),
         }
     }
 }
@@ -332,6 +337,13 @@ fn detail(kind: &StepKind) -> Vec<String> {
             format!("{} {}", h.method.to_ascii_uppercase(), h.url),
             h.on_error,
         ),
+        StepKind::Email(e) => (
+            match &e.to {
+                serde_json::Value::String(to) => format!("email to {to}"),
+                _ => "email".to_string(),
+            },
+            e.on_error,
+        ),
         StepKind::Transform(t) => (
             match &t.output {
                 serde_json::Value::Object(fields) => format!("fields: {}", fields.len()),
@@ -474,13 +486,14 @@ steps:
             Shape::Subprocess,
             Shape::Http,
             Shape::Transform,
+            Shape::Email,
             Shape::Compensation,
         ];
         let dot: std::collections::BTreeSet<_> = all.iter().map(|s| s.dot()).collect();
         assert_eq!(dot.len(), all.len(), "a DOT shape is shared");
         // The compensation node differs from an agent task by its class, not its brackets.
-        let mermaid: std::collections::BTreeSet<_> = all[..8].iter().map(|s| s.mermaid()).collect();
-        assert_eq!(mermaid.len(), 8, "a Mermaid shape is shared");
+        let mermaid: std::collections::BTreeSet<_> = all[..9].iter().map(|s| s.mermaid()).collect();
+        assert_eq!(mermaid.len(), 9, "a Mermaid shape is shared");
 
         let dot = g.dot();
         for line in [

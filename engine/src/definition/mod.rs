@@ -82,6 +82,7 @@ pub enum StepKind {
     Subprocess(Subprocess),
     Http(Box<HttpTask>),
     Transform(Transform),
+    Email(Box<EmailTask>),
 }
 
 impl StepKind {
@@ -95,6 +96,7 @@ impl StepKind {
             StepKind::Subprocess(_) => "subprocess",
             StepKind::Http(_) => "http",
             StepKind::Transform(_) => "transform",
+            StepKind::Email(_) => "email",
         }
     }
 
@@ -104,6 +106,7 @@ impl StepKind {
         match self {
             StepKind::AgentTask(task) => Some(&task.retry),
             StepKind::Http(http) => Some(&http.retry),
+            StepKind::Email(email) => Some(&email.retry),
             _ => None,
         }
     }
@@ -191,6 +194,33 @@ pub fn http_success(success: &[StatusMatch], status: u16) -> bool {
         success.iter().any(|m| m.matches(status) == Some(true))
     }
 }
+
+/// Sends one email through the engine's SMTP server (`EngineConfig::smtp`: `proctor` reads
+/// `PROCTOR_SMTP`) and completes with `{message_id, to, response}`. `to`, `subject` and `body`
+/// are templates. The step's idempotency key goes into an `X-Proctor-Idempotency-Key` header,
+/// and the `Message-ID` is made from it, so a message re-sent after a crash is the same
+/// message to whoever reads the mailbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTask {
+    /// One address, or a list (each a template; a template may also give a list).
+    pub to: Value,
+    /// The sender; the engine's configured sender when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub subject: String,
+    /// Plain text.
+    pub body: String,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: DurationMs,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Most recipients of one `email` step.
+pub const MAX_EMAIL_RECIPIENTS: usize = 50;
 
 /// Computes its output from templates over `input` and `steps`, with no I/O: for reshaping
 /// data between steps. An expression that fails fails the step, naming the expression.

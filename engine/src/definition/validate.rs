@@ -239,6 +239,51 @@ pub fn validate(
                     );
                 }
             }
+            StepKind::Email(email) => {
+                for (field, value) in [
+                    ("to", email.to.clone()),
+                    ("subject", serde_json::Value::String(email.subject.clone())),
+                    ("body", serde_json::Value::String(email.body.clone())),
+                ] {
+                    if let Err(e) = expr::check_template(&value) {
+                        problem(id, format!("{field}: {e}"));
+                    }
+                }
+                match &email.to {
+                    serde_json::Value::String(_) => {}
+                    serde_json::Value::Array(list)
+                        if !list.is_empty()
+                            && list.len() <= super::MAX_EMAIL_RECIPIENTS
+                            && list.iter().all(serde_json::Value::is_string) => {}
+                    _ => problem(
+                        id,
+                        format!(
+                            "to: one address or a list of 1 to {} addresses",
+                            super::MAX_EMAIL_RECIPIENTS
+                        ),
+                    ),
+                }
+                let literal = |text: &str| !text.contains("{{");
+                let addresses: Vec<&str> = match &email.to {
+                    serde_json::Value::String(s) => vec![s.as_str()],
+                    serde_json::Value::Array(list) => {
+                        list.iter().filter_map(|v| v.as_str()).collect()
+                    }
+                    _ => vec![],
+                };
+                for address in addresses.into_iter().chain(email.from.as_deref()) {
+                    if literal(address) && address.parse::<lettre::Address>().is_err() {
+                        problem(id, format!("{address:?} is not an email address"));
+                    }
+                }
+                check_policy("", email.timeout, &email.retry, &mut |p| problem(id, p));
+                if email.on_error == OnError::Compensate && !compensable {
+                    problem(
+                        id,
+                        "on_error is compensate but no step declares a `compensate` action".into(),
+                    );
+                }
+            }
             StepKind::Transform(transform) => {
                 if let Err(e) = expr::check_template(&transform.output) {
                     problem(id, format!("output: {e}"));
@@ -558,6 +603,49 @@ steps:
             "step 'get': timeout must be greater than zero",
             "step 'other': url: \"svc/{{input.x\" must start with http://",
             "step 'shape': output: expression",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn email_steps_are_checked_field_by_field() {
+        check(
+            r#"
+name: p
+steps:
+  - id: mail
+    type: email
+    to: ["ops@example.com", "{{input.owner}}"]
+    subject: "Order {{input.id}}"
+    body: "Done."
+"#,
+        )
+        .unwrap();
+        let out = problems(
+            r#"
+name: p
+steps:
+  - id: mail
+    type: email
+    to: "not an address"
+    from: "also@@bad"
+    subject: "{{input."
+    body: "x"
+    timeout: 0s
+  - id: many
+    type: email
+    to: []
+    subject: s
+    body: b
+"#,
+        );
+        for expected in [
+            "step 'mail': \"not an address\" is not an email address",
+            "step 'mail': \"also@@bad\" is not an email address",
+            "step 'mail': subject: template",
+            "step 'mail': timeout must be greater than zero",
+            "step 'many': to: one address or a list of 1 to 50 addresses",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
         }
