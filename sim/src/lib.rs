@@ -10,6 +10,7 @@
 //! - [`chaos`]: random faults from rates, drawn from the seed (with swarm testing).
 //! - [`client`]: the client host, which drives the workload through the engine's HTTP API.
 //! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
+//! - [`smtp`]: the simulated mail server for `email` steps (a host that can be faulted).
 //! - [`shrink`]: a failing run's fault schedule written out and reduced (delta debugging) to a
 //!   minimal one that fails the same way.
 //! - [`summary`]: a run's outcome in brief (JSON for sweeps, snapshots for tests).
@@ -26,6 +27,7 @@ pub mod ports;
 pub mod runner;
 pub mod scenario;
 pub mod shrink;
+pub mod smtp;
 pub mod storage;
 pub mod summary;
 pub mod timeline;

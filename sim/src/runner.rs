@@ -118,6 +118,8 @@ pub struct Outcome {
     pub engine_restarts_ms: Vec<u64>,
     /// Every fault as it began, ended or struck, in simulated time: what the timeline draws.
     pub fault_log: Vec<FaultEntry>,
+    /// What the simulated mail server took, in order (empty without `smtp`).
+    pub mail: Vec<crate::smtp::Mail>,
     pub elapsed_ms: u64,
     /// A host's error, or the liveness bound passing with executions still active.
     pub sim_error: Option<String>,
@@ -519,6 +521,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         streams_ended: Mutex::new(BTreeSet::new()),
     });
 
+    let mailbox: crate::smtp::Mailbox = Arc::default();
+    if let Some(host) = &scenario.smtp_host {
+        let mailbox = mailbox.clone();
+        sim.host(host.as_str(), move || crate::smtp::serve(mailbox.clone()));
+    }
     let mut ledgers = BTreeMap::new();
     let mut registry = AgentRegistry::new();
     for (index, (name, behaviour)) in scenario.agents.iter().enumerate() {
@@ -1045,6 +1052,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         window_end_ms: shared.window_end_ms.load(Ordering::SeqCst),
         engine_restarts_ms,
         fault_log,
+        mail: mailbox.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         coverage,
         clock_offsets,
         event_sim_ms: std::mem::take(&mut *shared.event_sim_ms.lock().expect("event time lock")),
@@ -1323,6 +1331,13 @@ async fn boot(
         &registry,
         EngineConfig {
             secrets: proctor::secrets::Secrets::new(scenario.secrets.clone()),
+            smtp: scenario
+                .smtp_host
+                .as_ref()
+                .map(|host| proctor::email::SmtpConfig {
+                    server: format!("{host}:{}", crate::smtp::SMTP_PORT),
+                    from: "proctor@sim.invalid".to_string(),
+                }),
             ..EngineConfig::default()
         },
     )?;

@@ -72,6 +72,17 @@ struct File {
     /// Values for the process's `${secrets.NAME}` references (`http` steps' headers).
     #[serde(default)]
     secrets: BTreeMap<String, String>,
+    /// A simulated mail server for `email` steps.
+    #[serde(default)]
+    smtp: Option<SmtpSpec>,
+}
+
+/// The simulated mail server (`sim/src/smtp.rs`): a host of this name, port 25, which faults
+/// can crash, partition and hold like an agent's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSpec {
+    pub host: String,
 }
 
 /// The engine's disk: how SQLite syncs (production: `full`) and what a power cut does to
@@ -557,6 +568,8 @@ pub struct Scenario {
     pub disk: DiskSpec,
     /// What the engine's `${secrets.NAME}` references resolve to.
     pub secrets: BTreeMap<String, String>,
+    /// The simulated mail server's host name, if the scenario has one.
+    pub smtp_host: Option<String>,
 }
 
 impl Scenario {
@@ -665,9 +678,27 @@ impl Scenario {
                 "workload.executions: must be between {at_least} and {MAX_EXECUTIONS}"
             )));
         }
+        if let Some(smtp) = &file.smtp {
+            let taken = smtp.host == ENGINE_HOST
+                || smtp.host == CLIENT_HOST
+                || agent_names.contains(&smtp.host);
+            let valid = !smtp.host.is_empty()
+                && smtp
+                    .host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if taken || !valid {
+                return Err(invalid(format!(
+                    "smtp.host: '{}' must be a host name (letters, digits, '-') that no other \
+                     host has",
+                    smtp.host
+                )));
+            }
+        }
         let hosts: Vec<&str> = [ENGINE_HOST, CLIENT_HOST]
             .into_iter()
             .chain(agent_names.iter().map(String::as_str))
+            .chain(file.smtp.as_ref().map(|s| s.host.as_str()))
             .collect();
         // A step's compensating action is called as `<step>#compensate`, and a `foreach`
         // item as `<step>#<index>`; a crash point may name them.
@@ -719,6 +750,7 @@ impl Scenario {
             clock_start_ms,
             disk: file.disk,
             secrets: file.secrets,
+            smtp_host: file.smtp.map(|s| s.host),
         })
     }
 

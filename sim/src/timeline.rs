@@ -151,6 +151,14 @@ impl Timeline {
         let times = EventTimes::of(outcome);
         let mut hosts = vec![CLIENT_HOST.to_string(), ENGINE_HOST.to_string()];
         hosts.extend(outcome.ledgers.keys().cloned());
+        // Hosts that are no agent (the mail server) show up in the faults that touch them.
+        for entry in &outcome.fault_log {
+            for host in &entry.hosts {
+                if !hosts.contains(host) {
+                    hosts.push(host.clone());
+                }
+            }
+        }
         let mut order: Vec<&(proctor::core::Execution, Vec<EventRecord>)> =
             outcome.executions.iter().collect();
         // By first event: the page reads top to bottom in the order work began.

@@ -10,6 +10,7 @@ mod expected;
 mod history;
 mod idempotency;
 mod liveness;
+mod mail;
 mod once;
 mod pause;
 mod progress;
@@ -90,6 +91,7 @@ pub const NAMES: &[&str] = &[
     "age_limit_respected",
     "retries_within_policy",
     "pause_respected",
+    "mail_delivered",
 ];
 
 /// Runs every checker.
@@ -113,6 +115,7 @@ pub fn check_all(scenario: &Scenario, outcome: &Outcome) -> Vec<Violation> {
     recovery_age::check(scenario, outcome, &mut out);
     retries::check(scenario, outcome, &mut out);
     pause::check(scenario, outcome, &mut out);
+    mail::check(scenario, outcome, &mut out);
     for fault in &outcome.unfired {
         // Not an engine invariant: the run proves less than the scenario claims.
         out.push(Violation::new(
