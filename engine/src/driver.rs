@@ -1454,6 +1454,28 @@ impl Inner {
         result.map(|()| execution)
     }
 
+    /// Spawns an outbound call of a step's main lane (an `http` request, an email) whose result
+    /// comes back as [`Input::AgentReturned`], holding its place in the in-flight count.
+    fn spawn_outbound(
+        &self,
+        tx: mpsc::Sender<Envelope>,
+        (step, attempt): (usize, u32),
+        send: impl std::future::Future<Output = Result<Value, StepError>> + Send + 'static,
+    ) -> AbortHandle {
+        let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
+        let task = tokio::spawn(async move {
+            let Some(counted) = counted else {
+                // Shutting down: the call stays dispatched in storage, and recovery sends it
+                // at the next start.
+                return std::future::pending::<()>().await;
+            };
+            let result = send.await;
+            post_result(&tx, (step, Lane::Main, attempt), result, counted).await;
+        });
+        task.abort_handle()
+    }
+
     fn perform(
         self: &Arc<Self>,
         execution: &Execution,
@@ -1564,38 +1586,14 @@ impl Inner {
                 ((call.step, call.lane), task.abort_handle())
             }
             Command::CallHttp(call) => {
-                let http = self.http.clone();
-                let step = call.step;
-                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
-                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
-                let task = tokio::spawn(async move {
-                    let Some(counted) = counted else {
-                        // Shutting down: the request stays dispatched in storage, and recovery
-                        // sends it at the next start.
-                        return std::future::pending::<()>().await;
-                    };
-                    let result = http.send(&call).await;
-                    let at = (call.step, Lane::Main, call.attempt);
-                    post_result(&tx, at, result, counted).await;
-                });
-                ((step, Lane::Main), task.abort_handle())
+                let (http, at) = (self.http.clone(), (call.step, call.attempt));
+                let handle = self.spawn_outbound(tx, at, async move { http.send(&call).await });
+                ((at.0, Lane::Main), handle)
             }
             Command::SendEmail(call) => {
-                let email = self.email.clone();
-                let step = call.step;
-                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
-                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
-                let task = tokio::spawn(async move {
-                    let Some(counted) = counted else {
-                        // Shutting down: the message stays dispatched in storage, and recovery
-                        // sends it at the next start.
-                        return std::future::pending::<()>().await;
-                    };
-                    let result = email.send(&call).await;
-                    let at = (call.step, Lane::Main, call.attempt);
-                    post_result(&tx, at, result, counted).await;
-                });
-                ((step, Lane::Main), task.abort_handle())
+                let (email, at) = (self.email.clone(), (call.step, call.attempt));
+                let handle = self.spawn_outbound(tx, at, async move { email.send(&call).await });
+                ((at.0, Lane::Main), handle)
             }
             Command::Wake {
                 step,
