@@ -248,6 +248,17 @@ mod harness {
                 },
             ),
             Trial::test(
+                "harness::planted_retry_with_fresh_key_fails_mail_delivered",
+                || {
+                    expect_caught(
+                        "email-retried.yaml",
+                        Bug::RetryWithFreshKey,
+                        "mail_delivered",
+                        "the mail server never took its message",
+                    )
+                },
+            ),
+            Trial::test(
                 "harness::planted_key_not_stored_fails_idempotent_starts",
                 || {
                     expect_caught(
@@ -375,6 +386,7 @@ mod harness {
 
     const FILES: &[&str] = &[
         "compensation-budget.yaml",
+        "email-retried.yaml",
         "idempotent-start.yaml",
         "join-waits-for-all.yaml",
         "recovery-mid-step.yaml",

@@ -40,7 +40,8 @@
 //!   starts at N + 2, so a reconnecting client misses one event (`stream_complete`).
 //! - [`Bug::RetryWithFreshKey`] (`Execution::call_command`): a retry (attempt > 1) carries the
 //!   key with the attempt appended, so an agent that applied an attempt whose reply was lost
-//!   (a timeout, a cut link) applies the step's effect again (`effect_at_most_once`).
+//!   (a timeout, a cut link) applies the step's effect again (`effect_at_most_once`); an
+//!   `email` step's retried message carries a key of no step (`mail_delivered`).
 //! - [`Bug::JoinIgnoresPending`] (`Execution::readiness`): a join starts as soon as one
 //!   dependency satisfied it, while others are still pending or running
 //!   (`dependencies_respected`).
