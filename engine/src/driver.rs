@@ -1454,12 +1454,12 @@ impl Inner {
         result.map(|()| execution)
     }
 
-    /// Spawns an outbound call of a step's main lane (an `http` request, an email) whose result
-    /// comes back as [`Input::AgentReturned`], holding its place in the in-flight count.
+    /// Spawns an outbound call (an agent call, an `http` request, an email) whose result comes
+    /// back as [`Input::AgentReturned`], holding its place in the in-flight count.
     fn spawn_outbound(
         &self,
         tx: mpsc::Sender<Envelope>,
-        (step, attempt): (usize, u32),
+        (step, lane, attempt): (usize, Lane, u32),
         send: impl std::future::Future<Output = Result<Value, StepError>> + Send + 'static,
     ) -> AbortHandle {
         let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
@@ -1471,7 +1471,7 @@ impl Inner {
                 return std::future::pending::<()>().await;
             };
             let result = send.await;
-            post_result(&tx, (step, Lane::Main, attempt), result, counted).await;
+            post_result(&tx, (step, lane, attempt), result, counted).await;
         });
         task.abort_handle()
     }
@@ -1539,14 +1539,10 @@ impl Inner {
                     idempotency_key: call.idempotency_key.clone(),
                     input: call.input.clone(),
                 };
-                let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
-                let counted = (!draining).then(|| CallInFlight::new(&self.calls_in_flight));
-                let task = tokio::spawn(async move {
-                    let Some(counted) = counted else {
-                        // Shutting down: the call stays dispatched in storage, and recovery
-                        // sends it at the next start.
-                        return std::future::pending::<()>().await;
-                    };
+                let at = (call.step, call.lane, call.attempt);
+                let relay_tx = tx.clone();
+                let calling = async move {
+                    let tx = relay_tx;
                     // Progress lines go to the execution before the result, in the order sent.
                     let (progress_tx, mut progress_rx) =
                         mpsc::channel(crate::agent::MAX_PROGRESS_PER_CALL);
@@ -1581,17 +1577,17 @@ impl Inner {
                     while let Ok(progress) = progress_rx.try_recv() {
                         let _ = tx.send(relay(progress)).await;
                     }
-                    post_result(&tx, (call.step, call.lane, call.attempt), result, counted).await;
-                });
-                ((call.step, call.lane), task.abort_handle())
+                    result
+                };
+                ((at.0, at.1), self.spawn_outbound(tx, at, calling))
             }
             Command::CallHttp(call) => {
-                let (http, at) = (self.http.clone(), (call.step, call.attempt));
+                let (http, at) = (self.http.clone(), (call.step, Lane::Main, call.attempt));
                 let handle = self.spawn_outbound(tx, at, async move { http.send(&call).await });
                 ((at.0, Lane::Main), handle)
             }
             Command::SendEmail(call) => {
-                let (email, at) = (self.email.clone(), (call.step, call.attempt));
+                let (email, at) = (self.email.clone(), (call.step, Lane::Main, call.attempt));
                 let handle = self.spawn_outbound(tx, at, async move { email.send(&call).await });
                 ((at.0, Lane::Main), handle)
             }

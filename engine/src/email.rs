@@ -24,6 +24,7 @@ use lettre::Message;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::agent::client::connect_within;
 use crate::clock::Clock;
 use crate::core::{EmailCall, ErrorKind, StepError};
 use crate::network::{Conn, Network};
@@ -151,26 +152,7 @@ impl EmailSender {
     /// Connects, sends and quits; the server's answer to the message, as text.
     async fn deliver(&self, smtp: &SmtpConfig, message: &Message) -> Result<String, StepError> {
         let server = &smtp.server;
-        let conn = tokio::time::timeout(
-            Duration::from_millis(self.connect_timeout_ms),
-            self.net.connect(server),
-        )
-        .await
-        .map_err(|_| {
-            StepError::new(
-                ErrorKind::Connection,
-                format!(
-                    "connecting to {server} timed out after {}ms",
-                    self.connect_timeout_ms
-                ),
-            )
-        })?
-        .map_err(|e| {
-            StepError::new(
-                ErrorKind::Connection,
-                format!("cannot connect to {server}: {e}"),
-            )
-        })?;
+        let conn = connect_within(&*self.net, server, self.connect_timeout_ms).await?;
         let stream: Box<dyn AsyncTokioStream> = Box::new(Stream(Mutex::new(conn)));
         let hello = ClientId::Domain(HELLO_NAME.to_string());
         let mut smtp_conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)

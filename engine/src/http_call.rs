@@ -18,9 +18,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{header, Method, Request, Uri};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 
+use crate::agent::client::open_http1;
 use crate::agent::ClientLimits;
 use crate::core::{ErrorKind, HttpCall, StepError};
 use crate::definition::http_success;
@@ -118,39 +118,14 @@ impl HttpCaller {
         let broken = |what: &str, e: &dyn std::fmt::Display| {
             StepError::new(ErrorKind::Connection, format!("{what} {addr}: {e}"))
         };
-        let conn = tokio::time::timeout(
-            Duration::from_millis(self.limits.connect_timeout_ms),
-            self.net.connect(&addr),
-        )
-        .await
-        .map_err(|_| {
-            StepError::new(
-                ErrorKind::Connection,
-                format!(
-                    "connecting to {addr} timed out after {}ms",
-                    self.limits.connect_timeout_ms
-                ),
-            )
-        })?
-        .map_err(|e| broken("cannot connect to", &e))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| broken("handshake with", &e))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        // Dropped at the end of the attempt, which closes the connection.
+        let mut conn = open_http1(&*self.net, &addr, self.limits.connect_timeout_ms).await?;
         let request = build(parts, &call.idempotency_key)?;
-        let response = sender
+        let response = conn
+            .sender
             .send_request(request)
             .await
-            .map_err(|e| broken("request to", &e));
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                driver.abort();
-                return Err(e);
-            }
-        };
+            .map_err(|e| broken("request to", &e))?;
         let status = response.status().as_u16();
         let mut headers = Map::new();
         for (name, value) in response.headers() {
@@ -175,7 +150,6 @@ impl HttpCaller {
         let body = Limited::new(response.into_body(), self.limits.max_response_bytes)
             .collect()
             .await;
-        driver.abort();
         let body = match body {
             Ok(body) => body.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {

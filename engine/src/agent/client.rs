@@ -30,7 +30,7 @@ use super::{
     MAX_PROGRESS_PER_CALL,
 };
 use crate::core::{ErrorKind, StepError};
-use crate::network::Network;
+use crate::network::{Conn, Network};
 
 /// Limits on one call.
 #[derive(Clone, Copy, Debug)]
@@ -63,9 +63,48 @@ pub struct AgentClient {
 
 /// An open HTTP/1.1 connection: the handle requests are sent through, and the task that
 /// drives the connection (stopped when this is dropped).
-struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+pub(crate) struct Connection {
+    pub(crate) sender: SendRequest<Full<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
+}
+
+/// A stream to `addr` over `net`, within `connect_timeout_ms` (which a call's own timeout
+/// around it may cut shorter). Every outbound call (agents, `http` steps, email) connects so.
+pub(crate) async fn connect_within(
+    net: &dyn Network,
+    addr: &str,
+    connect_timeout_ms: u64,
+) -> Result<Box<dyn Conn>, StepError> {
+    match tokio::time::timeout(Duration::from_millis(connect_timeout_ms), net.connect(addr)).await {
+        Err(_) => Err(StepError::new(
+            ErrorKind::Connection,
+            format!("connecting to {addr} timed out after {connect_timeout_ms}ms"),
+        )),
+        Ok(Err(e)) => Err(StepError::new(
+            ErrorKind::Connection,
+            format!("cannot connect to {addr}: {e}"),
+        )),
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// A new HTTP/1.1 connection to `addr` ([`connect_within`], then the handshake).
+pub(crate) async fn open_http1(
+    net: &dyn Network,
+    addr: &str,
+    connect_timeout_ms: u64,
+) -> Result<Connection, StepError> {
+    let conn = connect_within(net, addr, connect_timeout_ms).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+        .await
+        .map_err(|e| {
+            StepError::new(ErrorKind::Connection, format!("handshake with {addr}: {e}"))
+        })?;
+    let driver = tokio::spawn(async move {
+        // Its end (a close, a reset) shows in the next request on it.
+        let _ = connection.await;
+    });
+    Ok(Connection { sender, driver })
 }
 
 impl Drop for Connection {
@@ -183,39 +222,7 @@ impl AgentClient {
     /// A new connection to `addr`, within the connect timeout (which the response timeout
     /// around it may cut shorter).
     async fn connect(&self, addr: &str) -> Result<Connection, StepError> {
-        let connect = tokio::time::timeout(
-            Duration::from_millis(self.limits.connect_timeout_ms),
-            self.net.connect(addr),
-        )
-        .await;
-        let conn = match connect {
-            Err(_) => {
-                return Err(StepError::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "connecting to {addr} timed out after {}ms",
-                        self.limits.connect_timeout_ms
-                    ),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(StepError::new(
-                    ErrorKind::Connection,
-                    format!("cannot connect to {addr}: {e}"),
-                ))
-            }
-            Ok(Ok(conn)) => conn,
-        };
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| {
-                StepError::new(ErrorKind::Connection, format!("handshake with {addr}: {e}"))
-            })?;
-        let driver = tokio::spawn(async move {
-            // Its end (a close, a reset) shows in the next request on it.
-            let _ = connection.await;
-        });
-        Ok(Connection { sender, driver })
+        open_http1(&*self.net, addr, self.limits.connect_timeout_ms).await
     }
 
     /// One request and its answer on `conn`.
