@@ -56,21 +56,14 @@ impl Secrets {
     /// the error.
     pub fn fill(&self, text: &str) -> Result<String, String> {
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(at) = rest.find(OPENER) {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + OPENER.len()..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| "unclosed `${secrets.`".to_string())?;
-            let name = &after[..end];
-            let value = self.values.get(name).ok_or_else(|| {
-                format!("secret {name} is not configured (set {ENV_PREFIX}{name})")
-            })?;
-            out.push_str(value);
-            rest = &after[end + 1..];
+        for piece in pieces(text)? {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Secret(name) => out.push_str(self.values.get(name).ok_or_else(|| {
+                    format!("secret {name} is not configured (set {ENV_PREFIX}{name})")
+                })?),
+            }
         }
-        out.push_str(rest);
         Ok(out)
     }
 
@@ -92,9 +85,27 @@ impl Secrets {
 
 /// The secret names `text` refers to; an error for a malformed reference.
 pub fn references(text: &str) -> Result<Vec<&str>, String> {
-    let mut names = Vec::new();
+    Ok(pieces(text)?
+        .into_iter()
+        .filter_map(|piece| match piece {
+            Piece::Secret(name) => Some(name),
+            Piece::Text(_) => None,
+        })
+        .collect())
+}
+
+/// A header value split at its secret references.
+enum Piece<'a> {
+    Text(&'a str),
+    Secret(&'a str),
+}
+
+/// `text` as text and `${secrets.NAME}` references, in order; an error for a malformed one.
+fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find(OPENER) {
+        pieces.push(Piece::Text(&rest[..at]));
         let after = &rest[at + OPENER.len()..];
         let end = after
             .find('}')
@@ -106,10 +117,11 @@ pub fn references(text: &str) -> Result<Vec<&str>, String> {
                  letter or '_', at most {MAX_NAME_LEN} characters"
             ));
         }
-        names.push(name);
+        pieces.push(Piece::Secret(name));
         rest = &after[end + 1..];
     }
-    Ok(names)
+    pieces.push(Piece::Text(rest));
+    Ok(pieces)
 }
 
 fn is_name(name: &str) -> bool {
