@@ -863,11 +863,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
                     format!("storage {} x{commits}", kind.name())
                 }
             };
-            if let Some(mut entry) = entry.filter(|_| !line.ends_with("skipped: already down")) {
-                if !line.ends_with("skipped: already up") {
-                    entry.label = line.clone();
-                    fault_log.push(entry);
-                }
+            // A crash of a host already down, or a restart of one already up, changed nothing.
+            let skipped =
+                line.ends_with("skipped: already down") || line.ends_with("skipped: already up");
+            if let Some(mut entry) = entry.filter(|_| !skipped) {
+                entry.label = line.clone();
+                fault_log.push(entry);
             }
             shared.trace(format!("{now_ms:>8} FAULT {line}"));
         }

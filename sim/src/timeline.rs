@@ -162,16 +162,14 @@ impl Timeline {
         let mut order: Vec<&(proctor::core::Execution, Vec<EventRecord>)> =
             outcome.executions.iter().collect();
         // By first event: the page reads top to bottom in the order work began.
-        order.sort_by_key(|(e, events)| {
-            (
-                events.first().map_or(u64::MAX, |r| times.at(&e.id, r).0),
-                e.id.clone(),
-            )
+        order.sort_by_key(|(e, _)| {
+            let first_ms = times.events(&e.id).first().map_or(u64::MAX, |t| t.at_ms);
+            (first_ms, e.id.clone())
         });
         let executions: Vec<ExecutionLane> = order
             .iter()
             .take(MAX_EXECUTION_LANES)
-            .map(|(e, events)| execution_lane(e, events, &times, outcome.elapsed_ms))
+            .map(|(e, _)| execution_lane(e, &times, outcome.elapsed_ms))
             .collect();
         let (calls, hidden_calls) = calls(outcome, &times);
         let violations = outcome
@@ -234,7 +232,15 @@ impl Timeline {
 struct EventTimes<'a> {
     outcome: &'a Outcome,
     /// Each execution's events with their instants, in seq order.
-    by_execution: BTreeMap<&'a str, Vec<(u64, &'a EventRecord)>>,
+    by_execution: BTreeMap<&'a str, Vec<Timed<'a>>>,
+}
+
+/// One event and its simulated instant.
+struct Timed<'a> {
+    at_ms: u64,
+    /// Placed from the engine's clock (see [`Mark::approx`]).
+    approx: bool,
+    record: &'a EventRecord,
 }
 
 impl<'a> EventTimes<'a> {
@@ -246,7 +252,14 @@ impl<'a> EventTimes<'a> {
         for (execution, events) in &outcome.executions {
             let timed = events
                 .iter()
-                .map(|r| (times.at(&execution.id, r).0, r))
+                .map(|record| {
+                    let (at_ms, approx) = times.at(&execution.id, record);
+                    Timed {
+                        at_ms,
+                        approx,
+                        record,
+                    }
+                })
                 .collect();
             times.by_execution.insert(&execution.id, timed);
         }
@@ -281,11 +294,11 @@ impl<'a> EventTimes<'a> {
             .get(execution)?
             .iter()
             .rev()
-            .find(|(_, r)| step.is_none() || r.event.step().map(base_step) == step)
-            .map(|(ms, _)| *ms)
+            .find(|t| step.is_none() || t.record.event.step().map(base_step) == step)
+            .map(|t| t.at_ms)
     }
 
-    fn events(&self, execution: &str) -> &[(u64, &'a EventRecord)] {
+    fn events(&self, execution: &str) -> &[Timed<'a>] {
         self.by_execution.get(execution).map_or(&[], Vec::as_slice)
     }
 }
@@ -323,7 +336,6 @@ fn changes_state(event: &DomainEvent) -> bool {
 
 fn execution_lane(
     execution: &proctor::core::Execution,
-    events: &[EventRecord],
     times: &EventTimes<'_>,
     end_ms: u64,
 ) -> ExecutionLane {
@@ -336,8 +348,12 @@ fn execution_lane(
     let mut open: BTreeMap<String, (&'static str, u64)> = BTreeMap::new();
     let mut spans = Vec::new();
     let mut marks = Vec::new();
-    for record in events {
-        let (at_ms, approx) = times.at(&execution.id, record);
+    for &Timed {
+        at_ms,
+        approx,
+        record,
+    } in times.events(&execution.id)
+    {
         let step = record.event.step().map(|s| base_step(s).to_string());
         marks.push(Mark {
             at_ms,
@@ -421,17 +437,17 @@ fn calls(outcome: &Outcome, times: &EventTimes<'_>) -> (Vec<Call>, usize) {
         all[i].sent_ms = events
             .iter()
             .rev()
-            .filter(|(ms, _)| *ms <= received_ms && received_ms - *ms <= MAX_DISPATCH_GAP_MS)
-            .find(|(_, r)| {
-                r.event.step().map(base_step) == Some(step.as_str())
+            .filter(|t| t.at_ms <= received_ms && received_ms - t.at_ms <= MAX_DISPATCH_GAP_MS)
+            .find(|t| {
+                t.record.event.step().map(base_step) == Some(step.as_str())
                     || matches!(
-                        r.event,
+                        t.record.event,
                         DomainEvent::ExecutionRecovered { .. }
                             | DomainEvent::ExecutionResumed
                             | DomainEvent::ExecutionStarted { .. }
                     )
             })
-            .map(|(ms, _)| *ms);
+            .map(|t| t.at_ms);
         // The answer was taken in by the first event of this step after it, unless another
         // call of the step arrived first (then this answer was lost on the way back).
         if let Some(answered_ms) = all[i].answered_ms {
@@ -444,13 +460,13 @@ fn calls(outcome: &Outcome, times: &EventTimes<'_>) -> (Vec<Call>, usize) {
             let ok = all[i].answer == "ok";
             all[i].taken_ms = events
                 .iter()
-                .find(|(ms, r)| {
-                    *ms >= answered_ms
-                        && *ms <= next_call_ms
-                        && r.event.step().map(base_step) == Some(step.as_str())
-                        && takes_answer(&r.event, ok)
+                .find(|t| {
+                    t.at_ms >= answered_ms
+                        && t.at_ms <= next_call_ms
+                        && t.record.event.step().map(base_step) == Some(step.as_str())
+                        && takes_answer(&t.record.event, ok)
                 })
-                .map(|(ms, _)| *ms);
+                .map(|t| t.at_ms);
         }
     }
     for call in &mut all {
