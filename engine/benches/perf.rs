@@ -17,6 +17,10 @@
 //! Real time, threads and `HashMap`s are fine here: this is a measuring tool, not engine or
 //! simulator logic. Nothing here asserts a time; the targets are reported, never enforced.
 
+// The allocator the `proctor` binary runs with (engine/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -42,11 +42,17 @@ pub const INBOX_SLACK: usize = 16;
 /// Tries to hand a control input over while the execution flips between driven and stored;
 /// only a burst of concurrent claims exhausts them.
 const MAX_DELIVERY_ATTEMPTS: usize = 3;
+/// Executions recovery claims and then loads in one read.
+const RECOVERY_LOAD_BATCH: usize = 256;
+
 /// An execution's inbox bound: one result or wake-up per step, plus control inputs.
 const INBOX_CAPACITY: usize = crate::definition::MAX_STEPS_PER_PROCESS + INBOX_SLACK;
 
 /// One input for an execution's task; `ack` fires once its transition is committed (or the
 /// task has ended), so a control call returns only after it took effect.
+///
+/// Inboxes carry it boxed: a channel allocates its first block of slots when it is made, and
+/// with ten thousand executions live, slots the size of an `Envelope` cost kilobytes each.
 struct Envelope {
     input: Input,
     ack: Option<oneshot::Sender<bool>>,
@@ -56,19 +62,19 @@ struct Envelope {
 }
 
 /// Hands a result or wake-up to its execution's task (nobody to tell if the task is gone).
-async fn post(tx: &mpsc::Sender<Envelope>, input: Input) {
+async fn post(tx: &mpsc::Sender<Box<Envelope>>, input: Input) {
     let envelope = Envelope {
         input,
         ack: None,
         hold: None,
     };
-    let _ = tx.send(envelope).await;
+    let _ = tx.send(Box::new(envelope)).await;
 }
 
 /// Hands a call's result to its execution's task, holding the call's place in the in-flight
 /// count until the transition that records it is committed.
 async fn post_result(
-    tx: &mpsc::Sender<Envelope>,
+    tx: &mpsc::Sender<Box<Envelope>>,
     (step, lane, attempt): (usize, Lane, u32),
     result: Result<Value, StepError>,
     counted: CallInFlight,
@@ -83,7 +89,7 @@ async fn post_result(
         ack: None,
         hold: Some(counted),
     };
-    let _ = tx.send(envelope).await;
+    let _ = tx.send(Box::new(envelope)).await;
 }
 
 /// How a new execution is created, beyond its id, process and input.
@@ -116,8 +122,8 @@ enum Delivery {
 /// A claimed execution's inbox: registered as live before its state is loaded, so that a
 /// second claimant is refused and the first always loads the latest committed state.
 struct Inbox {
-    tx: mpsc::Sender<Envelope>,
-    rx: mpsc::Receiver<Envelope>,
+    tx: mpsc::Sender<Box<Envelope>>,
+    rx: mpsc::Receiver<Box<Envelope>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +285,7 @@ struct Inner {
     email: crate::email::EmailSender,
     bus: EventBus,
     /// Inboxes of executions with a live task.
-    live: Mutex<BTreeMap<String, mpsc::Sender<Envelope>>>,
+    live: Mutex<BTreeMap<String, mpsc::Sender<Box<Envelope>>>>,
     /// Executions a reset is being made from; a second concurrent reset is refused.
     resetting: Mutex<std::collections::BTreeSet<String>>,
     last_recovery: Mutex<Option<RecoveryReport>>,
@@ -1039,57 +1045,62 @@ impl Engine {
             dry_run: config.dry_run,
         });
         let mut handles = Vec::new();
-        for id in active {
+        for chunk in active.chunks(RECOVERY_LOAD_BATCH) {
             // Claim before loading: whoever claims first reads the latest committed state, and
             // an execution already driven here (or by a concurrent scan) is skipped.
-            let inbox = match self.claim(&id) {
-                Ok(inbox) => inbox,
-                Err(_) => {
-                    report.count(&id, RecoveryAction::Skip);
-                    continue;
+            let mut claimed = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                match self.claim(id) {
+                    Ok(inbox) => claimed.push((id.clone(), inbox)),
+                    Err(_) => report.count(id, RecoveryAction::Skip),
                 }
-            };
-            let mut execution = match self.inner.store.load(&id).await {
-                Ok(Some(execution)) => execution,
-                Ok(None) => {
-                    self.inner.release(&id);
-                    report.count(&id, RecoveryAction::Skip);
-                    continue;
-                }
-                Err(e) => {
-                    self.inner.release(&id);
-                    self.recovery_failed(&mut report, &id, e.to_string());
-                    continue;
-                }
-            };
-            let now_ms = self.inner.clock.now_ms();
-            let mut max_age_ms = config.max_age_ms();
-            if crate::planted::planted(crate::planted::Bug::RecoveryFailsFreshExecutions) {
-                // Planted bug (test-only, see `planted`): the limit's hours taken for milliseconds.
-                max_age_ms = config.max_age_hours;
             }
-            let action = execution.recovery_action(now_ms, max_age_ms);
-            report.count(&id, action);
-            if config.dry_run {
-                self.inner.release(&id);
-                continue;
-            }
-            match action {
-                RecoveryAction::Skip => self.inner.release(&id),
-                RecoveryAction::MarkFailed => {
-                    let input = Input::Recover { action };
-                    let result = self.inner.apply(&mut execution, input).await;
-                    self.inner.release(&id);
-                    if let Err(e) = result {
-                        self.recovery_failed(&mut report, &id, e.to_string());
+            let ids: Vec<String> = claimed.iter().map(|(id, _)| id.clone()).collect();
+            let loaded = self.inner.store.load_many(&ids).await;
+            debug_assert_eq!(loaded.len(), claimed.len(), "one answer per id");
+            for ((id, inbox), loaded) in claimed.into_iter().zip(loaded) {
+                let mut execution = match loaded {
+                    Ok(Some(execution)) => execution,
+                    Ok(None) => {
+                        self.inner.release(&id);
+                        report.count(&id, RecoveryAction::Skip);
+                        continue;
                     }
+                    Err(e) => {
+                        self.inner.release(&id);
+                        self.recovery_failed(&mut report, &id, e.to_string());
+                        continue;
+                    }
+                };
+                let now_ms = self.inner.clock.now_ms();
+                let mut max_age_ms = config.max_age_ms();
+                if crate::planted::planted(crate::planted::Bug::RecoveryFailsFreshExecutions) {
+                    // Planted bug (test-only, see `planted`): the limit's hours taken for milliseconds.
+                    max_age_ms = config.max_age_hours;
                 }
-                RecoveryAction::Resume | RecoveryAction::RetryStep => {
-                    handles.push(self.spawn_claimed(
-                        execution,
-                        First::Apply(Input::Recover { action }),
-                        inbox,
-                    ));
+                let action = execution.recovery_action(now_ms, max_age_ms);
+                report.count(&id, action);
+                if config.dry_run {
+                    self.inner.release(&id);
+                    continue;
+                }
+                match action {
+                    RecoveryAction::Skip => self.inner.release(&id),
+                    RecoveryAction::MarkFailed => {
+                        let input = Input::Recover { action };
+                        let result = self.inner.apply(&mut execution, input).await;
+                        self.inner.release(&id);
+                        if let Err(e) = result {
+                            self.recovery_failed(&mut report, &id, e.to_string());
+                        }
+                    }
+                    RecoveryAction::Resume | RecoveryAction::RetryStep => {
+                        handles.push(self.spawn_claimed(
+                            execution,
+                            First::Apply(Input::Recover { action }),
+                            inbox,
+                        ));
+                    }
                 }
             }
         }
@@ -1216,7 +1227,7 @@ impl Engine {
             ack: Some(ack),
             hold: None,
         };
-        if inbox.send(envelope).await.is_err() {
+        if inbox.send(Box::new(envelope)).await.is_err() {
             // The task ended between the lookup and the send.
             return Delivery::NotLive;
         }
@@ -1385,7 +1396,7 @@ impl Inner {
                 Some(envelope) => envelope,
                 None if execution.status.is_terminal() => break Ok(()),
                 None => match rx.recv().await {
-                    Some(envelope) => envelope,
+                    Some(envelope) => *envelope,
                     None => break Ok(()),
                 },
             };
@@ -1458,7 +1469,7 @@ impl Inner {
     /// back as [`Input::AgentReturned`], holding its place in the in-flight count.
     fn spawn_outbound(
         &self,
-        tx: mpsc::Sender<Envelope>,
+        tx: mpsc::Sender<Box<Envelope>>,
         (step, lane, attempt): (usize, Lane, u32),
         send: impl std::future::Future<Output = Result<Value, StepError>> + Send + 'static,
     ) -> AbortHandle {
@@ -1480,7 +1491,7 @@ impl Inner {
         self: &Arc<Self>,
         execution: &Execution,
         command: Command,
-        tx: &mpsc::Sender<Envelope>,
+        tx: &mpsc::Sender<Box<Envelope>>,
         in_flight: &mut BTreeMap<(usize, Lane), AbortHandle>,
     ) {
         let tx = tx.clone();
@@ -1568,14 +1579,14 @@ impl Inner {
                             tokio::select! {
                                 biased;
                                 Some(progress) = progress_rx.recv() => {
-                                    let _ = tx.send(relay(progress)).await;
+                                    let _ = tx.send(Box::new(relay(progress))).await;
                                 }
                                 result = &mut calling => break result,
                             }
                         }
                     };
                     while let Ok(progress) = progress_rx.try_recv() {
-                        let _ = tx.send(relay(progress)).await;
+                        let _ = tx.send(Box::new(relay(progress))).await;
                     }
                     result
                 };

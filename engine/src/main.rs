@@ -3,6 +3,11 @@
 
 mod operator;
 
+// glibc malloc's arena locks took a fifth of the CPU with 100 executions in flight
+// (docs/PERFORMANCE.md); mimalloc's per-thread heaps do not contend.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -28,6 +28,10 @@
 //! SCENARIO is a name under scenarios/ or a path to a scenario file. Exit status: 0 when
 //! every invariant holds, 1 when one is violated, 2 for bad usage or a bad scenario file.
 
+// The allocator the `proctor` binary runs with: the simulated engine allocates as it would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

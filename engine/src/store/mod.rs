@@ -80,6 +80,16 @@ pub trait Storage: Send + Sync {
     /// The execution as last committed, or `None` if there is none with that id.
     async fn load(&self, id: &str) -> Result<Option<Execution>, Error>;
 
+    /// Each of `ids` as `load` would answer, read together where the backend can (recovery
+    /// loads every active execution); one at a time by default.
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Option<Execution>, Error>> {
+        let mut loaded = Vec::with_capacity(ids.len());
+        for id in ids {
+            loaded.push(self.load(id).await);
+        }
+        loaded
+    }
+
     /// The execution's events, by `seq`.
     async fn events(&self, id: &str) -> Result<Vec<EventRecord>, Error>;
 

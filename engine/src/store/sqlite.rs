@@ -781,110 +781,9 @@ fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().map(to_json)
 }
 
-#[async_trait]
-impl Storage for SqliteStore {
-    async fn commit(
-        &self,
-        execution: &Execution,
-        steps: &[usize],
-        events: &[EventRecord],
-        checkpoints: &[Checkpoint],
-    ) -> Result<(), Error> {
-        self.write(execution, steps, events, checkpoints, false)
-            .await
-    }
-
-    async fn create(&self, execution: &Execution) -> Result<(), Error> {
-        let all: Vec<usize> = (0..execution.steps.len()).collect();
-        self.write(execution, &all, &[], &[], true).await
-    }
-
-    async fn create_started(
-        &self,
-        execution: &Execution,
-        events: &[EventRecord],
-        checkpoints: &[Checkpoint],
-    ) -> Result<(), Error> {
-        let all: Vec<usize> = (0..execution.steps.len()).collect();
-        self.write(execution, &all, events, checkpoints, true).await
-    }
-
-    async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT c.seq, c.step_id, c.at_ms, c.completed, c.steps, e.tenant
-                 FROM checkpoints c JOIN executions e ON e.id = c.execution_id
-                 WHERE c.execution_id = ?1 ORDER BY c.seq",
-            )
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .map_err(backend)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, step_id, at_ms, completed, steps, tenant) = row.map_err(backend)?;
-            let corrupt = |e: serde_json::Error| Error::Corrupt {
-                id: id.to_string(),
-                problem: format!("checkpoint {seq}: {e}"),
-            };
-            out.push(Checkpoint {
-                execution_id: id.to_string(),
-                seq: seq as u64,
-                step_id,
-                at_ms: at_ms as u64,
-                completed: serde_json::from_str(&completed).map_err(corrupt)?,
-                steps: serde_json::from_str(&steps).map_err(corrupt)?,
-                tenant,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
-        let deleted = self
-            .writer()
-            .execute(
-                "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq NOT IN (
-                     SELECT seq FROM checkpoints WHERE execution_id = ?1
-                     ORDER BY seq DESC LIMIT ?2)",
-                params![id, keep as i64],
-            )
-            .map_err(backend)?;
-        Ok(deleted)
-    }
-
-    async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, origin_seq, created_at_ms FROM executions WHERE origin_id = ?1
-                 ORDER BY created_at_ms, id",
-            )
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })
-            .map_err(backend)?;
-        rows.collect::<Result<_, _>>().map_err(backend)
-    }
-
-    async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
-        let conn = self.reader();
+impl SqliteStore {
+    /// The execution as last committed on `conn` (`Storage::load`, `Storage::load_many`).
+    fn load_on(&self, conn: &Connection, id: &str) -> Result<Option<Execution>, Error> {
         let corrupt = |problem: String| Error::Corrupt {
             id: id.to_string(),
             problem,
@@ -1050,6 +949,127 @@ impl Storage for SqliteStore {
             };
         }
         Ok(Some(execution))
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStore {
+    async fn commit(
+        &self,
+        execution: &Execution,
+        steps: &[usize],
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error> {
+        self.write(execution, steps, events, checkpoints, false)
+            .await
+    }
+
+    async fn create(&self, execution: &Execution) -> Result<(), Error> {
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.write(execution, &all, &[], &[], true).await
+    }
+
+    async fn create_started(
+        &self,
+        execution: &Execution,
+        events: &[EventRecord],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), Error> {
+        let all: Vec<usize> = (0..execution.steps.len()).collect();
+        self.write(execution, &all, events, checkpoints, true).await
+    }
+
+    async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT c.seq, c.step_id, c.at_ms, c.completed, c.steps, e.tenant
+                 FROM checkpoints c JOIN executions e ON e.id = c.execution_id
+                 WHERE c.execution_id = ?1 ORDER BY c.seq",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, step_id, at_ms, completed, steps, tenant) = row.map_err(backend)?;
+            let corrupt = |e: serde_json::Error| Error::Corrupt {
+                id: id.to_string(),
+                problem: format!("checkpoint {seq}: {e}"),
+            };
+            out.push(Checkpoint {
+                execution_id: id.to_string(),
+                seq: seq as u64,
+                step_id,
+                at_ms: at_ms as u64,
+                completed: serde_json::from_str(&completed).map_err(corrupt)?,
+                steps: serde_json::from_str(&steps).map_err(corrupt)?,
+                tenant,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
+        let deleted = self
+            .writer()
+            .execute(
+                "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq NOT IN (
+                     SELECT seq FROM checkpoints WHERE execution_id = ?1
+                     ORDER BY seq DESC LIMIT ?2)",
+                params![id, keep as i64],
+            )
+            .map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn forks_of(&self, id: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, origin_seq, created_at_ms FROM executions WHERE origin_id = ?1
+                 ORDER BY created_at_ms, id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<Execution>, Error> {
+        self.load_on(&self.reader(), id)
+    }
+
+    async fn load_many(&self, ids: &[String]) -> Vec<Result<Option<Execution>, Error>> {
+        let conn = self.reader();
+        // One read transaction for the lot: each load alone takes and drops the file's shared
+        // lock, which cost recovery more than the reads themselves.
+        let tx = match conn.unchecked_transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = backend(e);
+                return ids.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        ids.iter().map(|id| self.load_on(&tx, id)).collect()
     }
 
     async fn events(&self, id: &str) -> Result<Vec<EventRecord>, Error> {
@@ -1633,6 +1653,32 @@ mod tests {
         assert_eq!(events, expected);
         assert_eq!(store.list_active().await.unwrap(), vec!["e1".to_string()]);
         assert!(store.load("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn load_many_answers_each_id_as_load_does_in_order() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut rng = seeded(3);
+        let mut started = execution("started");
+        store.create(&started).await.unwrap();
+        let t = started.apply(Input::Start, 2_000, &mut *rng);
+        let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+        store
+            .commit(&started, &dirty, &t.events, &t.checkpoints)
+            .await
+            .unwrap();
+        let pending = execution("pending");
+        store.create(&pending).await.unwrap();
+        let ids: Vec<String> = ["pending", "missing", "started"].map(String::from).to_vec();
+        let loaded: Vec<Option<Execution>> = store
+            .load_many(&ids)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(loaded, vec![Some(pending), None, Some(started.clone())]);
+        assert_eq!(loaded[2].as_ref().unwrap().status, ExecutionStatus::Running);
+        assert!(store.load_many(&[]).await.is_empty());
     }
 
     #[tokio::test]
