@@ -622,8 +622,35 @@ pub struct CheckpointRow {
     pub seq: i64,
     pub step_id: String,
     pub at_ms: i64,
-    pub completed: Value,
+    /// Stored only by older builds; derived from the step states since.
+    pub completed: Option<Value>,
+    /// Every step's state (an array), or `{"base": seq, "changed": {"position": state}}`.
     pub steps: Value,
+}
+
+/// Each row's whole step states: a diff row applied to the states of the row it names.
+pub fn whole_checkpoint_steps(rows: &[CheckpointRow]) -> Vec<Value> {
+    let mut whole: Vec<(i64, Value)> = Vec::new();
+    for row in rows {
+        let steps = match &row.steps {
+            Value::Array(_) => row.steps.clone(),
+            diff => {
+                let base = diff["base"].as_i64().expect("a diff names its base");
+                let mut steps = whole
+                    .iter()
+                    .find(|(seq, _)| *seq == base)
+                    .map(|(_, steps)| steps.clone())
+                    .expect("the base is stored");
+                for (position, state) in diff["changed"].as_object().expect("changed states") {
+                    let position: usize = position.parse().expect("a position");
+                    steps[position] = state.clone();
+                }
+                steps
+            }
+        };
+        whole.push((row.seq, steps));
+    }
+    whole.into_iter().map(|(_, steps)| steps).collect()
 }
 
 pub fn checkpoint_rows(conn: &rusqlite::Connection, id: &str) -> Vec<CheckpointRow> {
@@ -638,7 +665,7 @@ pub fn checkpoint_rows(conn: &rusqlite::Connection, id: &str) -> Vec<CheckpointR
             seq: r.get(0)?,
             step_id: r.get(1)?,
             at_ms: r.get(2)?,
-            completed: json_column(Some(r.get(3)?)).expect("completed"),
+            completed: json_column(Some(r.get::<_, String>(3)?).filter(|c| !c.is_empty())),
             steps: json_column(Some(r.get(4)?)).expect("steps"),
         })
     })

@@ -361,16 +361,27 @@ async fn test_checkpointer_integration() {
     }
     assert!(checkpoints.windows(2).all(|w| w[0].seq < w[1].seq));
 
-    // The rows hold exactly what the engine lists.
+    // The rows hold exactly what the engine lists: the first every step's state, each later
+    // one only what changed since the one before; outputs are not stored twice.
     let rows = t.checkpoint_rows(&id);
     assert_eq!(rows.len(), checkpoints.len());
     assert_eq!(checkpoint_count(&t, &id), 3);
-    for (row, c) in rows.iter().zip(&checkpoints) {
+    let whole = whole_checkpoint_steps(&rows);
+    for ((row, c), steps) in rows.iter().zip(&checkpoints).zip(&whole) {
         assert_eq!(row.seq as u64, c.seq);
         assert_eq!(row.step_id, c.step_id);
         assert_eq!(row.at_ms as u64, c.at_ms);
-        assert_eq!(row.completed, Value::Object(c.completed.clone()));
-        assert_eq!(row.steps, serde_json::to_value(&c.steps).unwrap());
+        assert_eq!(row.completed, None);
+        assert_eq!(*steps, serde_json::to_value(&c.steps).unwrap());
+    }
+    assert!(rows[0].steps.is_array());
+    for (row, before) in rows[1..].iter().zip(&rows) {
+        assert_eq!(
+            row.steps["base"], before.seq,
+            "diffed against the one before"
+        );
+        let changed = row.steps["changed"].as_object().unwrap();
+        assert!(changed.len() < t.process.steps.len(), "{changed:?}");
     }
     // The last checkpoint agrees with the final step rows.
     let last = checkpoints.last().unwrap();
@@ -474,8 +485,12 @@ async fn test_partial_results() {
     }
     assert_eq!(latest.completed["b"], echoed("slow", "b", json!({})));
     let rows = t.checkpoint_rows(&id);
-    let keys: Vec<&String> = rows[2].completed.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["a", "b", "c"], "stored in definition order too");
+    let whole = whole_checkpoint_steps(&rows);
+    assert_eq!(
+        whole[2],
+        serde_json::to_value(&latest.steps).unwrap(),
+        "stored as listed"
+    );
 
     // Still paused: d is not requested.
     settle().await;

@@ -43,21 +43,25 @@ pub struct ForkOrigin {
 }
 
 impl Checkpoint {
-    pub(super) fn of(execution: &Execution, seq: u64, step_id: &str, at_ms: u64) -> Checkpoint {
-        let completed = execution
-            .process
+    /// The `completed` map of a checkpoint whose step states are `steps`: every completed
+    /// step's output, by step id, in definition order.
+    pub fn completed_of(process: &ProcessDef, steps: &[StepState]) -> Map<String, Value> {
+        process
             .steps
             .iter()
-            .zip(&execution.steps)
+            .zip(steps)
             .filter(|(_, s)| s.status == StepStatus::Completed)
             .map(|(d, s)| (d.id.clone(), s.output.clone().unwrap_or(Value::Null)))
-            .collect();
+            .collect()
+    }
+
+    pub(super) fn of(execution: &Execution, seq: u64, step_id: &str, at_ms: u64) -> Checkpoint {
         Checkpoint {
             execution_id: execution.id.clone(),
             seq,
             step_id: step_id.to_string(),
             at_ms,
-            completed,
+            completed: Checkpoint::completed_of(&execution.process, &execution.steps),
             steps: execution.steps.clone(),
             tenant: execution.tenant.clone(),
         }

@@ -4,6 +4,7 @@
 //! changed, and the domain events the transition caused, all or nothing. Nothing here is
 //! SQLite-specific, so another backend (PostgreSQL) can implement the same trait.
 
+mod checkpoint_rows;
 mod group;
 mod sqlite;
 
@@ -18,6 +19,7 @@ use crate::definition::ProcessDef;
 use crate::event::EventRecord;
 use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
+pub use checkpoint_rows::MAX_REMEMBERED_BASES;
 pub use group::{CommitStats, Committer, MAX_BATCH_WRITES};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 

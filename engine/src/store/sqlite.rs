@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use super::checkpoint_rows::{self, Bases};
 use super::group::{CommitStats, Committer, Group};
 use super::{
     ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
@@ -174,6 +175,9 @@ pub struct SqliteStore {
     /// Parsed definitions by their stored JSON text: every execution row carries its process
     /// definition, and most rows share a few. Bounded by [`MAX_CACHED_DEFINITIONS`].
     definitions: Arc<Mutex<BTreeMap<String, Arc<ProcessDef>>>>,
+    /// Each execution's last committed checkpoint, which its next one is stored as a diff
+    /// against (`checkpoint_rows`).
+    bases: Bases,
 }
 
 /// Brings an older (or new, empty) database to [`SCHEMA_VERSION`]. IMMEDIATE takes the write
@@ -354,15 +358,26 @@ impl SqliteStore {
         }
         let writer = Arc::new(Mutex::new(conn));
         let batch_writer = writer.clone();
+        let bases = Bases::default();
+        let committed_bases = bases.clone();
         let group = Group::new(
             committer,
-            Box::new(move |writes: &[Prepared]| write_batch(&mut lock(&batch_writer), writes)),
+            Box::new(move |writes: &[Prepared]| {
+                let results = write_batch(&mut lock(&batch_writer), writes);
+                for (write, result) in writes.iter().zip(&results) {
+                    if let (Ok(()), Some(last)) = (result, write.checkpoints.last()) {
+                        committed_bases.committed(&write.id, last.seq as u64, last.steps.clone());
+                    }
+                }
+                results
+            }),
         );
         Ok(SqliteStore {
             writer,
             reader: None,
             group,
             definitions: Arc::new(Mutex::new(BTreeMap::new())),
+            bases,
         })
     }
 
@@ -388,7 +403,14 @@ impl SqliteStore {
         checkpoints: &[Checkpoint],
         must_be_new: bool,
     ) -> Result<(), Error> {
-        let prepared = Prepared::of(execution, steps, events, checkpoints, must_be_new);
+        let prepared = Prepared::of(
+            execution,
+            steps,
+            events,
+            checkpoints,
+            must_be_new,
+            &self.bases,
+        );
         self.group.write(prepared).await
     }
 
@@ -446,7 +468,7 @@ struct Prepared {
     new_row: NewRow,
     steps: Vec<StepRow>,
     events: Vec<EventRow>,
-    checkpoints: Vec<CheckpointRow>,
+    checkpoints: Vec<checkpoint_rows::Row>,
 }
 
 struct NewRow {
@@ -481,14 +503,6 @@ struct EventRow {
     payload: String,
 }
 
-struct CheckpointRow {
-    seq: i64,
-    step_id: String,
-    at_ms: i64,
-    completed: String,
-    steps: String,
-}
-
 impl Prepared {
     fn of(
         execution: &Execution,
@@ -496,6 +510,7 @@ impl Prepared {
         events: &[EventRecord],
         checkpoints: &[Checkpoint],
         must_be_new: bool,
+        bases: &Bases,
     ) -> Prepared {
         debug_assert!(
             events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
@@ -557,16 +572,7 @@ impl Prepared {
                     payload: to_json(&e.event),
                 })
                 .collect(),
-            checkpoints: checkpoints
-                .iter()
-                .map(|c| CheckpointRow {
-                    seq: c.seq as i64,
-                    step_id: c.step_id.clone(),
-                    at_ms: c.at_ms as i64,
-                    completed: to_json(&c.completed),
-                    steps: to_json(&c.steps),
-                })
-                .collect(),
+            checkpoints: checkpoint_rows::Row::of(&execution.id, checkpoints, bases),
         }
     }
 }
@@ -628,24 +634,30 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
     let updated = if w.must_be_new {
         0
     } else {
-        tx.prepare_cached(
-            "UPDATE executions SET status = ?2, output = ?3, error = ?4, updated_at_ms = ?5,
-                 next_seq = ?6, breakpoint = ?7, detail = ?8
-             WHERE id = ?1",
-        )
-        .and_then(|mut update| {
-            update.execute(params![
-                w.id,
-                w.status,
-                w.output,
-                w.error,
-                w.updated_at_ms,
-                w.next_seq,
-                w.breakpoint,
-                w.detail,
-            ])
-        })
-        .map_err(backend)?
+        let updated = tx
+            .prepare_cached(
+                "UPDATE executions SET output = ?2, error = ?3, updated_at_ms = ?4,
+                     next_seq = ?5, breakpoint = ?6, detail = ?7
+                 WHERE id = ?1",
+            )
+            .and_then(|mut update| {
+                update.execute(params![
+                    w.id,
+                    w.output,
+                    w.error,
+                    w.updated_at_ms,
+                    w.next_seq,
+                    w.breakpoint,
+                    w.detail,
+                ])
+            })
+            .map_err(backend)?;
+        // Apart: SQLite rewrites the entries of every index on a column an UPDATE sets, changed
+        // or not, and most transitions leave the status (indexed) as it was.
+        tx.prepare_cached("UPDATE executions SET status = ?2 WHERE id = ?1 AND status <> ?2")
+            .and_then(|mut update| update.execute(params![w.id, w.status]))
+            .map_err(backend)?;
+        updated
     };
     if updated == 0 {
         let new = &w.new_row;
@@ -737,14 +749,22 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         )
         .map_err(backend)?;
     for c in &w.checkpoints {
+        let base_stored = match c.diff {
+            Some((base, _)) => tx
+                .prepare_cached("SELECT 1 FROM checkpoints WHERE execution_id = ?1 AND seq = ?2")
+                .and_then(|mut s| s.exists(params![w.id, base as i64]))
+                .map_err(backend)?,
+            None => false,
+        };
+        // `completed` is left empty: reads derive it from the step states.
         checkpoint
             .execute(params![
                 w.id,
                 c.seq,
                 c.step_id,
                 c.at_ms,
-                c.completed,
-                c.steps
+                "",
+                c.column(base_stored)
             ])
             .map_err(backend)?;
     }
@@ -982,55 +1002,105 @@ impl Storage for SqliteStore {
 
     async fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>, Error> {
         let conn = self.reader();
+        let Some((tenant, definition)) = conn
+            .prepare_cached(
+                "SELECT e.tenant, i.definition
+                 FROM executions e JOIN execution_inputs i ON i.execution_id = e.id
+                 WHERE e.id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?
+        else {
+            return Ok(Vec::new());
+        };
+        let corrupt = |seq: i64, problem: String| Error::Corrupt {
+            id: id.to_string(),
+            problem: format!("checkpoint {seq}: {problem}"),
+        };
+        let process = self
+            .parse_definition(definition)
+            .map_err(|e| corrupt(0, format!("definition: {e}")))?;
         let mut stmt = conn
             .prepare_cached(
-                "SELECT c.seq, c.step_id, c.at_ms, c.completed, c.steps, e.tenant
-                 FROM checkpoints c JOIN executions e ON e.id = c.execution_id
-                 WHERE c.execution_id = ?1 ORDER BY c.seq",
+                "SELECT seq, step_id, at_ms, completed, steps FROM checkpoints
+                 WHERE execution_id = ?1 ORDER BY seq",
             )
             .map_err(backend)?;
-        let rows = stmt
+        let rows: Vec<(i64, String, i64, String, String)> = stmt
             .query_map([id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
+            .and_then(|rows| rows.collect())
             .map_err(backend)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, step_id, at_ms, completed, steps, tenant) = row.map_err(backend)?;
-            let corrupt = |e: serde_json::Error| Error::Corrupt {
-                id: id.to_string(),
-                problem: format!("checkpoint {seq}: {e}"),
+        let folded = checkpoint_rows::fold(
+            id,
+            rows.iter()
+                .map(|(seq, .., steps)| (*seq as u64, steps.clone())),
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for ((seq, step_id, at_ms, completed, _), (_, steps)) in rows.into_iter().zip(folded) {
+            let steps: Vec<StepState> = steps
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt(seq, e.to_string()))?;
+            // Rows written before checkpoints were stored as diffs carry their own map.
+            let completed = if completed.is_empty() {
+                Checkpoint::completed_of(&process, &steps)
+            } else {
+                serde_json::from_str(&completed).map_err(|e| corrupt(seq, e.to_string()))?
             };
             out.push(Checkpoint {
                 execution_id: id.to_string(),
                 seq: seq as u64,
                 step_id,
                 at_ms: at_ms as u64,
-                completed: serde_json::from_str(&completed).map_err(corrupt)?,
-                steps: serde_json::from_str(&steps).map_err(corrupt)?,
-                tenant,
+                completed,
+                steps,
+                tenant: tenant.clone(),
             });
         }
         Ok(out)
     }
 
     async fn prune_checkpoints(&self, id: &str, keep: usize) -> Result<usize, Error> {
-        let deleted = self
-            .writer()
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(backend)?;
+        let rows: Vec<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT seq, steps FROM checkpoints WHERE execution_id = ?1 ORDER BY seq",
+            )
+            .and_then(|mut s| s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(backend)?;
+        let first_kept = rows.len().saturating_sub(keep);
+        if first_kept == 0 {
+            return Ok(0);
+        }
+        let oldest_kept = rows.get(first_kept).map_or(i64::MAX, |(seq, _)| *seq);
+        let folded =
+            checkpoint_rows::fold(id, rows.iter().map(|(seq, s)| (*seq as u64, s.clone())))?;
+        // A kept row stored against a base about to go is stored whole instead.
+        for ((seq, column), (_, steps)) in rows.iter().zip(&folded).skip(first_kept) {
+            if checkpoint_rows::base_of(column).is_some_and(|base| (base as i64) < oldest_kept) {
+                tx.prepare_cached(
+                    "UPDATE checkpoints SET steps = ?3 WHERE execution_id = ?1 AND seq = ?2",
+                )
+                .and_then(|mut s| s.execute(params![id, seq, to_json(steps)]))
+                .map_err(backend)?;
+            }
+        }
+        let deleted = tx
             .execute(
-                "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq NOT IN (
-                     SELECT seq FROM checkpoints WHERE execution_id = ?1
-                     ORDER BY seq DESC LIMIT ?2)",
-                params![id, keep as i64],
+                "DELETE FROM checkpoints WHERE execution_id = ?1 AND seq < ?2",
+                params![id, oldest_kept],
             )
             .map_err(backend)?;
+        tx.commit().map_err(backend)?;
         Ok(deleted)
     }
 
@@ -1653,6 +1723,193 @@ mod tests {
         assert_eq!(events, expected);
         assert_eq!(store.list_active().await.unwrap(), vec!["e1".to_string()]);
         assert!(store.load("nope").await.unwrap().is_none());
+    }
+
+    /// A chain of `n` agent steps, run to its end through `store`; returns the execution and
+    /// every checkpoint the core took, in order.
+    async fn run_chain(store: &SqliteStore, id: &str, n: usize) -> (Execution, Vec<Checkpoint>) {
+        let mut yaml = String::from("name: chain\nsteps:\n");
+        for i in 0..n {
+            yaml.push_str(&format!("  - {{id: s{i}, type: agent_task, agent: e"));
+            if i > 0 {
+                yaml.push_str(&format!(", depends_on: [s{}]", i - 1));
+            }
+            yaml.push_str("}\n");
+        }
+        let def = parse("chain.yaml", &yaml, Format::Yaml).unwrap();
+        let mut exec = Execution::new(id.into(), Arc::new(def), json!({}), 1_000);
+        store.create(&exec).await.unwrap();
+        let mut rng = seeded(5);
+        let mut taken = Vec::new();
+        let mut inputs = vec![Input::Start];
+        inputs.extend((0..n).map(|step| Input::AgentReturned {
+            lane: crate::core::Lane::Main,
+            step,
+            attempt: 1,
+            result: Ok(json!({"step": step, "text": "x".repeat(200)})),
+        }));
+        for (at, input) in inputs.into_iter().enumerate() {
+            let t = exec.apply(input, 2_000 + at as u64, &mut *rng);
+            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+            store
+                .commit(&exec, &dirty, &t.events, &t.checkpoints)
+                .await
+                .unwrap();
+            taken.extend(t.checkpoints);
+        }
+        assert_eq!(exec.status, ExecutionStatus::Completed);
+        (exec, taken)
+    }
+
+    /// The stored `steps` column of each checkpoint of `id`, by seq.
+    fn stored_steps(store: &SqliteStore, id: &str) -> Vec<(i64, String)> {
+        store
+            .writer()
+            .prepare("SELECT seq, steps FROM checkpoints WHERE execution_id = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_stored_as_diffs_and_read_back_whole() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let (_, taken) = run_chain(&store, "c1", 12).await;
+        assert_eq!(taken.len(), 12);
+        assert_eq!(store.checkpoints("c1").await.unwrap(), taken);
+        let stored = stored_steps(&store, "c1");
+        assert!(stored[0].1.starts_with('['), "the first is whole");
+        for (seq, column) in &stored[1..] {
+            assert!(
+                column.starts_with("{\"base\":"),
+                "checkpoint {seq}: {column}"
+            );
+            // The step that completed and the one that started, not all twelve.
+            assert!(
+                column.len() < 1_000,
+                "checkpoint {seq} is {} bytes",
+                column.len()
+            );
+        }
+        let whole_last = to_json(&taken.last().unwrap().steps);
+        assert!(
+            whole_last.len() > 3_000,
+            "whole, the last would be {}",
+            whole_last.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_the_base_of_kept_checkpoints_stores_them_whole() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let (_, taken) = run_chain(&store, "c2", 6).await;
+        assert_eq!(store.prune_checkpoints("c2", 2).await.unwrap(), 4);
+        assert_eq!(store.checkpoints("c2").await.unwrap(), taken[4..].to_vec());
+        let stored = stored_steps(&store, "c2");
+        assert!(stored[0].1.starts_with('['), "its base went: whole");
+        assert!(stored[1].1.starts_with("{\"base\":"), "its base stayed");
+        assert_eq!(store.prune_checkpoints("c2", 2).await.unwrap(), 0);
+        assert_eq!(store.prune_checkpoints("c2", 0).await.unwrap(), 2);
+        assert!(store.checkpoints("c2").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_whose_remembered_base_was_pruned_is_written_whole() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut yaml = String::from("name: chain\nsteps:\n");
+        for i in 0..3 {
+            let after = if i > 0 {
+                format!(", depends_on: [s{}]", i - 1)
+            } else {
+                String::new()
+            };
+            yaml.push_str(&format!(
+                "  - {{id: s{i}, type: agent_task, agent: e{after}}}\n"
+            ));
+        }
+        let def = parse("chain.yaml", &yaml, Format::Yaml).unwrap();
+        let mut exec = Execution::new("c3".into(), Arc::new(def), json!({}), 1_000);
+        store.create(&exec).await.unwrap();
+        let mut rng = seeded(9);
+        let mut taken = Vec::new();
+        for (at, input) in [
+            Input::Start,
+            Input::AgentReturned {
+                lane: crate::core::Lane::Main,
+                step: 0,
+                attempt: 1,
+                result: Ok(json!(0)),
+            },
+            Input::AgentReturned {
+                lane: crate::core::Lane::Main,
+                step: 1,
+                attempt: 1,
+                result: Ok(json!(1)),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = exec.apply(input, 2_000 + at as u64, &mut *rng);
+            if at == 2 {
+                // The writer still remembers the first checkpoint as the base.
+                assert_eq!(store.prune_checkpoints("c3", 0).await.unwrap(), 1);
+            }
+            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+            store
+                .commit(&exec, &dirty, &t.events, &t.checkpoints)
+                .await
+                .unwrap();
+            taken.extend(t.checkpoints);
+        }
+        let stored = stored_steps(&store, "c3");
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0].1.starts_with('['), "{}", stored[0].1);
+        assert_eq!(store.checkpoints("c3").await.unwrap(), taken[1..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn checkpoints_stored_whole_with_their_map_still_read() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let (_, taken) = run_chain(&store, "c4", 3).await;
+        // As rows were written before diffs: every state, and the completed map.
+        for c in &taken {
+            store
+                .writer()
+                .execute(
+                    "UPDATE checkpoints SET steps = ?3, completed = ?4
+                     WHERE execution_id = ?1 AND seq = ?2",
+                    params!["c4", c.seq as i64, to_json(&c.steps), to_json(&c.completed)],
+                )
+                .unwrap();
+        }
+        assert_eq!(store.checkpoints("c4").await.unwrap(), taken);
+    }
+
+    #[tokio::test]
+    async fn a_diff_whose_base_is_missing_is_reported_corrupt() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        run_chain(&store, "c5", 3).await;
+        let first = stored_steps(&store, "c5")[0].0;
+        store
+            .writer()
+            .execute(
+                "DELETE FROM checkpoints WHERE execution_id = 'c5' AND seq = ?1",
+                [first],
+            )
+            .unwrap();
+        match store.checkpoints("c5").await {
+            Err(Error::Corrupt { id, problem }) => {
+                assert_eq!(id, "c5");
+                assert!(
+                    problem.contains(&format!("its base {first} is not stored")),
+                    "{problem}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,186 @@
+//! How checkpoints are stored. A checkpoint holds every step's state, and one is taken per
+//! completed step, so stored whole they grow with the square of the steps: the tenth of a
+//! ten-step chain was 2.5 KB, past what fits on a page, and each step's commit wrote overflow
+//! pages for it. A checkpoint row therefore holds only the states that changed since an
+//! earlier checkpoint of the same execution, its *base*, named in the row; reading folds the
+//! rows in order.
+//!
+//! The writer remembers, per execution, the last checkpoint it committed (its step states
+//! serialized), and diffs the next one against it. Nothing depends on that memory being
+//! current: a row names its base, the write checks that the base is still stored (pruning may
+//! have deleted it) and writes the whole state otherwise, and pruning rewrites whole any kept
+//! row whose base it deletes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Error;
+use crate::core::Checkpoint;
+
+/// Executions whose last checkpoint the writer remembers; past this it starts over (a
+/// forgotten base only costs one whole row).
+pub const MAX_REMEMBERED_BASES: usize = 4096;
+
+/// A checkpoint's step states, each serialized on its own, so that two checkpoints compare
+/// step by step.
+pub(super) type StepJsons = Arc<Vec<String>>;
+
+/// The last committed checkpoint of each execution, by id: its `seq` and step states.
+#[derive(Clone, Default)]
+pub(super) struct Bases(Arc<Mutex<BTreeMap<String, (u64, StepJsons)>>>);
+
+impl Bases {
+    fn get(&self, id: &str) -> Option<(u64, StepJsons)> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Remembers `seq` as `id`'s latest committed checkpoint. Only after its commit.
+    pub(super) fn committed(&self, id: &str, seq: u64, steps: StepJsons) {
+        let mut bases = self.lock();
+        if bases.len() >= MAX_REMEMBERED_BASES && !bases.contains_key(id) {
+            bases.clear();
+        }
+        bases.insert(id.to_string(), (seq, steps));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, StepJsons)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One checkpoint row to write.
+pub(super) struct Row {
+    pub seq: i64,
+    pub step_id: String,
+    pub at_ms: i64,
+    pub steps: StepJsons,
+    /// The earlier checkpoint to store a diff against, and the steps that differ from it.
+    pub diff: Option<(u64, Vec<usize>)>,
+}
+
+impl Row {
+    /// The rows of one transition's checkpoints, each diffed against the one before it: the
+    /// writer's last committed one for the first.
+    pub(super) fn of(execution_id: &str, checkpoints: &[Checkpoint], bases: &Bases) -> Vec<Row> {
+        let mut base = if checkpoints.is_empty() {
+            None
+        } else {
+            bases.get(execution_id)
+        };
+        checkpoints
+            .iter()
+            .map(|c| {
+                let steps: StepJsons = Arc::new(
+                    c.steps
+                        .iter()
+                        .map(|s| serde_json::to_string(s).expect("a step state serializes"))
+                        .collect(),
+                );
+                let diff = base
+                    .as_ref()
+                    .filter(|(_, before)| before.len() == steps.len())
+                    .map(|(seq, before)| {
+                        let changed = (0..steps.len())
+                            .filter(|&i| before[i] != steps[i])
+                            .collect();
+                        (*seq, changed)
+                    });
+                base = Some((c.seq, steps.clone()));
+                Row {
+                    seq: c.seq as i64,
+                    step_id: c.step_id.clone(),
+                    at_ms: c.at_ms as i64,
+                    steps,
+                    diff,
+                }
+            })
+            .collect()
+    }
+
+    /// The `steps` column: the changed states against `base` where the base is stored, else
+    /// all of them.
+    pub(super) fn column(&self, base_stored: bool) -> String {
+        match &self.diff {
+            Some((base, changed)) if base_stored => {
+                let mut out = format!("{{\"base\":{base},\"changed\":{{");
+                for (n, &i) in changed.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&format!("\"{i}\":{}", self.steps[i]));
+                }
+                out.push_str("}}");
+                out
+            }
+            _ => whole(&self.steps),
+        }
+    }
+}
+
+/// Every step's state as the `steps` column stores it whole: a JSON array.
+pub(super) fn whole(steps: &[String]) -> String {
+    format!("[{}]", steps.join(","))
+}
+
+/// A stored `steps` column.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Whole(Vec<Value>),
+    /// `changed` is keyed by step position, as text (JSON keys are strings; an untagged
+    /// enum cannot read them as numbers).
+    Diff {
+        base: u64,
+        changed: BTreeMap<String, Value>,
+    },
+}
+
+/// The base a stored `steps` column is a diff against; `None` for a whole one.
+pub(super) fn base_of(column: &str) -> Option<u64> {
+    match serde_json::from_str(column) {
+        Ok(Stored::Diff { base, .. }) => Some(base),
+        _ => None,
+    }
+}
+
+/// Folds one execution's stored `steps` columns, in `seq` order, into every checkpoint's
+/// whole state.
+pub(super) fn fold(
+    execution_id: &str,
+    rows: impl IntoIterator<Item = (u64, String)>,
+) -> Result<Vec<(u64, Vec<Value>)>, Error> {
+    let corrupt = |seq: u64, problem: String| Error::Corrupt {
+        id: execution_id.to_string(),
+        problem: format!("checkpoint {seq}: {problem}"),
+    };
+    let mut folded: Vec<(u64, Vec<Value>)> = Vec::new();
+    let mut at: BTreeMap<u64, usize> = BTreeMap::new();
+    for (seq, column) in rows {
+        let stored: Stored =
+            serde_json::from_str(&column).map_err(|e| corrupt(seq, e.to_string()))?;
+        let steps = match stored {
+            Stored::Whole(steps) => steps,
+            Stored::Diff { base, changed } => {
+                let Some(&i) = at.get(&base).filter(|_| base < seq) else {
+                    return Err(corrupt(seq, format!("its base {base} is not stored")));
+                };
+                let mut steps = folded[i].1.clone();
+                for (step, state) in changed {
+                    let slot = step
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| steps.get_mut(i))
+                        .ok_or_else(|| corrupt(seq, format!("no step at position {step}")))?;
+                    *slot = state;
+                }
+                steps
+            }
+        };
+        at.insert(seq, folded.len());
+        folded.push((seq, steps));
+    }
+    Ok(folded)
+}
