@@ -254,16 +254,18 @@ fn settle_disk() {
 /// Blocks row 1 alternates: raw commits, then executions, ten times over.
 const INTERLEAVED_ROUNDS: usize = 10;
 
-/// Row 1's measure: `executions` run one at a time on `engine`, in blocks alternating with
-/// blocks of raw commits (`raw_commits` in all). Returns the raw rate, the engine's wall time
-/// and the submissions.
+/// Row 1's measure: `size.sequential_executions` run one at a time on `engine`, in blocks
+/// alternating with blocks of raw commits (`size.raw_commits` in all, with `synchronous`).
+/// Returns the raw rate, the engine's wall time and the submissions.
 async fn interleaved(
-    raw: &mut RawCommits,
-    raw_commits: usize,
+    dir: &Path,
+    synchronous: Synchronous,
+    size: Size,
     engine: &Engine,
     process: &Arc<ProcessDef>,
-    executions: usize,
 ) -> (f64, Duration, Vec<(String, Instant)>) {
+    let mut raw = RawCommits::open(dir, synchronous);
+    let (raw_commits, executions) = (size.raw_commits, size.sequential_executions);
     let (mut wall, mut submitted) = (Duration::ZERO, Vec::new());
     for round in 0..INTERLEAVED_ROUNDS {
         let share = |total: usize| {
@@ -477,15 +479,8 @@ async fn main() {
         }
         let store = open(dir.path(), &format!("seq-{synchronous:?}.db"), synchronous);
         let engine = engine_on(Arc::new(TokioNetwork), store, &agent, 1);
-        let mut raw_commits = RawCommits::open(dir.path(), synchronous);
-        let (rate, wall, submitted) = interleaved(
-            &mut raw_commits,
-            size.raw_commits,
-            &engine,
-            &process,
-            size.sequential_executions,
-        )
-        .await;
+        let (rate, wall, submitted) =
+            interleaved(dir.path(), synchronous, size, &engine, &process).await;
         raw.insert(format!("{synchronous:?}"), rate);
         emit(Row::plain(
             format!("1. raw SQLite commits/s, WAL {synchronous:?}"),
@@ -537,15 +532,8 @@ async fn main() {
         let (agent, _) = start_agent(&*memory, "127.0.0.1:1").await;
         let store = open(dir.path(), "seq-in-process.db", Synchronous::Full);
         let engine = engine_on(memory, store, &agent, 5);
-        let mut raw_commits = RawCommits::open(dir.path(), Synchronous::Full);
-        let (rate, wall, _) = interleaved(
-            &mut raw_commits,
-            size.raw_commits,
-            &engine,
-            &process,
-            size.sequential_executions,
-        )
-        .await;
+        let (rate, wall, _) =
+            interleaved(dir.path(), Synchronous::Full, size, &engine, &process).await;
         let steps_per_s = (size.sequential_executions * CHAIN_STEPS) as f64 / wall.as_secs_f64();
         emit(
             Row::plain(

@@ -1695,11 +1695,7 @@ mod tests {
         store.commit(&exec, &[0, 1], &[], &[]).await.unwrap();
         let mut rng = seeded(1);
         let t1 = exec.apply(Input::Start, 2_000, &mut *rng);
-        let dirty: Vec<usize> = t1.dirty_steps.iter().copied().collect();
-        store
-            .commit(&exec, &dirty, &t1.events, &t1.checkpoints)
-            .await
-            .unwrap();
+        commit_transition(&store, &exec, &t1).await;
         let t2 = exec.apply(
             Input::AgentReturned {
                 lane: crate::core::Lane::Main,
@@ -1710,11 +1706,7 @@ mod tests {
             3_000,
             &mut *rng,
         );
-        let dirty: Vec<usize> = t2.dirty_steps.iter().copied().collect();
-        store
-            .commit(&exec, &dirty, &t2.events, &t2.checkpoints)
-            .await
-            .unwrap();
+        commit_transition(&store, &exec, &t2).await;
 
         let loaded = store.load("e1").await.unwrap().unwrap();
         assert_eq!(loaded, exec);
@@ -1723,6 +1715,15 @@ mod tests {
         assert_eq!(events, expected);
         assert_eq!(store.list_active().await.unwrap(), vec!["e1".to_string()]);
         assert!(store.load("nope").await.unwrap().is_none());
+    }
+
+    /// Commits what `t` changed in `exec`, as the driver does.
+    async fn commit_transition(store: &SqliteStore, exec: &Execution, t: &crate::core::Transition) {
+        let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
+        store
+            .commit(exec, &dirty, &t.events, &t.checkpoints)
+            .await
+            .unwrap();
     }
 
     /// A chain of `n` agent steps, run to its end through `store`; returns the execution and
@@ -1750,11 +1751,7 @@ mod tests {
         }));
         for (at, input) in inputs.into_iter().enumerate() {
             let t = exec.apply(input, 2_000 + at as u64, &mut *rng);
-            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
-            store
-                .commit(&exec, &dirty, &t.events, &t.checkpoints)
-                .await
-                .unwrap();
+            commit_transition(store, &exec, &t).await;
             taken.extend(t.checkpoints);
         }
         assert_eq!(exec.status, ExecutionStatus::Completed);
@@ -1857,11 +1854,7 @@ mod tests {
                 // The writer still remembers the first checkpoint as the base.
                 assert_eq!(store.prune_checkpoints("c3", 0).await.unwrap(), 1);
             }
-            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
-            store
-                .commit(&exec, &dirty, &t.events, &t.checkpoints)
-                .await
-                .unwrap();
+            commit_transition(&store, &exec, &t).await;
             taken.extend(t.checkpoints);
         }
         let stored = stored_steps(&store, "c3");
@@ -1919,11 +1912,7 @@ mod tests {
         let mut started = execution("started");
         store.create(&started).await.unwrap();
         let t = started.apply(Input::Start, 2_000, &mut *rng);
-        let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
-        store
-            .commit(&started, &dirty, &t.events, &t.checkpoints)
-            .await
-            .unwrap();
+        commit_transition(&store, &started, &t).await;
         let pending = execution("pending");
         store.create(&pending).await.unwrap();
         let ids: Vec<String> = ["pending", "missing", "started"].map(String::from).to_vec();
@@ -2107,11 +2096,7 @@ mod tests {
         ];
         for (i, input) in inputs.into_iter().enumerate() {
             let t = exec.apply(input, 2_000 + i as u64, &mut *rng);
-            let dirty: Vec<usize> = t.dirty_steps.iter().copied().collect();
-            store
-                .commit(&exec, &dirty, &t.events, &t.checkpoints)
-                .await
-                .unwrap();
+            commit_transition(store, &exec, &t).await;
         }
         let undo = exec.steps[0].detail.compensation.as_ref().unwrap();
         assert_eq!(undo.status, crate::core::CallStatus::Retrying);
