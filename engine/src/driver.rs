@@ -1048,17 +1048,19 @@ impl Engine {
         for chunk in active.chunks(RECOVERY_LOAD_BATCH) {
             // Claim before loading: whoever claims first reads the latest committed state, and
             // an execution already driven here (or by a concurrent scan) is skipped.
-            let mut claimed = Vec::with_capacity(chunk.len());
+            let (mut ids, mut inboxes) = (Vec::new(), Vec::new());
             for id in chunk {
                 match self.claim(id) {
-                    Ok(inbox) => claimed.push((id.clone(), inbox)),
+                    Ok(inbox) => {
+                        ids.push(id.clone());
+                        inboxes.push(inbox);
+                    }
                     Err(_) => report.count(id, RecoveryAction::Skip),
                 }
             }
-            let ids: Vec<String> = claimed.iter().map(|(id, _)| id.clone()).collect();
             let loaded = self.inner.store.load_many(&ids).await;
-            debug_assert_eq!(loaded.len(), claimed.len(), "one answer per id");
-            for ((id, inbox), loaded) in claimed.into_iter().zip(loaded) {
+            debug_assert_eq!(loaded.len(), ids.len(), "one answer per id");
+            for ((id, inbox), loaded) in ids.into_iter().zip(inboxes).zip(loaded) {
                 let mut execution = match loaded {
                     Ok(Some(execution)) => execution,
                     Ok(None) => {

@@ -138,36 +138,35 @@ enum Stored {
     },
 }
 
-/// The base a stored `steps` column is a diff against; `None` for a whole one.
-pub(super) fn base_of(column: &str) -> Option<u64> {
-    match serde_json::from_str(column) {
-        Ok(Stored::Diff { base, .. }) => Some(base),
-        _ => None,
-    }
+/// One checkpoint as read back: its whole state, and the base its row is stored against.
+pub(super) struct Folded {
+    pub seq: u64,
+    pub base: Option<u64>,
+    pub steps: Vec<Value>,
 }
 
 /// Folds one execution's stored `steps` columns, in `seq` order, into every checkpoint's
 /// whole state.
-pub(super) fn fold(
+pub(super) fn fold<'a>(
     execution_id: &str,
-    rows: impl IntoIterator<Item = (u64, String)>,
-) -> Result<Vec<(u64, Vec<Value>)>, Error> {
+    rows: impl IntoIterator<Item = (u64, &'a str)>,
+) -> Result<Vec<Folded>, Error> {
     let corrupt = |seq: u64, problem: String| Error::Corrupt {
         id: execution_id.to_string(),
         problem: format!("checkpoint {seq}: {problem}"),
     };
-    let mut folded: Vec<(u64, Vec<Value>)> = Vec::new();
+    let mut folded: Vec<Folded> = Vec::new();
     let mut at: BTreeMap<u64, usize> = BTreeMap::new();
     for (seq, column) in rows {
         let stored: Stored =
-            serde_json::from_str(&column).map_err(|e| corrupt(seq, e.to_string()))?;
-        let steps = match stored {
-            Stored::Whole(steps) => steps,
+            serde_json::from_str(column).map_err(|e| corrupt(seq, e.to_string()))?;
+        let (base, steps) = match stored {
+            Stored::Whole(steps) => (None, steps),
             Stored::Diff { base, changed } => {
                 let Some(&i) = at.get(&base).filter(|_| base < seq) else {
                     return Err(corrupt(seq, format!("its base {base} is not stored")));
                 };
-                let mut steps = folded[i].1.clone();
+                let mut steps = folded[i].steps.clone();
                 for (step, state) in changed {
                     let slot = step
                         .parse::<usize>()
@@ -176,11 +175,11 @@ pub(super) fn fold(
                         .ok_or_else(|| corrupt(seq, format!("no step at position {step}")))?;
                     *slot = state;
                 }
-                steps
+                (Some(base), steps)
             }
         };
         at.insert(seq, folded.len());
-        folded.push((seq, steps));
+        folded.push(Folded { seq, base, steps });
     }
     Ok(folded)
 }

@@ -1040,11 +1040,12 @@ impl Storage for SqliteStore {
         let folded = checkpoint_rows::fold(
             id,
             rows.iter()
-                .map(|(seq, .., steps)| (*seq as u64, steps.clone())),
+                .map(|(seq, .., steps)| (*seq as u64, steps.as_str())),
         )?;
         let mut out = Vec::with_capacity(rows.len());
-        for ((seq, step_id, at_ms, completed, _), (_, steps)) in rows.into_iter().zip(folded) {
-            let steps: Vec<StepState> = steps
+        for ((seq, step_id, at_ms, completed, _), folded) in rows.into_iter().zip(folded) {
+            let steps: Vec<StepState> = folded
+                .steps
                 .into_iter()
                 .map(serde_json::from_value)
                 .collect::<Result<_, _>>()
@@ -1083,14 +1084,14 @@ impl Storage for SqliteStore {
         }
         let oldest_kept = rows.get(first_kept).map_or(i64::MAX, |(seq, _)| *seq);
         let folded =
-            checkpoint_rows::fold(id, rows.iter().map(|(seq, s)| (*seq as u64, s.clone())))?;
+            checkpoint_rows::fold(id, rows.iter().map(|(seq, s)| (*seq as u64, s.as_str())))?;
         // A kept row stored against a base about to go is stored whole instead.
-        for ((seq, column), (_, steps)) in rows.iter().zip(&folded).skip(first_kept) {
-            if checkpoint_rows::base_of(column).is_some_and(|base| (base as i64) < oldest_kept) {
+        for kept in &folded[first_kept..] {
+            if kept.base.is_some_and(|base| (base as i64) < oldest_kept) {
                 tx.prepare_cached(
                     "UPDATE checkpoints SET steps = ?3 WHERE execution_id = ?1 AND seq = ?2",
                 )
-                .and_then(|mut s| s.execute(params![id, seq, to_json(steps)]))
+                .and_then(|mut s| s.execute(params![id, kept.seq as i64, to_json(&kept.steps)]))
                 .map_err(backend)?;
             }
         }
