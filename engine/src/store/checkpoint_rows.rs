@@ -121,7 +121,7 @@ impl Row {
 }
 
 /// Every step's state as the `steps` column stores it whole: a JSON array.
-pub(super) fn whole(steps: &[String]) -> String {
+fn whole(steps: &[String]) -> String {
     format!("[{}]", steps.join(","))
 }
 
