@@ -7,6 +7,8 @@
 //!   EIO, a full disk) and [`vfs`], the SQLite VFS that puts the engine's database on it.
 //! - [`storage`]: the fault layer over the engine's SQLite store (I/O errors, ambiguous
 //!   commits, crashes before and after a write).
+//! - [`floor`]: what turmoil costs by itself (a run's hosts idle for its simulated time): the
+//!   limit `proctor-sim speed` holds the runs against.
 //! - [`chaos`]: random faults from rates, drawn from the seed (with swarm testing).
 //! - [`client`]: the client host, which drives the workload through the engine's HTTP API.
 //! - [`runner`]: one run = (scenario, seed): hosts, fault schedule, liveness phase, outcome.
@@ -23,6 +25,7 @@ pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod disk;
+pub mod floor;
 pub mod ports;
 pub mod runner;
 pub mod scenario;

@@ -16,8 +16,9 @@
 //! - `proctor-sim speed SCENARIO [--runs N] [--first-seed S]`: runs seeds S..S+N one after
 //!   another in this process, on this thread, and prints one JSON line: runs/s, simulated
 //!   seconds per wall second, failures and memory (RSS before, after, its peak, and its growth
-//!   per run over the second half of the runs: a long sweep must not grow) and the hash
-//!   of the runs' trace hashes (the same seeds give the same one). Wall time
+//!   per run over the second half of the runs: a long sweep must not grow), the hash
+//!   of the runs' trace hashes (the same seeds give the same one), and the floor: runs/s of
+//!   the same hosts idle for the runs' mean simulated time (`proctor_sim::floor`). Wall time
 //!   comes from the production clock (`SystemClock`), the one real-time source.
 //!
 //! `--plant BUG` plants that bug in the engine for the run (and adds `--plant BUG` to the
@@ -250,6 +251,21 @@ fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
     let wall_s = SystemClock.now_ms().saturating_sub(started_ms) as f64 / 1000.0;
     let simulated_s = simulated_ms as f64 / 1000.0;
     let per_wall_s = |x: f64| if wall_s > 0.0 { x / wall_s } else { 0.0 };
+    // The limit: the same hosts, idle, for the runs' mean simulated time (a tenth as many
+    // runs: the floor varies far less than the runs do).
+    let hosts = proctor_sim::floor::host_names(&scenario);
+    let floor_ms = simulated_ms / runs.max(1);
+    let floor_runs = (runs / 10).max(5);
+    let floor_started_ms = SystemClock.now_ms();
+    for i in 0..floor_runs {
+        proctor_sim::floor::idle_run(&hosts, floor_ms, first_seed.wrapping_add(i));
+    }
+    let floor_wall_s = SystemClock.now_ms().saturating_sub(floor_started_ms) as f64 / 1000.0;
+    let floor_runs_per_s = if floor_wall_s > 0.0 {
+        floor_runs as f64 / floor_wall_s
+    } else {
+        0.0
+    };
     let report = serde_json::json!({
         "scenario": scenario.name,
         "runs": runs,
@@ -259,6 +275,9 @@ fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
         "runs_per_s": per_wall_s(runs as f64),
         "simulated_s": simulated_s,
         "sim_s_per_wall_s": per_wall_s(simulated_s),
+        "floor_hosts": hosts.len() + 1,
+        "floor_simulated_ms": floor_ms,
+        "floor_runs_per_s": floor_runs_per_s,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "rss_start_kb": rss_start_kb,
         "rss_end_kb": proc_status_kb("VmRSS"),

@@ -457,6 +457,23 @@ impl Schedule {
     }
 }
 
+/// The simulation every run builds (and `floor` measures): seeded, from a fixed epoch, in
+/// ticks of [`TICK_MS`], failing past `duration_ms` of simulated time.
+pub(crate) fn builder(seed: u64, duration_ms: u64) -> turmoil::Builder {
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
+        .tick_duration(Duration::from_millis(TICK_MS))
+        .simulation_duration(Duration::from_millis(duration_ms))
+        .min_message_latency(Duration::from_millis(MIN_LATENCY_MS))
+        .max_message_latency(Duration::from_millis(MAX_LATENCY_MS))
+        // Held links and many executions queue connections: turmoil's default backlog (64)
+        // panics the simulation when full, where a real kernel would refuse.
+        .tcp_capacity(TCP_CAPACITY);
+    builder
+}
+
 /// Runs `scenario` with `seed` and checks every invariant.
 pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     align_task_ids();
@@ -472,20 +489,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         .iter()
         .filter_map(Fault::ends_at_ms)
         .fold(scenario.fault_window_ms(), u64::max);
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
-        .tick_duration(Duration::from_millis(TICK_MS))
-        // The client ends the run when the liveness bound passes; this is only a backstop.
-        .simulation_duration(Duration::from_millis(
-            window_ms + 2 * scenario.liveness_ms + MAX_LATE_WINDOW_MS,
-        ))
-        .min_message_latency(Duration::from_millis(MIN_LATENCY_MS))
-        .max_message_latency(Duration::from_millis(MAX_LATENCY_MS))
-        // Held links and many executions queue connections: turmoil's default backlog (64)
-        // panics the simulation when full, where a real kernel would refuse.
-        .tcp_capacity(TCP_CAPACITY)
-        .build();
+    // The client ends the run when the liveness bound passes; this is only a backstop.
+    let mut sim = builder(
+        seed,
+        window_ms + 2 * scenario.liveness_ms + MAX_LATE_WINDOW_MS,
+    )
+    .build();
 
     let mut faults = Faults::new(seed);
     faults.io_error_rate = plan.io_error_rate;
