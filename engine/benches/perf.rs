@@ -38,7 +38,7 @@ use proctor::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, Cl
 use proctor::clock::{Clock, SystemClock};
 use proctor::core::{Execution, ExecutionStatus, Input, Lane};
 use proctor::definition::{parse, Format, ProcessDef};
-use proctor::network::{Conn, Listener, Network, TokioNetwork};
+use proctor::network::{AcceptFailure, Conn, Listener, Network, TokioNetwork};
 use proctor::rng::seeded;
 use proctor::store::{SqliteOptions, SqliteStore, Storage, Synchronous};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
@@ -293,8 +293,16 @@ async fn start_agent(net: &dyn Network, addr: &str) -> (String, Arc<Mutex<Timing
     let record = timings.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
+            // Once the in-process network is dropped its listener is closed: retrying at once
+            // spun on a core through every later row.
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    if AcceptFailure::of(&e).before_next_accept().await {
+                        continue;
+                    }
+                    return;
+                }
             };
             let record = record.clone();
             tokio::spawn(async move {

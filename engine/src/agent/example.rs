@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 
 use super::AgentRequest;
 use crate::clock::Clock;
-use crate::network::{Listener, Network};
+use crate::network::{AcceptFailure, Listener, Network};
 
 /// Largest request body the example agent reads.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -289,8 +289,14 @@ async fn serve(mut listener: Box<dyn Listener>, agent: Arc<Agent>, ledger: Arc<M
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let Ok((conn, _peer)) = listener.accept().await else {
-            continue;
+        let conn = match listener.accept().await {
+            Ok((conn, _peer)) => conn,
+            Err(e) => {
+                if AcceptFailure::of(&e).before_next_accept().await {
+                    continue;
+                }
+                return;
+            }
         };
         let (agent, ledger) = (agent.clone(), ledger.clone());
         connections.spawn(async move {

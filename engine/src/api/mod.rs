@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::driver::Engine;
 use crate::event::EventRecord;
-use crate::network::Listener;
+use crate::network::{AcceptFailure, Listener};
 use auth::Auth;
 use error::ApiError;
 use webhooks::Webhooks;
@@ -161,10 +161,14 @@ impl Api {
             let conn = match accepted {
                 Ok((conn, _peer)) => conn,
                 Err(e) => {
-                    // A failed accept (a reset before accept, too many files) is that
-                    // connection's problem, not the server's.
-                    tracing::debug!("accept failed: {e}");
-                    continue;
+                    // A reset before accept is that connection's problem; too many open files
+                    // is waited out rather than retried at once (which would spin).
+                    let failure = AcceptFailure::of(&e);
+                    tracing::debug!("accept failed ({failure:?}): {e}");
+                    if failure.before_next_accept().await {
+                        continue;
+                    }
+                    break;
                 }
             };
             let service = TowerToHyperService::new(app.clone());
