@@ -426,6 +426,45 @@ async fn agent_round_trip_us(agent: &str, calls: usize) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / calls as f64
 }
 
+/// Agent calls/s with `in_flight` callers at once, each calling in turn until `calls` are
+/// made, with the engine's client on loopback HTTP: what a step costs beyond the engine when
+/// many are in flight, so the most steps/s an engine that cost nothing could reach there.
+async fn concurrent_calls_per_s(agent: &str, in_flight: usize, calls: usize) -> f64 {
+    let client = Arc::new(AgentClient::new(
+        Arc::new(TokioNetwork),
+        ClientLimits::default(),
+    ));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.min(calls) {
+        let (client, next, agent) = (client.clone(), next.clone(), agent.to_string());
+        callers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= calls {
+                    break;
+                }
+                let request = AgentRequest {
+                    execution_id: format!("ceiling-{in_flight}-{i}"),
+                    step_id: "s0".into(),
+                    attempt: 1,
+                    idempotency_key: format!("ceiling-{in_flight}-{i}"),
+                    input: json!({}),
+                };
+                client
+                    .call(&agent, &request, 10_000)
+                    .await
+                    .expect("agent call");
+            }
+        });
+    }
+    while let Some(caller) = callers.join_next().await {
+        caller.expect("caller");
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
 /// The latency the engine adds per step: for each step, from the agent's answer to the step
 /// before (or the submit, for the first) to the agent's receipt of this step's call.
 fn engine_latencies(timings: &Timings, submitted: &[(String, Instant)]) -> Vec<Duration> {
@@ -565,6 +604,16 @@ async fn main() {
         let engine = engine_on(Arc::new(TokioNetwork), store.clone(), &agent, 2);
         let executions =
             (in_flight * size.concurrent_executions_per_slot).max(size.min_concurrent_executions);
+        // What bounds the row: with the engine costing nothing, a step would still be a call.
+        let calls_per_s = concurrent_calls_per_s(&agent, in_flight, executions * 2).await;
+        emit(
+            Row::plain(
+                format!("2. ceiling: agent calls/s alone, {in_flight} in flight"),
+                calls_per_s,
+                "calls/s",
+            )
+            .against(raw_full, "raw commits/s (Full)"),
+        );
         let (wall, submitted) = run_executions(&engine, &process, executions, in_flight).await;
         let steps_per_s = (executions * CHAIN_STEPS) as f64 / wall.as_secs_f64();
         let row = Row::plain(
