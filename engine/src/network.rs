@@ -72,6 +72,12 @@ impl AcceptFailure {
     }
 }
 
+/// Connections the kernel may hold, handshake done, for a listener that has not accepted them
+/// yet (the kernel caps it at `net.core.somaxconn`). Past it a connect is dropped and waits out
+/// a SYN retransmission (a second) before it is tried again: tokio's default, 1,024, overflowed
+/// when a thousand executions called one agent at once.
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
 /// Real TCP through tokio.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioNetwork;
@@ -85,7 +91,27 @@ impl Network for TokioNetwork {
     }
 
     async fn bind(&self, addr: &str) -> io::Result<Box<dyn Listener>> {
-        Ok(Box::new(tokio::net::TcpListener::bind(addr).await?))
+        // As tokio's `TcpListener::bind` (each resolved address in turn, SO_REUSEADDR), with
+        // a longer accept queue than tokio's 1,024.
+        let mut last = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            match socket.bind(addr) {
+                Ok(()) => return Ok(Box::new(socket.listen(LISTEN_BACKLOG)?)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolved to nothing",
+            )
+        }))
     }
 }
 
@@ -99,5 +125,52 @@ impl Listener for tokio::net::TcpListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::TcpListener::local_addr(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_name_binds_and_its_listener_accepts() {
+        let mut listener = TokioNetwork.bind("localhost:0").await.expect("binds");
+        let addr = listener.local_addr().expect("bound").to_string();
+        let mut client = TokioNetwork.connect(&addr).await.expect("connects");
+        let (mut served, _) = listener.accept().await.expect("accepts");
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        served.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_refused_with_the_os_error() {
+        let listener = TokioNetwork.bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("bound").to_string();
+        let err = match TokioNetwork.bind(&addr).await {
+            Ok(_) => panic!("{addr} bound twice"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn accept_failures_are_told_apart() {
+        let of = |e: io::Error| AcceptFailure::of(&e);
+        assert_eq!(
+            of(io::ErrorKind::NotConnected.into()),
+            AcceptFailure::Closed
+        );
+        assert_eq!(
+            of(io::ErrorKind::ConnectionAborted.into()),
+            AcceptFailure::Connection
+        );
+        // EMFILE: out of file descriptors.
+        assert_eq!(
+            of(io::Error::from_raw_os_error(24)),
+            AcceptFailure::Resources
+        );
     }
 }
