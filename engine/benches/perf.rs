@@ -38,7 +38,7 @@ use proctor::agent::{AgentClient, AgentEndpoint, AgentRegistry, AgentRequest, Cl
 use proctor::clock::{Clock, SystemClock};
 use proctor::core::{Execution, ExecutionStatus, Input, Lane};
 use proctor::definition::{parse, Format, ProcessDef};
-use proctor::network::{AcceptFailure, Conn, Listener, Network, TokioNetwork};
+use proctor::network::{accept_next, Conn, Listener, Network, TokioNetwork};
 use proctor::rng::seeded;
 use proctor::store::{SqliteOptions, SqliteStore, Storage, Synchronous};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
@@ -295,14 +295,8 @@ async fn start_agent(net: &dyn Network, addr: &str) -> (String, Arc<Mutex<Timing
         loop {
             // Once the in-process network is dropped its listener is closed: retrying at once
             // spun on a core through every later row.
-            let conn = match listener.accept().await {
-                Ok((conn, _)) => conn,
-                Err(e) => {
-                    if AcceptFailure::of(&e).before_next_accept().await {
-                        continue;
-                    }
-                    return;
-                }
+            let Some((conn, _)) = accept_next(&mut *listener).await else {
+                return;
             };
             let record = record.clone();
             tokio::spawn(async move {
@@ -405,21 +399,25 @@ async fn run_executions(
     (wall, submitted)
 }
 
+/// A request of a call made outside any execution, `id` naming it and keying it.
+fn call_request(id: String) -> AgentRequest {
+    AgentRequest {
+        execution_id: id.clone(),
+        step_id: "s0".into(),
+        attempt: 1,
+        idempotency_key: id,
+        input: json!({}),
+    }
+}
+
 /// The mean time of one agent call, alone, with the engine's client: what a step costs
 /// beyond its commit when nothing else is running.
 async fn agent_round_trip_us(agent: &str, calls: usize) -> f64 {
     let client = AgentClient::new(Arc::new(TokioNetwork), ClientLimits::default());
     let started = Instant::now();
     for i in 0..calls {
-        let request = AgentRequest {
-            execution_id: format!("round-trip-{i}"),
-            step_id: "s0".into(),
-            attempt: 1,
-            idempotency_key: format!("round-trip-{i}"),
-            input: json!({}),
-        };
         client
-            .call(agent, &request, 10_000)
+            .call(agent, &call_request(format!("round-trip-{i}")), 10_000)
             .await
             .expect("agent call");
     }
@@ -445,13 +443,7 @@ async fn concurrent_calls_per_s(agent: &str, in_flight: usize, calls: usize) -> 
                 if i >= calls {
                     break;
                 }
-                let request = AgentRequest {
-                    execution_id: format!("ceiling-{in_flight}-{i}"),
-                    step_id: "s0".into(),
-                    attempt: 1,
-                    idempotency_key: format!("ceiling-{in_flight}-{i}"),
-                    input: json!({}),
-                };
+                let request = call_request(format!("ceiling-{in_flight}-{i}"));
                 client
                     .call(&agent, &request, 10_000)
                     .await

@@ -59,7 +59,7 @@ impl AcceptFailure {
     }
 
     /// Waits as this failure asks before the next accept; false when there must be none.
-    pub async fn before_next_accept(self) -> bool {
+    async fn before_next_accept(self) -> bool {
         match self {
             AcceptFailure::Closed => false,
             AcceptFailure::Connection => true,
@@ -67,6 +67,24 @@ impl AcceptFailure {
                 // tokio's timer, as the servers' other waits: simulated time in the simulator.
                 tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
                 true
+            }
+        }
+    }
+}
+
+/// The next connection on `listener`, each failed accept handled as [`AcceptFailure::of`]
+/// says (skipped, or waited out); `None` once the listener will never accept again. Every
+/// accept loop goes through it, so none retries a failure at once (which spins).
+pub async fn accept_next(listener: &mut dyn Listener) -> Option<(Box<dyn Conn>, SocketAddr)> {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return Some(accepted),
+            Err(e) => {
+                let failure = AcceptFailure::of(&e);
+                tracing::debug!("accept failed ({failure:?}): {e}");
+                if !failure.before_next_accept().await {
+                    return None;
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 
 use super::AgentRequest;
 use crate::clock::Clock;
-use crate::network::{AcceptFailure, Listener, Network};
+use crate::network::{accept_next, Listener, Network};
 
 /// Largest request body the example agent reads.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -289,14 +289,8 @@ async fn serve(mut listener: Box<dyn Listener>, agent: Arc<Agent>, ledger: Arc<M
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let conn = match listener.accept().await {
-            Ok((conn, _peer)) => conn,
-            Err(e) => {
-                if AcceptFailure::of(&e).before_next_accept().await {
-                    continue;
-                }
-                return;
-            }
+        let Some((conn, _peer)) = accept_next(&mut *listener).await else {
+            return;
         };
         let (agent, ledger) = (agent.clone(), ledger.clone());
         connections.spawn(async move {

@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::driver::Engine;
 use crate::event::EventRecord;
-use crate::network::{AcceptFailure, Listener};
+use crate::network::{accept_next, Listener};
 use auth::Auth;
 use error::ApiError;
 use webhooks::Webhooks;
@@ -156,20 +156,12 @@ impl Api {
                 biased;
                 _ = &mut stop => break,
                 _ = shutdown.wait_for(|s| *s) => break,
-                accepted = listener.accept() => accepted,
+                // A reset before accept is that connection's problem; too many open files is
+                // waited out (and a stop still comes first meanwhile).
+                accepted = accept_next(&mut *listener) => accepted,
             };
-            let conn = match accepted {
-                Ok((conn, _peer)) => conn,
-                Err(e) => {
-                    // A reset before accept is that connection's problem; too many open files
-                    // is waited out rather than retried at once (which would spin).
-                    let failure = AcceptFailure::of(&e);
-                    tracing::debug!("accept failed ({failure:?}): {e}");
-                    if failure.before_next_accept().await {
-                        continue;
-                    }
-                    break;
-                }
+            let Some((conn, _peer)) = accepted else {
+                break;
             };
             let service = TowerToHyperService::new(app.clone());
             let connection = hyper::server::conn::http1::Builder::new()
