@@ -174,8 +174,6 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// The raw SQLite limit: one small insert per transaction, WAL, `synchronous` as given.
-/// Returns (commits per second, CPU time per commit).
 /// The raw commit rate: one small insert per transaction, on a database of its own in the same
 /// directory, timed in blocks that can be interleaved with the engine's work so that both see
 /// the same disk (this VM's shared disk changes speed from one second to the next).
@@ -195,12 +193,8 @@ impl RawCommits {
         let conn = rusqlite::Connection::open(&path).expect("open");
         conn.pragma_update(None, "journal_mode", "WAL")
             .expect("wal");
-        let mode = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Off => "OFF",
-        };
-        conn.pragma_update(None, "synchronous", mode).expect("sync");
+        conn.pragma_update(None, "synchronous", synchronous.pragma())
+            .expect("sync");
         conn.execute_batch(
             "CREATE TABLE events (execution_id TEXT NOT NULL, seq INTEGER NOT NULL,
                  payload TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
@@ -428,10 +422,8 @@ async fn agent_round_trip_us(agent: &str, calls: usize) -> f64 {
 /// made, with the engine's client on loopback HTTP: what a step costs beyond the engine when
 /// many are in flight, so the most steps/s an engine that cost nothing could reach there.
 async fn concurrent_calls_per_s(agent: &str, in_flight: usize, calls: usize) -> f64 {
-    let client = Arc::new(AgentClient::new(
-        Arc::new(TokioNetwork),
-        ClientLimits::default(),
-    ));
+    // Clones share one pool of kept connections.
+    let client = AgentClient::new(Arc::new(TokioNetwork), ClientLimits::default());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();

@@ -216,6 +216,15 @@ fn slope(xs: &[f64], ys: &[f64]) -> f64 {
     }
 }
 
+/// `count` per second over `wall_s` seconds; 0 when no time was measured.
+fn per_s(count: f64, wall_s: f64) -> f64 {
+    if wall_s > 0.0 {
+        count / wall_s
+    } else {
+        0.0
+    }
+}
+
 /// `proctor-sim speed`: `runs` seeds of the scenario, in order, through [`proctor_sim::run`].
 fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
     use proctor::clock::{Clock, SystemClock};
@@ -250,7 +259,7 @@ fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
     }
     let wall_s = SystemClock.now_ms().saturating_sub(started_ms) as f64 / 1000.0;
     let simulated_s = simulated_ms as f64 / 1000.0;
-    let per_wall_s = |x: f64| if wall_s > 0.0 { x / wall_s } else { 0.0 };
+    let per_wall_s = |x: f64| per_s(x, wall_s);
     // The limit: the same hosts, idle, for the runs' mean simulated time (a tenth as many
     // runs: the floor varies far less than the runs do).
     let hosts = proctor_sim::floor::host_names(&scenario);
@@ -261,11 +270,7 @@ fn speed(name: &str, runs: u64, first_seed: u64) -> ExitCode {
         proctor_sim::floor::idle_run(&hosts, floor_ms, first_seed.wrapping_add(i));
     }
     let floor_wall_s = SystemClock.now_ms().saturating_sub(floor_started_ms) as f64 / 1000.0;
-    let floor_runs_per_s = if floor_wall_s > 0.0 {
-        floor_runs as f64 / floor_wall_s
-    } else {
-        0.0
-    };
+    let floor_runs_per_s = per_s(floor_runs as f64, floor_wall_s);
     let report = serde_json::json!({
         "scenario": scenario.name,
         "runs": runs,
