@@ -1274,6 +1274,10 @@ fn open_store(shared: &Shared) -> Result<SqliteStore, store::Error> {
             exclusive: true,
             // One thread: group commits run as a task of the engine host's runtime.
             committer: Committer::Task,
+            // SQLite's own: a run's database is small, and must still checkpoint (see the
+            // constants' note).
+            cache_kib: proctor::store::SQLITE_DEFAULT_CACHE_KIB,
+            wal_autocheckpoint_pages: proctor::store::SQLITE_DEFAULT_WAL_AUTOCHECKPOINT_PAGES,
         },
     )
 }

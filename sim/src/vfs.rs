@@ -469,6 +469,8 @@ mod tests {
                 vfs: Some(VFS_NAME.to_string()),
                 synchronous,
                 exclusive: true,
+                cache_kib: proctor::store::SQLITE_DEFAULT_CACHE_KIB,
+                wal_autocheckpoint_pages: proctor::store::SQLITE_DEFAULT_WAL_AUTOCHECKPOINT_PAGES,
                 ..SqliteOptions::default()
             },
         )

@@ -21,7 +21,10 @@ use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
 
 pub use checkpoint_rows::MAX_REMEMBERED_BASES;
 pub use group::{CommitStats, Committer, MAX_BATCH_WRITES};
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{
+    SqliteOptions, SqliteStore, Synchronous, SQLITE_DEFAULT_CACHE_KIB,
+    SQLITE_DEFAULT_WAL_AUTOCHECKPOINT_PAGES, WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB,
+};
 
 /// `Clone`: one failed group commit fails every write it held, each with the same error.
 #[derive(Clone, Debug, thiserror::Error)]
