@@ -5,8 +5,10 @@
 //! earlier checkpoint of the same execution, its *base*, named in the row; reading folds the
 //! rows in order.
 //!
-//! The writer remembers, per execution, the last checkpoint it committed (its step states
-//! serialized), and diffs the next one against it. Nothing depends on that memory being
+//! The writer remembers, per execution, the last checkpoint it committed (its step states),
+//! and diffs the next one against it: states are compared as values, and only the changed ones
+//! are serialized (serializing every state of every checkpoint to compare them as text cost
+//! more than the rest of the row). Nothing depends on that memory being
 //! current: a row names its base, the write checks that the base is still stored (pruning may
 //! have deleted it) and writes the whole state otherwise, and pruning rewrites whole any kept
 //! row whose base it deletes.
@@ -18,27 +20,26 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Error;
-use crate::core::Checkpoint;
+use crate::core::{Checkpoint, StepState};
 
 /// Executions whose last checkpoint the writer remembers; past this it starts over (a
 /// forgotten base only costs one whole row).
 pub const MAX_REMEMBERED_BASES: usize = 4096;
 
-/// A checkpoint's step states, each serialized on its own, so that two checkpoints compare
-/// step by step.
-pub(super) type StepJsons = Arc<Vec<String>>;
+/// A checkpoint's step states, shared between its row and the writer's memory of it.
+pub(super) type StepStates = Arc<Vec<StepState>>;
 
 /// The last committed checkpoint of each execution, by id: its `seq` and step states.
 #[derive(Clone, Default)]
-pub(super) struct Bases(Arc<Mutex<BTreeMap<String, (u64, StepJsons)>>>);
+pub(super) struct Bases(Arc<Mutex<BTreeMap<String, (u64, StepStates)>>>);
 
 impl Bases {
-    fn get(&self, id: &str) -> Option<(u64, StepJsons)> {
+    fn get(&self, id: &str) -> Option<(u64, StepStates)> {
         self.lock().get(id).cloned()
     }
 
     /// Remembers `seq` as `id`'s latest committed checkpoint. Only after its commit.
-    pub(super) fn committed(&self, id: &str, seq: u64, steps: StepJsons) {
+    pub(super) fn committed(&self, id: &str, seq: u64, steps: StepStates) {
         let mut bases = self.lock();
         if bases.len() >= MAX_REMEMBERED_BASES && !bases.contains_key(id) {
             bases.clear();
@@ -46,7 +47,7 @@ impl Bases {
         bases.insert(id.to_string(), (seq, steps));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, StepJsons)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, StepStates)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -56,9 +57,16 @@ pub(super) struct Row {
     pub seq: i64,
     pub step_id: String,
     pub at_ms: i64,
-    pub steps: StepJsons,
-    /// The earlier checkpoint to store a diff against, and the steps that differ from it.
-    pub diff: Option<(u64, Vec<usize>)>,
+    pub steps: StepStates,
+    /// The earlier checkpoint to store a diff against.
+    pub diff: Option<Diff>,
+}
+
+/// A checkpoint's difference from its base.
+pub(super) struct Diff {
+    pub base: u64,
+    /// The positions of the states that differ from the base's, each with its JSON.
+    pub changed: Vec<(usize, String)>,
 }
 
 impl Row {
@@ -73,20 +81,17 @@ impl Row {
         checkpoints
             .iter()
             .map(|c| {
-                let steps: StepJsons = Arc::new(
-                    c.steps
-                        .iter()
-                        .map(|s| serde_json::to_string(s).expect("a step state serializes"))
-                        .collect(),
-                );
+                let steps: StepStates = Arc::new(c.steps.clone());
+                // Compared as values: a JSON object's key order does not make a state differ.
                 let diff = base
                     .as_ref()
                     .filter(|(_, before)| before.len() == steps.len())
-                    .map(|(seq, before)| {
-                        let changed = (0..steps.len())
+                    .map(|(seq, before)| Diff {
+                        base: *seq,
+                        changed: (0..steps.len())
                             .filter(|&i| before[i] != steps[i])
-                            .collect();
-                        (*seq, changed)
+                            .map(|i| (i, state_json(&steps[i])))
+                            .collect(),
                     });
                 base = Some((c.seq, steps.clone()));
                 Row {
@@ -102,15 +107,17 @@ impl Row {
 
     /// The `steps` column: the changed states against `base` where the base is stored, else
     /// all of them.
+    /// The whole state is serialized here only when the base turned out to be gone (pruned
+    /// since it was remembered), which is rare.
     pub(super) fn column(&self, base_stored: bool) -> String {
         match &self.diff {
-            Some((base, changed)) if base_stored => {
+            Some(Diff { base, changed }) if base_stored => {
                 let mut out = format!("{{\"base\":{base},\"changed\":{{");
-                for (n, &i) in changed.iter().enumerate() {
+                for (n, (i, json)) in changed.iter().enumerate() {
                     if n > 0 {
                         out.push(',');
                     }
-                    out.push_str(&format!("\"{i}\":{}", self.steps[i]));
+                    out.push_str(&format!("\"{i}\":{json}"));
                 }
                 out.push_str("}}");
                 out
@@ -120,9 +127,14 @@ impl Row {
     }
 }
 
+fn state_json(state: &StepState) -> String {
+    serde_json::to_string(state).expect("a step state serializes")
+}
+
 /// Every step's state as the `steps` column stores it whole: a JSON array.
-fn whole(steps: &[String]) -> String {
-    format!("[{}]", steps.join(","))
+fn whole(steps: &[StepState]) -> String {
+    let jsons: Vec<String> = steps.iter().map(state_json).collect();
+    format!("[{}]", jsons.join(","))
 }
 
 /// A stored `steps` column.

@@ -727,41 +727,67 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         })
         .map_err(backend)?;
     }
-    let mut upsert = tx
+    // A step's row is written whole when its execution's row is, and updated after: an
+    // UPDATE finds the row with one seek, where an upsert first tries the insert.
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE steps SET status = ?3, attempt = ?4, retry_count = ?5, input = ?6,
+                 output = ?7, last_error = ?8, skip_reason = ?9, started_at_ms = ?10,
+                 finished_at_ms = ?11, wake_at_ms = ?12, detail = ?13
+             WHERE execution_id = ?1 AND step_id = ?2",
+        )
+        .map_err(backend)?;
+    let mut insert = tx
         .prepare_cached(
             "INSERT INTO steps (execution_id, position, step_id, kind, status, attempt,
                  retry_count, input, output, last_error, skip_reason, started_at_ms,
                  finished_at_ms, wake_at_ms, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT (execution_id, step_id) DO UPDATE SET status = excluded.status,
-                 attempt = excluded.attempt, retry_count = excluded.retry_count,
-                 input = excluded.input, output = excluded.output, last_error = excluded.last_error,
-                 skip_reason = excluded.skip_reason,
-                 started_at_ms = excluded.started_at_ms,
-                 finished_at_ms = excluded.finished_at_ms,
-                 wake_at_ms = excluded.wake_at_ms, detail = excluded.detail",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .map_err(backend)?;
     for st in &w.steps {
-        upsert
-            .execute(params![
-                w.id,
-                st.position,
-                st.step_id,
-                st.kind,
-                st.status,
-                st.attempt,
-                st.retry_count,
-                st.input,
-                st.output,
-                st.last_error,
-                st.skip_reason,
-                st.started_at_ms,
-                st.finished_at_ms,
-                st.wake_at_ms,
-                st.detail,
-            ])
-            .map_err(backend)?;
+        let step_updated = if updated == 0 {
+            0
+        } else {
+            update
+                .execute(params![
+                    w.id,
+                    st.step_id,
+                    st.status,
+                    st.attempt,
+                    st.retry_count,
+                    st.input,
+                    st.output,
+                    st.last_error,
+                    st.skip_reason,
+                    st.started_at_ms,
+                    st.finished_at_ms,
+                    st.wake_at_ms,
+                    st.detail,
+                ])
+                .map_err(backend)?
+        };
+        if step_updated == 0 {
+            insert
+                .execute(params![
+                    w.id,
+                    st.position,
+                    st.step_id,
+                    st.kind,
+                    st.status,
+                    st.attempt,
+                    st.retry_count,
+                    st.input,
+                    st.output,
+                    st.last_error,
+                    st.skip_reason,
+                    st.started_at_ms,
+                    st.finished_at_ms,
+                    st.wake_at_ms,
+                    st.detail,
+                ])
+                .map_err(backend)?;
+        }
     }
     let mut append = tx
         .prepare_cached(
@@ -781,10 +807,10 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         )
         .map_err(backend)?;
     for c in &w.checkpoints {
-        let base_stored = match c.diff {
-            Some((base, _)) => tx
+        let base_stored = match &c.diff {
+            Some(diff) => tx
                 .prepare_cached("SELECT 1 FROM checkpoints WHERE execution_id = ?1 AND seq = ?2")
-                .and_then(|mut s| s.exists(params![w.id, base as i64]))
+                .and_then(|mut s| s.exists(params![w.id, diff.base as i64]))
                 .map_err(backend)?,
             None => false,
         };
