@@ -728,13 +728,14 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         .map_err(backend)?;
     }
     // A step's row is written whole when its execution's row is, and updated after: an
-    // UPDATE finds the row with one seek, where an upsert first tries the insert.
+    // UPDATE finds the row with one seek, where an upsert first tries the insert. Both take
+    // the same parameters (the UPDATE leaves the position and the kind, ?2 and ?4, as they are).
     let mut update = tx
         .prepare_cached(
-            "UPDATE steps SET status = ?3, attempt = ?4, retry_count = ?5, input = ?6,
-                 output = ?7, last_error = ?8, skip_reason = ?9, started_at_ms = ?10,
-                 finished_at_ms = ?11, wake_at_ms = ?12, detail = ?13
-             WHERE execution_id = ?1 AND step_id = ?2",
+            "UPDATE steps SET status = ?5, attempt = ?6, retry_count = ?7, input = ?8,
+                 output = ?9, last_error = ?10, skip_reason = ?11, started_at_ms = ?12,
+                 finished_at_ms = ?13, wake_at_ms = ?14, detail = ?15
+             WHERE execution_id = ?1 AND step_id = ?3",
         )
         .map_err(backend)?;
     let mut insert = tx
@@ -746,47 +747,30 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         )
         .map_err(backend)?;
     for st in &w.steps {
+        let row = params![
+            w.id,
+            st.position,
+            st.step_id,
+            st.kind,
+            st.status,
+            st.attempt,
+            st.retry_count,
+            st.input,
+            st.output,
+            st.last_error,
+            st.skip_reason,
+            st.started_at_ms,
+            st.finished_at_ms,
+            st.wake_at_ms,
+            st.detail,
+        ];
         let step_updated = if updated == 0 {
             0
         } else {
-            update
-                .execute(params![
-                    w.id,
-                    st.step_id,
-                    st.status,
-                    st.attempt,
-                    st.retry_count,
-                    st.input,
-                    st.output,
-                    st.last_error,
-                    st.skip_reason,
-                    st.started_at_ms,
-                    st.finished_at_ms,
-                    st.wake_at_ms,
-                    st.detail,
-                ])
-                .map_err(backend)?
+            update.execute(row).map_err(backend)?
         };
         if step_updated == 0 {
-            insert
-                .execute(params![
-                    w.id,
-                    st.position,
-                    st.step_id,
-                    st.kind,
-                    st.status,
-                    st.attempt,
-                    st.retry_count,
-                    st.input,
-                    st.output,
-                    st.last_error,
-                    st.skip_reason,
-                    st.started_at_ms,
-                    st.finished_at_ms,
-                    st.wake_at_ms,
-                    st.detail,
-                ])
-                .map_err(backend)?;
+            insert.execute(row).map_err(backend)?;
         }
     }
     let mut append = tx
