@@ -60,6 +60,9 @@ pub(super) struct Row {
     pub steps: StepStates,
     /// The earlier checkpoint to store a diff against.
     pub diff: Option<Diff>,
+    /// The whole column, serialized beforehand where there is no base to diff against (an
+    /// execution's first checkpoint, or one the writer forgot).
+    pub whole: Option<String>,
 }
 
 /// A checkpoint's difference from its base.
@@ -93,6 +96,7 @@ impl Row {
                             .map(|i| (i, state_json(&steps[i])))
                             .collect(),
                     });
+                let whole = diff.is_none().then(|| whole_column(&steps));
                 base = Some((c.seq, steps.clone()));
                 Row {
                     seq: c.seq as i64,
@@ -100,15 +104,15 @@ impl Row {
                     at_ms: c.at_ms as i64,
                     steps,
                     diff,
+                    whole,
                 }
             })
             .collect()
     }
 
     /// The `steps` column: the changed states against `base` where the base is stored, else
-    /// all of them.
-    /// The whole state is serialized here only when the base turned out to be gone (pruned
-    /// since it was remembered), which is rare.
+    /// all of them. Called by the committer, which serializes the whole state itself only
+    /// where a remembered base turned out to be gone (pruned since).
     pub(super) fn column(&self, base_stored: bool) -> String {
         match &self.diff {
             Some(Diff { base, changed }) if base_stored => {
@@ -122,7 +126,10 @@ impl Row {
                 out.push_str("}}");
                 out
             }
-            _ => whole(&self.steps),
+            _ => match &self.whole {
+                Some(whole) => whole.clone(),
+                None => whole_column(&self.steps),
+            },
         }
     }
 }
@@ -132,7 +139,7 @@ fn state_json(state: &StepState) -> String {
 }
 
 /// Every step's state as the `steps` column stores it whole: a JSON array.
-fn whole(steps: &[StepState]) -> String {
+fn whole_column(steps: &[StepState]) -> String {
     let jsons: Vec<String> = steps.iter().map(state_json).collect();
     format!("[{}]", jsons.join(","))
 }
