@@ -40,7 +40,9 @@ use proctor::core::{Execution, ExecutionStatus, Input, Lane};
 use proctor::definition::{parse, Format, ProcessDef};
 use proctor::network::{accept_next, Conn, Listener, Network, TokioNetwork};
 use proctor::rng::seeded;
-use proctor::store::{SqliteOptions, SqliteStore, Storage, Synchronous};
+use proctor::store::{
+    SqliteOptions, SqliteStore, Storage, Synchronous, WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB,
+};
 use proctor::{Engine, EngineConfig, Ports, RecoveryConfig};
 use serde_json::json;
 
@@ -195,6 +197,12 @@ impl RawCommits {
             .expect("wal");
         conn.pragma_update(None, "synchronous", synchronous.pragma())
             .expect("sync");
+        // The engine's checkpoint interval and cache, so that the raw side pays its
+        // checkpoints as seldom as the engine does.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .expect("wal_autocheckpoint");
+        conn.pragma_update(None, "cache_size", -i64::from(WRITER_CACHE_KIB))
+            .expect("cache_size");
         conn.execute_batch(
             "CREATE TABLE events (execution_id TEXT NOT NULL, seq INTEGER NOT NULL,
                  payload TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
