@@ -13,6 +13,7 @@
 //! have deleted it) and writes the whole state otherwise, and pruning rewrites whole any kept
 //! row whose base it deletes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -58,18 +59,18 @@ pub(super) struct Row {
     pub step_id: String,
     pub at_ms: i64,
     pub steps: StepStates,
-    /// The earlier checkpoint to store a diff against.
-    pub diff: Option<Diff>,
-    /// The whole column, serialized beforehand where there is no base to diff against (an
-    /// execution's first checkpoint, or one the writer forgot).
-    pub whole: Option<String>,
+    /// Its `steps` column, serialized by the writer's task so that the committer only binds
+    /// it.
+    pub stored: Column,
 }
 
-/// A checkpoint's difference from its base.
-pub(super) struct Diff {
-    pub base: u64,
-    /// The positions of the states that differ from the base's, each with its JSON.
-    pub changed: Vec<(usize, String)>,
+/// A checkpoint row's `steps` column.
+pub(super) enum Column {
+    /// Every state: an execution's first checkpoint, or one whose base the writer forgot.
+    Whole(String),
+    /// The states changed since the checkpoint `base`, to be written only while `base` is
+    /// still stored.
+    Diff { base: u64, json: String },
 }
 
 impl Row {
@@ -85,57 +86,62 @@ impl Row {
             .iter()
             .map(|c| {
                 let steps: StepStates = Arc::new(c.steps.clone());
-                // Compared as values: a JSON object's key order does not make a state differ.
-                let diff = base
-                    .as_ref()
-                    .filter(|(_, before)| before.len() == steps.len())
-                    .map(|(seq, before)| Diff {
-                        base: *seq,
-                        changed: (0..steps.len())
-                            .filter(|&i| before[i] != steps[i])
-                            .map(|i| (i, state_json(&steps[i])))
-                            .collect(),
-                    });
-                let whole = diff.is_none().then(|| whole_column(&steps));
+                let stored = match base.as_ref().filter(|(_, b)| b.len() == steps.len()) {
+                    Some((base, before)) => Column::Diff {
+                        base: *base,
+                        json: diff_column(*base, before, &steps),
+                    },
+                    None => Column::Whole(whole_column(&steps)),
+                };
                 base = Some((c.seq, steps.clone()));
                 Row {
                     seq: c.seq as i64,
                     step_id: c.step_id.clone(),
                     at_ms: c.at_ms as i64,
                     steps,
-                    diff,
-                    whole,
+                    stored,
                 }
             })
             .collect()
     }
 
-    /// The `steps` column: the changed states against `base` where the base is stored, else
-    /// all of them. Called by the committer, which serializes the whole state itself only
-    /// where a remembered base turned out to be gone (pruned since).
-    pub(super) fn column(&self, base_stored: bool) -> String {
-        match &self.diff {
-            Some(Diff { base, changed }) if base_stored => {
-                let mut out = format!("{{\"base\":{base},\"changed\":{{");
-                for (n, (i, json)) in changed.iter().enumerate() {
-                    if n > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&format!("\"{i}\":{json}"));
-                }
-                out.push_str("}}");
-                out
-            }
-            _ => match &self.whole {
-                Some(whole) => whole.clone(),
-                None => whole_column(&self.steps),
-            },
+    /// The checkpoint its diff is stored against, if it is stored as one.
+    pub(super) fn diff_base(&self) -> Option<u64> {
+        match self.stored {
+            Column::Diff { base, .. } => Some(base),
+            Column::Whole(_) => None,
+        }
+    }
+
+    /// The `steps` column to write: the diff where its base is stored, else every state. The
+    /// committer serializes the whole state itself only where a remembered base turned out to
+    /// be gone (pruned since).
+    pub(super) fn column(&self, base_stored: bool) -> Cow<'_, str> {
+        match &self.stored {
+            Column::Diff { json, .. } if base_stored => Cow::Borrowed(json),
+            Column::Diff { .. } => Cow::Owned(whole_column(&self.steps)),
+            Column::Whole(json) => Cow::Borrowed(json),
         }
     }
 }
 
 fn state_json(state: &StepState) -> String {
     serde_json::to_string(state).expect("a step state serializes")
+}
+
+/// The states of `steps` that differ from `before`, against the checkpoint `base`. Compared as
+/// values: a JSON object's key order does not make a state differ.
+fn diff_column(base: u64, before: &[StepState], steps: &[StepState]) -> String {
+    let mut out = format!("{{\"base\":{base},\"changed\":{{");
+    let changed = (0..steps.len()).filter(|&i| before[i] != steps[i]);
+    for (n, i) in changed.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("\"{i}\":{}", state_json(&steps[i])));
+    }
+    out.push_str("}}");
+    out
 }
 
 /// Every step's state as the `steps` column stores it whole: a JSON array.

@@ -731,8 +731,8 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
     }
     // A step's row is written whole when its execution's row is, and updated after: an
     // UPDATE finds the row by its key, where an upsert first tries the insert, fails on the
-    // key, and then finds the row to update. Both take
-    // the same parameters (the UPDATE leaves the position and the kind, ?2 and ?4, as they are).
+    // key, and then finds the row to update. Both take the same parameters (the UPDATE leaves
+    // the position and the kind, ?2 and ?4, as they are).
     let mut update = tx
         .prepare_cached(
             "UPDATE steps SET status = ?5, attempt = ?6, retry_count = ?7, input = ?8,
@@ -794,10 +794,10 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &Prepared) -> Result<(), Error>
         )
         .map_err(backend)?;
     for c in &w.checkpoints {
-        let base_stored = match &c.diff {
-            Some(diff) => tx
+        let base_stored = match c.diff_base() {
+            Some(base) => tx
                 .prepare_cached("SELECT 1 FROM checkpoints WHERE execution_id = ?1 AND seq = ?2")
-                .and_then(|mut s| s.exists(params![w.id, diff.base as i64]))
+                .and_then(|mut s| s.exists(params![w.id, base as i64]))
                 .map_err(backend)?,
             None => false,
         };
