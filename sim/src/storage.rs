@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use proctor::core::{Checkpoint, Execution};
+use proctor::core::{Checkpoint, Execution, NewCheckpoint};
 use proctor::definition::{ProcessDef, StepKind};
 use proctor::event::{DomainEvent, EventRecord};
 use proctor::schedule::ScheduleState;
@@ -231,7 +231,7 @@ impl Storage for FaultyStore {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error> {
         let write = self.inner.commit(execution, steps, events, checkpoints);
         self.faulty(execution, events, false, write).await
@@ -246,7 +246,7 @@ impl Storage for FaultyStore {
         &self,
         execution: &Execution,
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error> {
         let write = self.inner.create_started(execution, events, checkpoints);
         self.faulty(execution, events, true, write).await

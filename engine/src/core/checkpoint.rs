@@ -31,6 +31,45 @@ pub struct Checkpoint {
     pub tenant: String,
 }
 
+/// A checkpoint as a transition takes it, for the store to write: what [`Checkpoint`] holds
+/// less what the store derives (the execution's id and tenant, and the completed outputs,
+/// which reads recompute from the states). Its states are shared, not copied, with the store's
+/// memory of the last checkpoint it wrote, which it diffs the next one against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewCheckpoint {
+    /// The `seq` of the `StepCompleted` event this checkpoint follows.
+    pub seq: u64,
+    /// The step whose completion made it.
+    pub step_id: String,
+    pub at_ms: u64,
+    /// Every step's state, indexed like the process's steps.
+    pub steps: Arc<Vec<StepState>>,
+}
+
+impl NewCheckpoint {
+    pub(super) fn of(execution: &Execution, seq: u64, step_id: &str, at_ms: u64) -> NewCheckpoint {
+        NewCheckpoint {
+            seq,
+            step_id: step_id.to_string(),
+            at_ms,
+            steps: Arc::new(execution.steps.clone()),
+        }
+    }
+
+    /// The checkpoint as reading it back returns it.
+    pub fn read_back(&self, execution: &Execution) -> Checkpoint {
+        Checkpoint {
+            execution_id: execution.id.clone(),
+            seq: self.seq,
+            step_id: self.step_id.clone(),
+            at_ms: self.at_ms,
+            completed: Checkpoint::completed_of(&execution.process, &self.steps),
+            steps: self.steps.to_vec(),
+            tenant: execution.tenant.clone(),
+        }
+    }
+}
+
 fn default_tenant() -> String {
     super::machine::DEFAULT_TENANT.to_string()
 }
@@ -53,18 +92,6 @@ impl Checkpoint {
             .filter(|(_, s)| s.status == StepStatus::Completed)
             .map(|(d, s)| (d.id.clone(), s.output.clone().unwrap_or(Value::Null)))
             .collect()
-    }
-
-    pub(super) fn of(execution: &Execution, seq: u64, step_id: &str, at_ms: u64) -> Checkpoint {
-        Checkpoint {
-            execution_id: execution.id.clone(),
-            seq,
-            step_id: step_id.to_string(),
-            at_ms,
-            completed: Checkpoint::completed_of(&execution.process, &execution.steps),
-            steps: execution.steps.clone(),
-            tenant: execution.tenant.clone(),
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 
-use super::checkpoint::{Checkpoint, ForkOrigin};
+use super::checkpoint::{ForkOrigin, NewCheckpoint};
 use super::retry::{max_retry_delay_ms, retry_delay_ms};
 use super::state::{
     CallState, CallStatus, CompensationRun, ErrorKind, ExecutionStatus, ReceivedSignal, SkipReason,
@@ -235,7 +235,7 @@ pub struct Transition {
     /// Whether anything about the execution changed (nothing to persist if false).
     pub changed: bool,
     /// One per step completed in this transition, committed with it.
-    pub checkpoints: Vec<Checkpoint>,
+    pub checkpoints: Vec<NewCheckpoint>,
 }
 
 /// One execution of a process: plain data.
@@ -1353,7 +1353,7 @@ impl Execution {
         let seq = self.next_seq - 1;
         cx.tx
             .checkpoints
-            .push(Checkpoint::of(self, seq, &id, cx.now_ms));
+            .push(NewCheckpoint::of(self, seq, &id, cx.now_ms));
         if self.breakpoint.as_deref() == Some(id.as_str())
             && self.status == ExecutionStatus::Running
         {

@@ -11,7 +11,7 @@ mod machine;
 mod retry;
 mod state;
 
-pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin};
+pub use checkpoint::{fork, Checkpoint, ForkError, ForkOrigin, NewCheckpoint};
 pub use machine::{
     AgentCall, Command, EmailCall, Execution, HttpCall, Input, Lane, Progress, RecoveryAction,
     Transition, DEFAULT_TENANT, MAX_SIGNALS_PER_EXECUTION,

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Error;
-use crate::core::{Checkpoint, StepState};
+use crate::core::{NewCheckpoint, StepState};
 
 /// Executions whose last checkpoint the writer remembers; past this it starts over (a
 /// forgotten base only costs one whole row).
@@ -76,7 +76,7 @@ pub(super) enum Column {
 impl Row {
     /// The rows of one transition's checkpoints, each diffed against the one before it: the
     /// writer's last committed one for the first.
-    pub(super) fn of(execution_id: &str, checkpoints: &[Checkpoint], bases: &Bases) -> Vec<Row> {
+    pub(super) fn of(execution_id: &str, checkpoints: &[NewCheckpoint], bases: &Bases) -> Vec<Row> {
         let mut base = if checkpoints.is_empty() {
             None
         } else {
@@ -85,7 +85,7 @@ impl Row {
         checkpoints
             .iter()
             .map(|c| {
-                let steps: StepStates = Arc::new(c.steps.clone());
+                let steps: StepStates = c.steps.clone();
                 let stored = match base.as_ref().filter(|(_, b)| b.len() == steps.len()) {
                     Some((base, before)) => Column::Diff {
                         base: *base,

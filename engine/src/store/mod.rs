@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use crate::core::{Checkpoint, Execution};
+use crate::core::{Checkpoint, Execution, NewCheckpoint};
 use crate::definition::ProcessDef;
 use crate::event::EventRecord;
 use crate::schedule::{Fire, ScheduleSpec, ScheduleState};
@@ -57,7 +57,7 @@ pub trait Storage: Send + Sync {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error>;
 
     /// The execution's checkpoints, oldest first.
@@ -79,7 +79,7 @@ pub trait Storage: Send + Sync {
         &self,
         execution: &Execution,
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error>;
 
     /// The execution as last committed, or `None` if there is none with that id.

@@ -15,7 +15,9 @@ use super::{
     ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
     FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
 };
-use crate::core::{Checkpoint, CompensationRun, Execution, ForkOrigin, ReceivedSignal, StepState};
+use crate::core::{
+    Checkpoint, CompensationRun, Execution, ForkOrigin, NewCheckpoint, ReceivedSignal, StepState,
+};
 use crate::definition::ProcessDef;
 use crate::event::{DomainEvent, EventRecord};
 use crate::schedule::ScheduleState;
@@ -434,7 +436,7 @@ impl SqliteStore {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
         must_be_new: bool,
     ) -> Result<(), Error> {
         let prepared = Prepared::of(
@@ -542,7 +544,7 @@ impl Prepared {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
         must_be_new: bool,
         bases: &Bases,
     ) -> Prepared {
@@ -554,7 +556,9 @@ impl Prepared {
             .last()
             .is_none_or(|e| e.seq + 1 == execution.next_seq));
         debug_assert!(events.iter().all(|e| e.execution_id == execution.id));
-        debug_assert!(checkpoints.iter().all(|c| c.execution_id == execution.id));
+        debug_assert!(checkpoints
+            .iter()
+            .all(|c| c.steps.len() == execution.steps.len() && c.seq < execution.next_seq));
         Prepared {
             id: execution.id.clone(),
             tenant: execution.tenant.clone(),
@@ -1024,7 +1028,7 @@ impl Storage for SqliteStore {
         execution: &Execution,
         steps: &[usize],
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error> {
         self.write(execution, steps, events, checkpoints, false)
             .await
@@ -1039,7 +1043,7 @@ impl Storage for SqliteStore {
         &self,
         execution: &Execution,
         events: &[EventRecord],
-        checkpoints: &[Checkpoint],
+        checkpoints: &[NewCheckpoint],
     ) -> Result<(), Error> {
         let all: Vec<usize> = (0..execution.steps.len()).collect();
         self.write(execution, &all, events, checkpoints, true).await
@@ -1798,7 +1802,7 @@ mod tests {
         for (at, input) in inputs.into_iter().enumerate() {
             let t = exec.apply(input, 2_000 + at as u64, &mut *rng);
             commit_transition(store, &exec, &t).await;
-            taken.extend(t.checkpoints);
+            taken.extend(t.checkpoints.iter().map(|c| c.read_back(&exec)));
         }
         assert_eq!(exec.status, ExecutionStatus::Completed);
         (exec, taken)
@@ -1901,7 +1905,7 @@ mod tests {
                 assert_eq!(store.prune_checkpoints("c3", 0).await.unwrap(), 1);
             }
             commit_transition(&store, &exec, &t).await;
-            taken.extend(t.checkpoints);
+            taken.extend(t.checkpoints.iter().map(|c| c.read_back(&exec)));
         }
         let stored = stored_steps(&store, "c3");
         assert_eq!(stored.len(), 1);
