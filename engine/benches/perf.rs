@@ -478,8 +478,18 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // As the binaries run (`PROCTOR_HUGE_PAGES=on` to compare), before the runtime maps memory.
+    proctor::huge_pages::turn_off_unless_asked();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let size = if args.iter().any(|a| a == "--quick") {
         QUICK_SIZE

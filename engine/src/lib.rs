@@ -18,6 +18,7 @@ pub mod email;
 pub mod event;
 pub mod expr;
 pub mod http_call;
+pub mod huge_pages;
 pub mod name;
 pub mod network;
 pub mod planted;

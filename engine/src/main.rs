@@ -239,6 +239,7 @@ fn engine_config() -> EngineConfig {
 }
 
 fn main() -> ExitCode {
+    let huge_pages_off = proctor::huge_pages::turn_off_unless_asked();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PROCTOR_LOG")
@@ -246,6 +247,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !huge_pages_off {
+        tracing::debug!("transparent huge pages stay as the system sets them");
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
