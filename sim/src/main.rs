@@ -327,8 +327,6 @@ fn plant(name: Option<&str>) -> Result<Option<Bug>, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    // As the `proctor` binary runs (see `proctor::huge_pages`).
-    proctor::huge_pages::turn_off_unless_asked();
     let cli = Cli::parse();
     let (name, seed, trace, json, planted, html) = match cli.command {
         Command::Repro {
