@@ -1420,15 +1420,32 @@ impl Inner {
                     for (_, handle) in std::mem::take(&mut in_flight) {
                         handle.abort();
                     }
-                    let backoff_ms = STORAGE_BACKOFF_MS
-                        .saturating_mul(1 << storage_failures.min(16))
-                        .min(MAX_STORAGE_BACKOFF_MS);
-                    let wake_at = self.clock.now_ms().saturating_add(backoff_ms);
-                    self.clock.sleep_until_ms(wake_at).await;
-                    execution = match self.store.load(&execution.id).await {
-                        Ok(Some(stored)) => stored,
-                        Ok(None) => break Err(Error::UnknownExecution(execution.id.clone())),
-                        Err(e) => break Err(e.into()),
+                    // The reload can fail too (the device that failed the write may fail a read
+                    // next): it counts as another failure and is tried again after a longer
+                    // wait, rather than leaving the execution undriven until a restart.
+                    let reloaded = loop {
+                        let backoff_ms = STORAGE_BACKOFF_MS
+                            .saturating_mul(1 << storage_failures.min(16))
+                            .min(MAX_STORAGE_BACKOFF_MS);
+                        let wake_at = self.clock.now_ms().saturating_add(backoff_ms);
+                        self.clock.sleep_until_ms(wake_at).await;
+                        match self.store.load(&execution.id).await {
+                            Ok(Some(stored)) => break Ok(stored),
+                            Ok(None) => break Err(Error::UnknownExecution(execution.id.clone())),
+                            Err(e) if storage_failures < MAX_STORAGE_FAILURES => {
+                                storage_failures += 1;
+                                tracing::warn!(
+                                    execution = %execution.id,
+                                    failures = storage_failures,
+                                    "reloading failed, trying again: {e}"
+                                );
+                            }
+                            Err(e) => break Err(e.into()),
+                        }
+                    };
+                    execution = match reloaded {
+                        Ok(stored) => stored,
+                        Err(e) => break Err(e),
                     };
                     status.send_replace(execution.status);
                     let action = execution.recovery_action(self.clock.now_ms(), u64::MAX);
