@@ -522,6 +522,28 @@ mod tests {
         assert!(torn_or_lost > 0, "the crashes never lost a write");
     }
 
+    /// SQLite writes each WAL frame with two calls; at FULL the store's WAL buffer hands a
+    /// commit's frames to the disk in one. At NORMAL, which it does not serve, they reach the
+    /// disk as SQLite makes them.
+    #[test]
+    fn at_full_a_commit_reaches_the_disk_in_one_write() {
+        let writes = |synchronous| {
+            let disk = Disk::new(1, Unsynced::Keep);
+            let store = open(&disk, synchronous).expect("opens");
+            let before = disk.lock().stats.writes;
+            for i in 0..40 {
+                now(store.create(&execution(&format!("e{i}")))).expect("creates");
+            }
+            let after = disk.lock().stats.writes;
+            assert_eq!(stored(&store), 40);
+            after - before
+        };
+        let full = writes(Synchronous::Full);
+        let normal = writes(Synchronous::Normal);
+        assert!(full <= 40, "{full} writes for 40 commits at FULL");
+        assert!(normal >= 4 * 40, "{normal} writes for 40 commits at NORMAL");
+    }
+
     #[test]
     fn with_sync_off_a_power_cut_loses_acknowledged_creates() {
         let disk = Disk::new(1, Unsynced::Lose);

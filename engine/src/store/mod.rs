@@ -7,6 +7,7 @@
 mod checkpoint_rows;
 mod group;
 mod sqlite;
+mod wal_buffer;
 
 use async_trait::async_trait;
 

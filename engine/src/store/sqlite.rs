@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::checkpoint_rows::{self, Bases};
 use super::group::{CommitStats, Committer, Group};
+use super::wal_buffer;
 use super::{
     ControlAction, ControlRequest, DefinitionInfo, Error, ExecutionQuery, ExecutionSummary,
     FireRecord, PurgedExecution, ScheduleRecord, Storage, MAX_LIST_PAGE,
@@ -318,8 +319,21 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path` as `options` say.
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<SqliteStore, Error> {
+        let mut synchronous = options.synchronous;
+        if crate::planted::planted(crate::planted::Bug::FsyncSkipped) {
+            // Planted bug (test-only, see `planted`): commits are never synced.
+            synchronous = Synchronous::Off;
+        }
+        // At FULL every commit syncs the WAL before publishing it, which is what lets the WAL's
+        // writes wait in a buffer until then (see `wal_buffer`).
+        let vfs = match synchronous {
+            Synchronous::Full => {
+                Some(wal_buffer::register(options.vfs.as_deref()).map_err(Error::Backend)?)
+            }
+            Synchronous::Normal | Synchronous::Off => options.vfs.clone(),
+        };
         let connect = || {
-            match &options.vfs {
+            match &vfs {
                 None => Connection::open(path),
                 Some(vfs) => Connection::open_with_flags_and_vfs(
                     path,
@@ -344,11 +358,6 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint_pages)
             .map_err(backend)?;
-        let mut synchronous = options.synchronous;
-        if crate::planted::planted(crate::planted::Bug::FsyncSkipped) {
-            // Planted bug (test-only, see `planted`): commits are never synced.
-            synchronous = Synchronous::Off;
-        }
         let mut store = SqliteStore::init(conn, synchronous, options.committer)?;
         if !options.exclusive {
             let reader = connect()?;
@@ -2076,6 +2085,60 @@ mod tests {
         // Far under SQLite's 1,000 (which left 763 here): a create writes a few pages, and
         // the WAL starts over once it passed 50.
         assert!(frames < 200, "checkpointed every 50 pages: {frames} frames");
+    }
+
+    /// Through the WAL buffer (every FULL store writes through it): a batch far larger than
+    /// the writer's small cache, whose transaction spills pages to the WAL and reads them back
+    /// before it commits; checkpoints every 20 pages and the WAL starting over; the second
+    /// connection reading between commits; and a fresh store reading the file back. Reads that
+    /// did not see what the buffer holds, or a buffer that lost a write, fail one of them (the
+    /// simulator's power cuts check what a sync makes durable: `proctor-sim`'s VFS tests).
+    #[tokio::test]
+    async fn what_goes_through_the_wal_buffer_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buffered.db");
+        let options = SqliteOptions {
+            cache_kib: 16,
+            wal_autocheckpoint_pages: 20,
+            ..SqliteOptions::default()
+        };
+        let mut expected = Vec::new();
+        {
+            let store = SqliteStore::open_with(&path, &options).unwrap();
+            let creates: Vec<_> = (0..150)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut exec = execution(&format!("e{i:03}"));
+                        exec.input = json!({ "i": i, "pad": "p".repeat(3_000) });
+                        store.create(&exec).await.map(|()| exec)
+                    })
+                })
+                .collect();
+            for create in creates {
+                expected.push(create.await.unwrap().unwrap());
+            }
+            assert!(
+                store.commit_stats().transactions < 10,
+                "the creates shared a few large transactions: {:?}",
+                store.commit_stats()
+            );
+            let mut rng = seeded(3);
+            for exec in &mut expected {
+                let t = exec.apply(Input::Start, 2_000, &mut *rng);
+                commit_transition(&store, exec, &t).await;
+                // The read connection finds each commit as soon as it is answered.
+                assert_eq!(store.load(&exec.id).await.unwrap().as_ref(), Some(&*exec));
+            }
+        }
+        let reopened = SqliteStore::open_with(&path, &options).unwrap();
+        for exec in &expected {
+            assert_eq!(reopened.load(&exec.id).await.unwrap().as_ref(), Some(exec));
+        }
+        let integrity: String = lock(&reopened.writer)
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
     }
 
     async fn concurrent_transitions_land(committer: Committer) {
