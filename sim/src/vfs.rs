@@ -29,8 +29,10 @@ pub const VFS_NAME: &str = "proctor-sim";
 const VFS_NAME_C: &CStr = c"proctor-sim";
 /// Longest path SQLite may hand us.
 const MAX_PATH_BYTES: c_int = 512;
-/// The sector SQLite pads WAL frames to. The device claims no atomic or power-safe writes
-/// (`xDeviceCharacteristics` is 0), so SQLite assumes the worst the crash model can do.
+/// The device's sector. It claims no atomic writes, so SQLite assumes the worst a crash can do
+/// inside a write; it claims power-safe overwrite, as SQLite's unix VFS does by default, because
+/// that is the crash model: a write is kept, lost or torn to a prefix, and no byte outside it
+/// changes (SQLite then pads no commit to a sector, and the store's WAL buffer serves it).
 const SECTOR_BYTES: c_int = 512;
 
 /// SQLite allocates `szOsFile` bytes per open file and hands them to `xOpen`; this is that
@@ -335,7 +337,7 @@ unsafe extern "C" fn x_sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
 }
 
 unsafe extern "C" fn x_device_characteristics(_file: *mut ffi::sqlite3_file) -> c_int {
-    0
+    ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
 }
 
 unsafe extern "C" fn x_delete(

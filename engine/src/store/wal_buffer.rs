@@ -10,14 +10,21 @@
 //! the file, and a truncation drops what it would cut off. Every other file, and every other
 //! method, goes straight through.
 //!
-//! Only for connections with `synchronous=FULL`, which is what makes it sound: at `FULL` SQLite
-//! syncs the WAL at every commit before it publishes the commit's frames in the WAL index, so
-//! no reader (another connection reading the file through its own handle) can look for a frame
-//! still in this buffer. Frames a transaction spills before its commit are not published at all
-//! until it commits, and the writing connection's own reads see the buffer. At `NORMAL` a commit
-//! publishes its frames with no sync, so the store does not use the shim there. Durability is
-//! unchanged: nothing was durable before the sync, and the sync writes the buffer first; a
-//! process that dies first loses only frames of a commit that never returned.
+//! What makes it sound, each a condition of buffering:
+//! - `synchronous=FULL` (the store uses the shim only then): SQLite syncs the WAL at every
+//!   commit before it publishes the commit's frames in the WAL index, so no reader (another
+//!   connection, through its own handle) looks for a frame still in a buffer. Frames a
+//!   transaction spills before its commit are published only when it commits, and the writing
+//!   connection's own reads see its buffer. At `NORMAL` a commit publishes with no sync.
+//! - A device with power-safe overwrite (the database file's characteristics, as SQLite's unix
+//!   VFS has them by default): without it SQLite pads a commit to a sector boundary and
+//!   publishes the commit before the end of the padding is synced.
+//! - The WAL's database file opened through this shim too, which tells it when the connection
+//!   releases the WAL's write lock: what a buffer still holds then is from a transaction rolled
+//!   back, and is dropped before another connection can write the same offsets.
+//!
+//! Durability is unchanged: nothing was durable before the sync, and the sync writes the buffer
+//! first; a process that dies first loses only frames of a commit that never returned.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -114,7 +121,26 @@ struct Base {
 struct ShimFile {
     base: ffi::sqlite3_file,
     inner: *mut ffi::sqlite3_file,
+    /// A buffered WAL file's buffer; null for every other file.
     buffer: *mut Buffer,
+    /// A buffered WAL file: its database's file; that database file: the WAL's. Null when
+    /// there is none or it closed. Both are this shim's files.
+    peer: *mut ShimFile,
+}
+
+/// SQLite's WAL write lock, the first of the locks in the WAL index (`WAL_WRITE_LOCK`).
+const WAL_WRITE_LOCK: c_int = 0;
+
+/// Whether `file` is one of this shim's open files.
+/// SAFETY: `file` is null or an `sqlite3_file` SQLite handed out.
+unsafe fn is_shim_file(file: *mut ffi::sqlite3_file) -> bool {
+    if file.is_null() {
+        return false;
+    }
+    let methods = (*file).pMethods;
+    std::ptr::eq(methods, &IO_METHODS_V1)
+        || std::ptr::eq(methods, &IO_METHODS_V2)
+        || std::ptr::eq(methods, &IO_METHODS_V3)
 }
 
 /// Writes gathered for a WAL file: `bytes` go at `offset` onwards.
@@ -148,18 +174,18 @@ unsafe fn inner_methods<'a>(inner: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_i
     &*(*inner).pMethods
 }
 
-/// Writes out what `buffer` holds, in as few calls as the wrapped VFS takes. What a failed
-/// call left unwritten stays in the buffer, and every later flush tries it again before
-/// anything else: SQLite ignores the errors of some calls (size queries, hints), and a buffer
-/// dropped there would let a later sync succeed with a gap in the WAL before the frames it
-/// made durable. Writing stale frames later is harmless, as a late write is to a WAL: SQLite
-/// overwrites them, and its checksums end recovery at the first frame not of its chain.
+/// Writes out what `buffer` holds, in as few calls as the wrapped VFS takes, and empties it
+/// whatever the outcome. Only a write, a sync and a close flush, and SQLite hears each of their
+/// errors and gives up the transaction the bytes belong to (a commit's are written at its
+/// sync, before it publishes them), so bytes a failed write left are never wanted again; kept,
+/// they could land over frames another connection writes at the same offsets next.
 /// SAFETY: `inner` is an open file of the wrapped VFS.
 unsafe fn flush(inner: *mut ffi::sqlite3_file, buffer: Option<&mut Buffer>) -> c_int {
     let Some(buffer) = buffer else {
         return ffi::SQLITE_OK;
     };
     let Some(write) = inner_methods(inner).xWrite else {
+        buffer.bytes.clear();
         return ffi::SQLITE_IOERR_WRITE;
     };
     let mut written = 0;
@@ -178,8 +204,8 @@ unsafe fn flush(inner: *mut ffi::sqlite3_file, buffer: Option<&mut Buffer>) -> c
         }
         written += chunk.len();
     }
-    buffer.bytes.drain(..written);
     buffer.offset += written as i64;
+    buffer.bytes.clear();
     rc
 }
 
@@ -246,6 +272,7 @@ unsafe extern "C" fn x_open(
     (*out).base.pMethods = null();
     (*out).inner = null_mut();
     (*out).buffer = null_mut();
+    (*out).peer = null_mut();
     let base = base_of(vfs);
     let Some(open) = (*base.vfs).xOpen else {
         return ffi::SQLITE_CANTOPEN;
@@ -260,6 +287,10 @@ unsafe extern "C" fn x_open(
     std::ptr::write_bytes(inner as *mut u8, 0, base.inner_size);
     let rc = open(base.vfs, name, inner, flags, out_flags);
     if rc != ffi::SQLITE_OK || (*inner).pMethods.is_null() {
+        // An open that failed but set its methods still wants its close.
+        if let Some(close) = (*inner).pMethods.as_ref().and_then(|m| m.xClose) {
+            close(inner);
+        }
         ffi::sqlite3_free(inner as *mut c_void);
         return if rc == ffi::SQLITE_OK {
             ffi::SQLITE_CANTOPEN
@@ -268,22 +299,47 @@ unsafe extern "C" fn x_open(
         };
     }
     (*out).inner = inner;
-    if flags & ffi::SQLITE_OPEN_WAL != 0 {
-        (*out).buffer = Box::into_raw(Box::new(Buffer {
-            offset: 0,
-            bytes: Vec::new(),
-        }));
-    }
     (*out).base.pMethods = match (*(*inner).pMethods).iVersion {
         v if v >= 3 => &IO_METHODS_V3,
         2 => &IO_METHODS_V2,
         _ => &IO_METHODS_V1,
     };
+    if flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null() {
+        // The WAL's database file: the same connection opened it first, through this shim.
+        let db = ffi::sqlite3_database_file_object(name);
+        if is_shim_file(db) && powersafe_overwrite(db as *mut ShimFile) {
+            let db = db as *mut ShimFile;
+            (*out).buffer = Box::into_raw(Box::new(Buffer {
+                offset: 0,
+                bytes: Vec::new(),
+            }));
+            (*out).peer = db;
+            (*db).peer = out;
+        }
+    }
     ffi::SQLITE_OK
+}
+
+/// Whether the database's device promises that a write changes no byte outside it. Without
+/// that SQLite pads a commit to a sector boundary, syncing in the middle of the padding and
+/// publishing the commit before the rest of the padding is synced: those bytes could then sit
+/// in the buffer while a reader looks for them, so such a WAL is not buffered.
+/// SAFETY: `db` is an open file of this shim's.
+unsafe fn powersafe_overwrite(db: *mut ShimFile) -> bool {
+    let inner = (*db).inner;
+    let characteristics = match inner_methods(inner).xDeviceCharacteristics {
+        Some(characteristics) => characteristics(inner),
+        None => 0,
+    };
+    characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0
 }
 
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     let out = file as *mut ShimFile;
+    if !(*out).peer.is_null() {
+        (*(*out).peer).peer = null_mut();
+        (*out).peer = null_mut();
+    }
     let (inner, buffer) = parts(file);
     let flushed = flush(inner, buffer);
     if !(*out).buffer.is_null() {
@@ -313,6 +369,21 @@ unsafe extern "C" fn x_read(
     let Some(read) = inner_methods(inner).xRead else {
         return ffi::SQLITE_IOERR_READ;
     };
+    if let (Some(buffer), Ok(len), false) =
+        (buffer.as_deref(), usize::try_from(amount), buf.is_null())
+    {
+        let (held_start, held_end) = buffer.span();
+        if held_start <= offset && offset + len as i64 <= held_end {
+            // All of it is in the buffer (frames of the open transaction read back).
+            let from = (offset - held_start) as usize;
+            std::ptr::copy_nonoverlapping(
+                buffer.bytes[from..from + len].as_ptr(),
+                buf as *mut u8,
+                len,
+            );
+            return ffi::SQLITE_OK;
+        }
+    }
     let rc = read(inner, buf, amount, offset);
     let (Some(buffer), Ok(len)) = (buffer, usize::try_from(amount)) else {
         return rc;
@@ -361,13 +432,6 @@ unsafe extern "C" fn x_write(
     };
     if buf.is_null() {
         return ffi::SQLITE_IOERR_WRITE;
-    }
-    if offset == 0 {
-        // The WAL's header: written only when the log starts (again) empty, so whatever a
-        // failed flush left here belongs to a log SQLite has abandoned. Dropped rather than
-        // retried: on a full disk the retry (which grows the file) would fail every write to a
-        // restarted log that the file already has room for.
-        buffer.bytes.clear();
     }
     let follows = buffer.offset + buffer.bytes.len() as i64 == offset;
     if !buffer.bytes.is_empty() && !follows {
@@ -506,10 +570,26 @@ unsafe extern "C" fn x_shm_lock(
     flags: c_int,
 ) -> c_int {
     let (inner, _) = parts(file);
-    match inner_methods(inner).xShmLock {
+    let rc = match inner_methods(inner).xShmLock {
         Some(lock) => lock(inner, offset, n, flags),
         None => ffi::SQLITE_IOERR_SHMLOCK,
+    };
+    let released = flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
+        && offset <= WAL_WRITE_LOCK
+        && offset + n > WAL_WRITE_LOCK;
+    let wal = (*(file as *mut ShimFile)).peer;
+    if rc == ffi::SQLITE_OK && released && !wal.is_null() {
+        // The write transaction is over. A commit's bytes were written at its sync, so what
+        // is left belongs to one rolled back (frames it spilled): stale, and from now on
+        // another connection may write those very offsets, which a later flush would
+        // overwrite and a read of ours would cover. (Held for a connection's life, as the
+        // simulator's is, the lock is never released; with no other writer, stale bytes are
+        // only written before being overwritten.)
+        if let Some(buffer) = (*wal).buffer.as_mut() {
+            buffer.bytes.clear();
+        }
     }
+    rc
 }
 
 unsafe extern "C" fn x_shm_barrier(file: *mut ffi::sqlite3_file) {
@@ -653,4 +733,68 @@ unsafe extern "C" fn x_current_time_int64(
         *out = (days * 86_400_000.0) as ffi::sqlite3_int64;
     }
     rc
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rusqlite::{Connection, OpenFlags};
+
+    use super::register;
+
+    fn open(path: &Path, vfs: &str) -> Connection {
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = 10;")
+            .unwrap();
+        conn
+    }
+
+    fn count(conn: &Connection, v: &str) -> i64 {
+        conn.query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A transaction larger than its connection's cache spills frames into the WAL buffer, then
+    /// rolls back; a second connection writes the same offsets and commits. The first must read
+    /// the second's rows, not its own stale frames, and its next commit must not write them
+    /// over the second's.
+    #[test]
+    fn a_rolled_back_transactions_frames_never_cover_another_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("two.db");
+        let vfs = register(None).unwrap();
+        let a = open(&path, &vfs);
+        a.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        let b = open(&path, &vfs);
+        let (a_text, b_text) = ("a".repeat(500), "b".repeat(100));
+        a.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for k in 0..500 {
+            a.execute("INSERT INTO t VALUES (?1, ?2)", (k, &a_text))
+                .unwrap();
+        }
+        a.execute_batch("ROLLBACK").unwrap();
+        b.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for k in 0..50 {
+            b.execute("INSERT INTO t VALUES (?1, ?2)", (k, &b_text))
+                .unwrap();
+        }
+        b.execute_batch("COMMIT").unwrap();
+        assert_eq!(count(&a, &b_text), 50);
+        a.execute("INSERT INTO t VALUES (1000, 'a')", []).unwrap();
+        drop((a, b));
+        let plain = Connection::open(&path).unwrap();
+        assert_eq!(count(&plain, &b_text), 50);
+        assert_eq!(count(&plain, "a"), 1);
+        assert_eq!(count(&plain, &a_text), 0);
+        let integrity: String = plain
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
 }
