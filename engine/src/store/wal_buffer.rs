@@ -209,16 +209,6 @@ unsafe fn flush(inner: *mut ffi::sqlite3_file, buffer: Option<&mut Buffer>) -> c
     rc
 }
 
-/// Flushes, then (if the flush went well) calls the wrapped method.
-/// SAFETY: as [`parts`].
-unsafe fn flushed(file: *mut ffi::sqlite3_file) -> Result<*mut ffi::sqlite3_file, c_int> {
-    let (inner, buffer) = parts(file);
-    match flush(inner, buffer) {
-        ffi::SQLITE_OK => Ok(inner),
-        rc => Err(rc),
-    }
-}
-
 static IO_METHODS_V1: ffi::sqlite3_io_methods = io_methods(1);
 static IO_METHODS_V2: ffi::sqlite3_io_methods = io_methods(2);
 static IO_METHODS_V3: ffi::sqlite3_io_methods = io_methods(3);
@@ -369,36 +359,26 @@ unsafe extern "C" fn x_read(
     let Some(read) = inner_methods(inner).xRead else {
         return ffi::SQLITE_IOERR_READ;
     };
-    if let (Some(buffer), Ok(len), false) =
-        (buffer.as_deref(), usize::try_from(amount), buf.is_null())
-    {
-        let (held_start, held_end) = buffer.span();
-        if held_start <= offset && offset + len as i64 <= held_end {
-            // All of it is in the buffer (frames of the open transaction read back).
-            let from = (offset - held_start) as usize;
-            std::ptr::copy_nonoverlapping(
-                buffer.bytes[from..from + len].as_ptr(),
-                buf as *mut u8,
-                len,
-            );
-            return ffi::SQLITE_OK;
-        }
-    }
-    let rc = read(inner, buf, amount, offset);
-    let (Some(buffer), Ok(len)) = (buffer, usize::try_from(amount)) else {
-        return rc;
+    let (Some(buffer), Ok(len), false) = (buffer, usize::try_from(amount), buf.is_null()) else {
+        return read(inner, buf, amount, offset);
     };
-    if (rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ) || buf.is_null() {
+    let (start, end) = (offset, offset + len as i64);
+    let (held_start, held_end) = buffer.span();
+    // Wholly in the buffer (frames of the open transaction read back): the file is not read.
+    let rc = if held_start <= start && end <= held_end {
+        ffi::SQLITE_OK
+    } else {
+        read(inner, buf, amount, offset)
+    };
+    if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
         return rc;
     }
     // What the buffer holds is newer than the file: laid over what the file gave. Served
     // here rather than by flushing, so that a read never fails on a write still pending (a
     // full disk fails the write, never the read).
-    let out = std::slice::from_raw_parts_mut(buf as *mut u8, len);
-    let (start, end) = (offset, offset + len as i64);
-    let (held_start, held_end) = buffer.span();
     let (from, to) = (start.max(held_start), end.min(held_end));
     if from < to {
+        let out = std::slice::from_raw_parts_mut(buf as *mut u8, len);
         let src = &buffer.bytes[(from - held_start) as usize..(to - held_start) as usize];
         out[(from - start) as usize..(to - start) as usize].copy_from_slice(src);
     }
@@ -433,7 +413,7 @@ unsafe extern "C" fn x_write(
     if buf.is_null() {
         return ffi::SQLITE_IOERR_WRITE;
     }
-    let follows = buffer.offset + buffer.bytes.len() as i64 == offset;
+    let follows = buffer.span().1 == offset;
     if !buffer.bytes.is_empty() && !follows {
         let rc = flush(inner, Some(&mut *buffer));
         if rc != ffi::SQLITE_OK {
@@ -468,12 +448,11 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
 }
 
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    match flushed(file) {
-        Ok(inner) => match inner_methods(inner).xSync {
-            Some(sync) => sync(inner, flags),
-            None => ffi::SQLITE_IOERR_FSYNC,
-        },
-        Err(rc) => rc,
+    let (inner, buffer) = parts(file);
+    match (flush(inner, buffer), inner_methods(inner).xSync) {
+        (ffi::SQLITE_OK, Some(sync)) => sync(inner, flags),
+        (ffi::SQLITE_OK, None) => ffi::SQLITE_IOERR_FSYNC,
+        (failed, _) => failed,
     }
 }
 
