@@ -13,9 +13,11 @@
 //! that first lets every other ready task queue its write, then writes in `block_in_place`: the
 //! sync holds its own thread, while the worker's other tasks move to another (measured on two
 //! cores, this beat handing each batch to the blocking pool, whose thread hand-offs sit on
-//! every commit's path). A lone write is the exception: with no other writer to hold up, it is
-//! committed on the worker's thread as it is, as handing the thread off costs more than that. The simulator runs the same task without `block_in_place` (one thread,
-//! so the same seed makes the same batches). Outside any runtime the caller writes itself.
+//! every commit's path). While the engine is quiet (at most one write queued, and the last
+//! batch one write) the committer writes on the worker's thread as it is: there is no other
+//! writer to hold up, and handing the thread off costs more than the sync. The simulator runs
+//! the same task without `block_in_place` (one thread, so the same seed makes the same
+//! batches). Outside any runtime the caller writes itself.
 //!
 //! The queue needs no bound of its own: each writer waits for its answer before it can queue
 //! another write, so it holds at most one write per execution task and caller.
@@ -42,8 +44,8 @@ pub enum Committer {
     /// As a task on the caller's runtime, after one yield.
     Task,
     /// As a task, whose worker thread hands its other tasks to another thread while it writes
-    /// a batch (`block_in_place`), unless the batch is a lone write; a plain
-    /// [`Committer::Task`] on a current-thread runtime.
+    /// (`block_in_place`), except while the engine is quiet (at most one write queued, and the
+    /// last batch one write); a plain [`Committer::Task`] on a current-thread runtime.
     Worker,
 }
 
@@ -150,6 +152,11 @@ impl<W: Send + 'static> Group<W> {
                         if !group.commit_next() {
                             return;
                         }
+                        // The writer just answered waits in this worker's own slot, which no
+                        // other worker takes from: it runs before the next sync holds the
+                        // thread (two executions taking turns would otherwise each wait
+                        // through the other's commit).
+                        tokio::task::yield_now().await;
                     }
                     tokio::task::block_in_place(|| group.drain());
                 });
