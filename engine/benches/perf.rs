@@ -97,12 +97,14 @@ impl Row {
         self
     }
 
-    /// The ceiling measured beside the target's measure, in its terms (see `limit`), and
-    /// the target's threshold in the same terms.
-    fn limit(mut self, limit: f64, goal: f64) -> Row {
-        self.limit = Some(limit);
-        self.out_of_reach = Some(limit < goal);
-        self
+    /// The target "at least `goal` times the limit the ratio is against", met or not by this
+    /// row's ratio, beside `ceiling`: the ratio an engine that cost nothing would reach.
+    fn at_least(self, goal: f64, ceiling: f64) -> Row {
+        let met = self.ratio.unwrap_or(0.0) >= goal;
+        let mut row = self.target(format!(">= {goal}x raw"), met);
+        row.limit = Some(ceiling);
+        row.out_of_reach = Some(ceiling < goal);
+        row
     }
 
     fn print(&self) {
@@ -591,9 +593,7 @@ async fn run() {
         )
         .against(rate, "raw commits/s");
         let row = if synchronous == Synchronous::Full {
-            let met = row.ratio.unwrap_or(0.0) >= 0.8;
-            let ceiling = chain_ceiling_steps_per_s(1e6 / rate, call_us) / rate;
-            row.target(">= 0.8x raw", met).limit(ceiling, 0.8)
+            row.at_least(0.8, chain_ceiling_steps_per_s(1e6 / rate, call_us) / rate)
         } else {
             row
         };
@@ -676,9 +676,7 @@ async fn run() {
         )
         .against(raw_full, "raw commits/s (Full)");
         let row = if in_flight == 100 {
-            let met = row.ratio.unwrap_or(0.0) >= 5.0;
-            row.target(">= 5x raw", met)
-                .limit(calls_per_s / raw_full, 5.0)
+            row.at_least(5.0, calls_per_s / raw_full)
         } else {
             row
         };
